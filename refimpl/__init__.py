@@ -1,0 +1,69 @@
+"""refimpl: a NumPy-only reference implementation of LiLT and LXMERT, equal to transformers 4.56.2.
+
+>>> import refimpl
+>>> model = refimpl.from_pretrained("path/to/checkpoint", dtype="float64")  # doctest: +SKIP
+>>> out = model(input_ids=ids, bbox=boxes, attention_mask=mask)             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "from_pretrained", "SUPPORTED_ARCHITECTURES", "BASE_MODELS"]
+
+#: architecture name (``config.json``'s ``architectures[0]``) -> "module:Class".
+SUPPORTED_ARCHITECTURES = {
+    "LiltModel": "refimpl.lilt:LiltModel",
+    "LiltForSequenceClassification": "refimpl.lilt:LiltForSequenceClassification",
+    "LiltForTokenClassification": "refimpl.lilt:LiltForTokenClassification",
+    "LiltForQuestionAnswering": "refimpl.lilt:LiltForQuestionAnswering",
+    "LxmertModel": "refimpl.lxmert:LxmertModel",
+    "LxmertForPreTraining": "refimpl.lxmert:LxmertForPreTraining",
+    "LxmertForQuestionAnswering": "refimpl.lxmert:LxmertForQuestionAnswering",
+}
+
+#: model_type -> base architecture, used when ``architectures`` is absent.
+BASE_MODELS = {"lilt": "LiltModel", "lxmert": "LxmertModel"}
+
+
+def model_class(name: str):
+    """Import and return the class for an architecture name (see ``SUPPORTED_ARCHITECTURES``)."""
+    if name not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(f"architecture {name!r} is not supported; supported: {sorted(SUPPORTED_ARCHITECTURES)}")
+    module, cls = SUPPORTED_ARCHITECTURES[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def architecture_of(path: str | os.PathLike) -> str:
+    """The architecture ``from_pretrained`` would build for a checkpoint directory."""
+    from .config import read_config_json
+
+    d = read_config_json(path)
+    archs = d.get("architectures") or []
+    if archs:
+        if archs[0] not in SUPPORTED_ARCHITECTURES:
+            raise ValueError(
+                f"config.architectures[0] = {archs[0]!r} is not supported; supported: {sorted(SUPPORTED_ARCHITECTURES)}"
+            )
+        return archs[0]
+    mt = d.get("model_type")
+    if mt not in BASE_MODELS:
+        raise ValueError(f"config.model_type = {mt!r} is not supported; supported: {sorted(BASE_MODELS)}")
+    return BASE_MODELS[mt]
+
+
+def from_pretrained(path: str | os.PathLike, dtype: str = "float32", device: str = "cpu"):
+    """Load a checkpoint directory as the class its ``config.json`` names.
+
+    Picks ``architectures[0]``, falling back to the base model of ``model_type``.
+
+    Args:
+        path: directory with ``config.json`` and ``model.safetensors`` or ``pytorch_model.bin``
+            (or a sharded set with its ``*.index.json``).
+        dtype: "float32" or "float64".
+        device: "cpu" or "cuda" (needs CuPy).
+    """
+    return model_class(architecture_of(path)).from_pretrained(path, dtype=dtype, device=device)
