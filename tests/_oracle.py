@@ -1,0 +1,64 @@
+"""Helpers to build oracle (transformers 4.56.2) models with every weight randomized, and save them
+as real-format checkpoints. Only tests and benchmarks import this (it imports torch)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch.nn.Module:
+    """Overwrite every parameter (LayerNorm weights and biases, every bias, padding rows included)
+    with seeded random values. LayerNorm/affine weights are drawn around 1, the rest around 0."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g, dtype=torch.float64) * std
+            if name.endswith("LayerNorm.weight") or name.endswith("layer_norm.weight") or "norm.weight" in name:
+                noise = noise + 1.0
+            p.copy_(noise.to(p.dtype))
+    return model
+
+
+def build(cls, config, seed: int = 0, std: float = 0.05, dtype=torch.float64) -> torch.nn.Module:
+    """Instantiate ``cls(config)``, randomize every weight, cast to ``dtype``, eval mode."""
+    torch.manual_seed(seed)
+    model = cls(config)
+    randomize_(model, seed=seed, std=std)
+    return model.to(dtype).eval()
+
+
+def save(model: torch.nn.Module, directory: str | os.PathLike, safe: bool = True) -> str:
+    """``save_pretrained`` in safetensors (``safe=True``) or ``pytorch_model.bin`` form; returns the dir."""
+    model.save_pretrained(os.fspath(directory), safe_serialization=safe)
+    return os.fspath(directory)
+
+
+def to_numpy(x):
+    """Torch tensor (or nested tuple of them) -> NumPy, float64 kept as is."""
+    if x is None:
+        return None
+    if isinstance(x, (tuple, list)):
+        return type(x)(to_numpy(v) for v in x)
+    return x.detach().cpu().numpy()
+
+
+def assert_close(name: str, ours, theirs, atol: float, rtol: float = 0.0) -> None:
+    """Fail loudly, naming the tensor, when ``ours`` and ``theirs`` differ by more than ``atol + rtol*|theirs|``."""
+    ours = np.asarray(ours)
+    theirs = np.asarray(theirs)
+    assert ours.shape == theirs.shape, f"{name}: shape {ours.shape} != oracle {theirs.shape}"
+    if ours.size == 0:
+        return
+    both_nan = np.isnan(ours) & np.isnan(theirs)
+    diff = np.where(both_nan, 0.0, np.abs(ours.astype(np.float64) - theirs.astype(np.float64)))
+    bound = atol + rtol * np.abs(theirs.astype(np.float64))
+    bad = ~(diff <= bound)
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise AssertionError(
+            f"{name}: max |diff| {np.nanmax(diff):.3e} > atol {atol:g}; first at {idx}: "
+            f"ours {ours[idx]!r} vs oracle {theirs[idx]!r}"
+        )
