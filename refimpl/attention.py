@@ -1,0 +1,284 @@
+"""Multi-head attention building blocks shared by LiLT and LXMERT.
+
+Each function is one step of transformers' BERT-family self-attention, in the oracle's
+order of operations (so float64 results agree to the last few bits)::
+
+    q = split_heads(linear(x, **query), n)              # [b, n, s, d]
+    k = split_heads(linear(x, **key), n)                # [b, n, s, d]
+    v = split_heads(linear(x, **value), n)              # [b, n, s, d]
+    scores = attention_scores(q, k) / math.sqrt(d)      # [b, n, s, s]
+    probs = attention_probs(scores, additive_mask)      # [b, n, s, s]
+    probs = apply_head_mask(probs, layer_head_mask)     # [b, n, s, s]
+    context = merge_heads(probs @ v)                    # [b, s, n*d]
+
+or in one call, ``scaled_dot_product_attention(q, k, v, additive_mask, layer_head_mask)``.
+
+Masks follow ``PreTrainedModel.get_extended_attention_mask`` / ``get_head_mask``:
+:func:`extended_attention_mask` makes the additive ``(1 - mask) * finfo(dtype).min`` mask,
+:func:`head_masks` makes one multiplicative head mask per layer. Relative position scores
+(``position_embedding_type`` ``relative_key`` / ``relative_key_query``) come from
+:func:`relative_position_embeddings` + :func:`relative_position_scores_query` /
+:func:`relative_position_scores_key`.
+
+Nothing here records traces or reads files: callers name the intermediates.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .backend import get_namespace
+from .ops import embedding, softmax
+
+__all__ = [
+    "split_heads",
+    "merge_heads",
+    "extended_attention_mask",
+    "head_masks",
+    "attention_scores",
+    "attention_probs",
+    "apply_head_mask",
+    "scaled_dot_product_attention",
+    "relative_position_embeddings",
+    "relative_position_scores_query",
+    "relative_position_scores_key",
+]
+
+
+def split_heads(x, num_heads: int):
+    """Split the feature axis into heads (transformers' ``transpose_for_scores``).
+
+    Args:
+        x: ``[batch, seq, num_heads * head_size]``.
+        num_heads: number of heads.
+
+    Returns:
+        ``[batch, num_heads, seq, head_size]`` (a view).
+    """
+    b, s, f = x.shape
+    # [b, s, n*d] -> [b, s, n, d] -> [b, n, s, d]
+    return x.reshape(b, s, num_heads, f // num_heads).transpose(0, 2, 1, 3)
+
+
+def merge_heads(x):
+    """Inverse of :func:`split_heads`.
+
+    Args:
+        x: ``[batch, num_heads, seq, head_size]``.
+
+    Returns:
+        ``[batch, seq, num_heads * head_size]`` (contiguous).
+    """
+    xp = get_namespace(x)
+    b, n, s, d = x.shape
+    # [b, n, s, d] -> [b, s, n, d] -> [b, s, n*d]
+    return xp.ascontiguousarray(x.transpose(0, 2, 1, 3)).reshape(b, s, n * d)
+
+
+def extended_attention_mask(attention_mask, dtype):
+    """The additive mask of ``PreTrainedModel.get_extended_attention_mask`` (encoder case).
+
+    ``mask`` is cast to ``dtype`` first, then ``(1.0 - mask) * finfo(dtype).min``: 0 where a
+    key is attended to, ``finfo.min`` where it is masked (values other than 0/1 are used as
+    given, as in the oracle).
+
+    Args:
+        attention_mask: ``[batch, seq]`` (a padding mask over keys) or
+            ``[batch, from_seq, to_seq]`` (a full mask per query), any numeric or bool dtype;
+            a size-1 leading axis broadcasts over the batch.
+        dtype: the float dtype of the attention scores.
+
+    Returns:
+        ``[batch, 1, 1, seq]`` or ``[batch, 1, from_seq, to_seq]`` in ``dtype``.
+
+    Raises:
+        ValueError: for any other number of axes.
+    """
+    xp = get_namespace(attention_mask)
+    if attention_mask.ndim == 2:
+        m = attention_mask[:, None, None, :]  # [b, s] -> [b, 1, 1, s]
+    elif attention_mask.ndim == 3:
+        m = attention_mask[:, None, :, :]  # [b, s_q, s_k] -> [b, 1, s_q, s_k]
+    else:
+        raise ValueError(
+            f"attention_mask must have shape [batch, seq] or [batch, seq, seq], got {tuple(attention_mask.shape)}"
+        )
+    m = m.astype(dtype)
+    # 0 where kept, finfo.min where masked
+    return (1.0 - m) * xp.finfo(dtype).min
+
+
+def head_masks(head_mask, num_layers: int, num_heads: int, dtype) -> list:
+    """One multiplicative head mask per layer, as ``PreTrainedModel.get_head_mask``.
+
+    Args:
+        head_mask: ``None``; ``[num_heads]`` (the same for every layer);
+            ``[num_layers, num_heads]``; or already 5-d ``[num_layers, batch|1, num_heads|1,
+            seq|1, seq|1]``. 1 keeps a head, 0 drops it; fractions scale it. A size-1 head
+            axis broadcasts over the heads, as in the oracle.
+        num_layers: layers of the encoder the mask is for.
+        num_heads: heads per layer.
+        dtype: the model's float dtype (the oracle casts the mask to it).
+
+    Returns:
+        a list of ``num_layers`` items, each ``None`` (no mask) or an array that broadcasts
+        against ``[batch, heads, seq, seq]`` probabilities: ``[1, heads, 1, 1]`` for 1-d and
+        2-d masks.
+
+    Raises:
+        ValueError: naming ``head_mask`` and its shape when it does not fit.
+    """
+    if head_mask is None:
+        return [None] * num_layers
+    shape = tuple(head_mask.shape)
+    ok_heads = (num_heads, 1)
+    if head_mask.ndim == 1 and shape[0] in ok_heads:
+        m5 = head_mask[None, None, :, None, None]  # [n] -> [1, 1, n, 1, 1]
+        per_layer = [m5[0]] * num_layers
+    elif head_mask.ndim == 2 and shape[0] == num_layers and shape[1] in ok_heads:
+        m5 = head_mask[:, None, :, None, None]  # [L, n] -> [L, 1, n, 1, 1]
+        per_layer = [m5[i] for i in range(num_layers)]
+    elif head_mask.ndim == 5 and shape[0] == num_layers and shape[2] in ok_heads:
+        per_layer = [head_mask[i] for i in range(num_layers)]
+    else:
+        raise ValueError(
+            f"head_mask has shape {shape}; expected [num_heads] = [{num_heads}], "
+            f"[num_hidden_layers, num_heads] = [{num_layers}, {num_heads}] or a 5-d "
+            f"[{num_layers}, batch|1, {num_heads}|1, seq|1, seq|1]"
+        )
+    return [m.astype(dtype) for m in per_layer]
+
+
+def attention_scores(query, key):
+    """Raw dot-product scores ``query @ key^T`` (not yet scaled).
+
+    Args:
+        query: ``[batch, heads, q_len, head_size]``.
+        key: ``[batch, heads, k_len, head_size]``.
+
+    Returns:
+        ``[batch, heads, q_len, k_len]``.
+    """
+    xp = get_namespace(query, key)
+    # [b, n, l, d] @ [b, n, d, r] -> [b, n, l, r]
+    return xp.matmul(query, key.swapaxes(-1, -2))
+
+
+def attention_probs(scores, additive_mask=None):
+    """``softmax(scores + additive_mask)`` over the key axis.
+
+    Args:
+        scores: ``[batch, heads, q_len, k_len]`` (already scaled).
+        additive_mask: ``None`` or broadcastable to ``scores`` (see :func:`extended_attention_mask`).
+
+    Returns:
+        ``[batch, heads, q_len, k_len]``, rows summing to 1. A fully masked row is uniform,
+        as in the oracle.
+    """
+    if additive_mask is not None:
+        scores = scores + additive_mask  # [b, n, l, r]
+    return softmax(scores, axis=-1)
+
+
+def apply_head_mask(probs, layer_head_mask=None):
+    """``probs * layer_head_mask`` (no-op for ``None``).
+
+    Args:
+        probs: ``[batch, heads, q_len, k_len]``.
+        layer_head_mask: one item of :func:`head_masks`.
+    """
+    if layer_head_mask is None:
+        return probs
+    return probs * layer_head_mask
+
+
+def scaled_dot_product_attention(query, key, value, additive_mask=None, layer_head_mask=None):
+    """BERT attention on split heads: ``softmax(q k^T / sqrt(d) + mask) * head_mask @ v``.
+
+    The scale is a division by ``math.sqrt(head_size)``, as the oracle does.
+
+    Args:
+        query: ``[batch, heads, q_len, head_size]``.
+        key, value: ``[batch, heads, k_len, head_size]``.
+        additive_mask: ``None`` or broadcastable to ``[batch, heads, q_len, k_len]``.
+        layer_head_mask: ``None`` or one item of :func:`head_masks`.
+
+    Returns:
+        ``(context, probs)``: ``[batch, q_len, heads * head_size]`` (heads merged) and the
+        probabilities ``[batch, heads, q_len, k_len]`` after the head mask.
+    """
+    xp = get_namespace(query, key, value)
+    # [b, n, l, r] scores, scaled by the head size
+    scores = attention_scores(query, key) / math.sqrt(query.shape[-1])
+    # [b, n, l, r] probabilities over keys, then head mask
+    probs = apply_head_mask(attention_probs(scores, additive_mask), layer_head_mask)
+    # [b, n, l, r] @ [b, n, r, d] -> [b, n, l, d] -> [b, l, n*d]
+    context = merge_heads(xp.matmul(probs, value))
+    return context, probs
+
+
+def relative_position_embeddings(distance_embedding_weight, seq_len: int, max_position_embeddings: int):
+    """Distance embeddings for every (query, key) pair, as BERT's ``distance_embedding(l - r + P - 1)``.
+
+    Args:
+        distance_embedding_weight: ``[2 * max_position_embeddings - 1, head_size]``.
+        seq_len: query and key length ``s`` (must be ``<= max_position_embeddings``).
+        max_position_embeddings: ``P``.
+
+    Returns:
+        ``[s, s, head_size]``: entry ``[l, r]`` is row ``l - r + P - 1``.
+
+    Raises:
+        ValueError: when ``seq_len > max_position_embeddings`` (the distance is out of the table).
+    """
+    xp = get_namespace(distance_embedding_weight)
+    if seq_len > max_position_embeddings:
+        raise ValueError(
+            f"sequence length {seq_len} exceeds max_position_embeddings ({max_position_embeddings}): "
+            f"relative distances would index outside distance_embedding [0, {2 * max_position_embeddings - 2}]"
+        )
+    pos = xp.arange(seq_len)
+    # [s, 1] - [1, s] -> [s, s] distances l - r, shifted to be >= 0
+    distance = pos[:, None] - pos[None, :] + (max_position_embeddings - 1)
+    # [s, s] -> [s, s, d]
+    return embedding(distance, distance_embedding_weight, "relative distance")
+
+
+def relative_position_scores_query(query, positional_embedding):
+    """``einsum("bhld,lrd->bhlr", query, positional_embedding)``: query-side relative scores.
+
+    Args:
+        query: ``[batch, heads, s, head_size]``.
+        positional_embedding: ``[s, s, head_size]`` from :func:`relative_position_embeddings`.
+
+    Returns:
+        ``[batch, heads, s, s]``.
+    """
+    xp = get_namespace(query, positional_embedding)
+    b, n, s, d = query.shape
+    # [b, n, l, d] -> [l, b*n, d]
+    q = query.transpose(2, 0, 1, 3).reshape(s, b * n, d)
+    # per query position l: [b*n, d] @ [d, r] -> [l, b*n, r]
+    out = xp.matmul(q, positional_embedding.transpose(0, 2, 1))
+    # [l, b*n, r] -> [b, n, l, r]
+    return out.reshape(s, b, n, s).transpose(1, 2, 0, 3)
+
+
+def relative_position_scores_key(key, positional_embedding):
+    """``einsum("bhrd,lrd->bhlr", key, positional_embedding)``: key-side relative scores.
+
+    Args:
+        key: ``[batch, heads, s, head_size]``.
+        positional_embedding: ``[s, s, head_size]`` from :func:`relative_position_embeddings`.
+
+    Returns:
+        ``[batch, heads, s, s]``.
+    """
+    xp = get_namespace(key, positional_embedding)
+    b, n, s, d = key.shape
+    # [b, n, r, d] -> [r, b*n, d]
+    k = key.transpose(2, 0, 1, 3).reshape(s, b * n, d)
+    # per key position r: [b*n, d] @ [d, l] -> [r, b*n, l]
+    out = xp.matmul(k, positional_embedding.transpose(1, 2, 0))
+    # [r, b*n, l] -> [b, n, l, r]
+    return out.reshape(s, b, n, s).transpose(1, 2, 3, 0)
