@@ -1,0 +1,143 @@
+"""LiLT task heads and their losses, as transformers 4.56.2 computes them."""
+
+from __future__ import annotations
+
+from .. import trace
+from ..backend import get_namespace
+from ..ops import bce_with_logits, cross_entropy, linear, mse_loss
+
+__all__ = [
+    "classification_head",
+    "sequence_classification_problem_type",
+    "sequence_classification_loss",
+    "token_classification_loss",
+    "question_answering_logits",
+    "question_answering_loss",
+]
+
+
+def classification_head(sequence_output, dense, out_proj):
+    """RoBERTa's sentence head on the first token: ``out_proj(tanh(dense(x[:, 0])))``.
+
+    Args:
+        sequence_output: ``[batch, seq, hidden]``.
+        dense: ``{"weight": [hidden, hidden], "bias": [hidden]}``.
+        out_proj: ``{"weight": [labels, hidden], "bias": [labels]}``.
+
+    Returns:
+        ``[batch, labels]``.
+    """
+    xp = get_namespace(sequence_output)
+    # the <s> token: [b, s, h] -> [b, h]
+    x = sequence_output[:, 0, :]
+    # [b, h] -> [b, h]
+    x = xp.tanh(trace.record("dense", linear(x, **dense)))
+    # [b, h] -> [b, labels]
+    return trace.record("out_proj", linear(x, **out_proj))
+
+
+def sequence_classification_problem_type(problem_type, num_labels: int, labels) -> str:
+    """The oracle's choice of loss when ``config.problem_type`` is ``None``.
+
+    ``num_labels == 1`` -> ``"regression"``; int32/int64 labels -> ``"single_label_classification"``;
+    anything else (float labels, other integer widths) -> ``"multi_label_classification"``.
+    """
+    if problem_type is not None:
+        return problem_type
+    if num_labels == 1:
+        return "regression"
+    if labels.dtype.name in ("int64", "int32"):
+        return "single_label_classification"
+    return "multi_label_classification"
+
+
+def sequence_classification_loss(logits, labels, *, num_labels: int, problem_type):
+    """LiltForSequenceClassification's loss.
+
+    Args:
+        logits: ``[batch, num_labels]``.
+        labels: regression: ``[batch]`` or ``[batch, num_labels]`` floats; single-label:
+            integer ``[batch]`` in ``[0, num_labels - 1]``; multi-label: ``[batch, num_labels]`` of 0/1.
+        num_labels: ``config.num_labels``.
+        problem_type: ``config.problem_type`` (``None`` chooses as the oracle does).
+
+    Returns:
+        0-d array in the logits' dtype: MSE (on squeezed arrays when ``num_labels == 1``),
+        cross entropy, or binary cross entropy with logits.
+    """
+    kind = sequence_classification_problem_type(problem_type, num_labels, labels)
+    if kind == "regression":
+        target = labels.astype(logits.dtype)
+        if num_labels == 1:
+            # [b, 1] -> [b] (or a scalar when b == 1), as torch's squeeze()
+            return mse_loss(logits.squeeze(), target.squeeze()).astype(logits.dtype)
+        return mse_loss(logits, target).astype(logits.dtype)
+    if kind == "single_label_classification":
+        # [b, labels] vs [b]
+        return cross_entropy(logits.reshape(-1, num_labels), labels.reshape(-1)).astype(logits.dtype)
+    if labels.shape != logits.shape:
+        raise ValueError(
+            f"labels has shape {tuple(labels.shape)}; multi-label classification needs [batch, num_labels] = "
+            f"{list(logits.shape)}"
+        )
+    return bce_with_logits(logits, labels.astype(logits.dtype)).astype(logits.dtype)
+
+
+def token_classification_loss(logits, labels):
+    """Cross entropy over every token, ``-100`` ignored (NaN when every label is ignored, as torch).
+
+    Args:
+        logits: ``[batch, seq, num_labels]``.
+        labels: integer ``[batch, seq]``.
+
+    Returns:
+        0-d array in the logits' dtype.
+    """
+    num_labels = logits.shape[-1]
+    # [b, s, labels] -> [b*s, labels] vs [b*s]
+    return cross_entropy(logits.reshape(-1, num_labels), labels.reshape(-1)).astype(logits.dtype)
+
+
+def question_answering_logits(sequence_output, weight, bias):
+    """``qa_outputs`` projection split into start and end logits.
+
+    Args:
+        sequence_output: ``[batch, seq, hidden]``.
+        weight: ``[2, hidden]``; bias: ``[2]``.
+
+    Returns:
+        ``(start_logits [batch, seq], end_logits [batch, seq])``.
+    """
+    xp = get_namespace(sequence_output)
+    # [b, s, h] -> [b, s, 2]
+    logits = trace.record("", linear(sequence_output, weight, bias))
+    # [b, s, 2] -> 2 x [b, s]
+    return xp.ascontiguousarray(logits[..., 0]), xp.ascontiguousarray(logits[..., 1])
+
+
+def question_answering_loss(start_logits, end_logits, start_positions, end_positions):
+    """Mean of the start and end cross entropies.
+
+    Positions outside ``[0, seq]`` are clamped into it, and position ``seq`` (one past the
+    end) is ignored: transformers' way of dropping answers cut off by truncation.
+
+    Args:
+        start_logits, end_logits: ``[batch, seq]``.
+        start_positions, end_positions: integer ``[batch]`` (or ``[batch, 1]``).
+
+    Returns:
+        0-d array in the logits' dtype (NaN when every position is ignored, as torch).
+    """
+    xp = get_namespace(start_logits)
+    ignored_index = start_logits.shape[1]
+    # [b, 1] -> [b]
+    if start_positions.ndim > 1:
+        start_positions = start_positions.squeeze(-1)
+    if end_positions.ndim > 1:
+        end_positions = end_positions.squeeze(-1)
+    # out-of-range answers land on the ignored index
+    start_positions = xp.clip(start_positions, 0, ignored_index)
+    end_positions = xp.clip(end_positions, 0, ignored_index)
+    start_loss = cross_entropy(start_logits, start_positions, ignore_index=ignored_index)
+    end_loss = cross_entropy(end_logits, end_positions, ignore_index=ignored_index)
+    return ((start_loss + end_loss) / 2).astype(start_logits.dtype)

@@ -1,0 +1,632 @@
+"""LiLT models: input checks, the full forward pass as one function, and the thin public classes.
+
+    lilt_model(w, inputs, config, dtype)         # LiltModel as a pure function
+    LiltModel / LiltForSequenceClassification / LiltForTokenClassification / LiltForQuestionAnswering
+
+``w`` is the nested form of the checkpoint (``w["encoder"]["layer"]["0"]["attention"]["self"]["query"]["weight"]``),
+so each layer function receives its sub-dict with the checkpoint's names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import backend, trace
+from ..attention import extended_attention_mask, head_masks
+from ..config import LiltConfig
+from ..modeling import PreTrainedModel
+from ..ops import check_index_range, linear
+from ..outputs import (
+    LiltModelOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+from .embeddings import (
+    create_position_ids_from_input_ids,
+    create_position_ids_from_inputs_embeds,
+    layout_embeddings,
+    text_embeddings,
+)
+from .heads import (
+    classification_head,
+    question_answering_logits,
+    question_answering_loss,
+    sequence_classification_loss,
+    token_classification_loss,
+)
+from .layers import lilt_encoder, pooler
+
+__all__ = [
+    "LiltModel",
+    "LiltForSequenceClassification",
+    "LiltForTokenClassification",
+    "LiltForQuestionAnswering",
+    "lilt_model",
+    "check_inputs",
+    "nest",
+    "base_shapes",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# weights
+# --------------------------------------------------------------------------------------------
+
+
+def nest(params: dict[str, Any]) -> dict[str, Any]:
+    """Turn flat checkpoint keys into nested dicts: ``"a.b.weight"`` -> ``{"a": {"b": {"weight": ...}}}``."""
+    tree: dict[str, Any] = {}
+    for key, value in params.items():
+        node = tree
+        *path, leaf = key.split(".")
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def base_shapes(
+    config: LiltConfig, prefix: str = "", add_pooling_layer: bool = True
+) -> dict[str, tuple[int, ...]]:
+    """Checkpoint key -> shape for LiltModel's weights, in ``state_dict`` order.
+
+    Args:
+        config: the model config.
+        prefix: ``""`` for LiltModel, ``"lilt."`` inside a head model.
+        add_pooling_layer: LiltModel has a pooler; the head models build theirs without one.
+    """
+    h, r = config.hidden_size, config.channel_shrink_ratio
+    hr, ir = h // r, config.intermediate_size // r
+    head = h // config.num_attention_heads
+    P, M = config.max_position_embeddings, config.max_2d_position_embeddings
+    s: dict[str, tuple[int, ...]] = {
+        "embeddings.word_embeddings.weight": (config.vocab_size, h),
+        "embeddings.position_embeddings.weight": (P, h),
+        "embeddings.token_type_embeddings.weight": (config.type_vocab_size, h),
+        "embeddings.LayerNorm.weight": (h,),
+        "embeddings.LayerNorm.bias": (h,),
+        "layout_embeddings.x_position_embeddings.weight": (M, h // 6),
+        "layout_embeddings.y_position_embeddings.weight": (M, h // 6),
+        "layout_embeddings.h_position_embeddings.weight": (M, h // 6),
+        "layout_embeddings.w_position_embeddings.weight": (M, h // 6),
+        "layout_embeddings.box_position_embeddings.weight": (P, hr),
+        "layout_embeddings.box_linear_embeddings.weight": (hr, h),
+        "layout_embeddings.box_linear_embeddings.bias": (hr,),
+        "layout_embeddings.LayerNorm.weight": (hr,),
+        "layout_embeddings.LayerNorm.bias": (hr,),
+    }
+
+    def linear_shapes(name: str, out_f: int, in_f: int) -> None:
+        s[f"{name}.weight"] = (out_f, in_f)
+        s[f"{name}.bias"] = (out_f,)
+
+    def norm_shapes(name: str, d: int) -> None:
+        s[f"{name}.weight"] = (d,)
+        s[f"{name}.bias"] = (d,)
+
+    for i in range(config.num_hidden_layers):
+        L = f"encoder.layer.{i}"
+        for n in ("query", "key", "value"):
+            linear_shapes(f"{L}.attention.self.{n}", h, h)
+        for n in ("layout_query", "layout_key", "layout_value"):
+            linear_shapes(f"{L}.attention.self.{n}", hr, hr)
+        if config.position_embedding_type in ("relative_key", "relative_key_query"):
+            s[f"{L}.attention.self.distance_embedding.weight"] = (2 * P - 1, head)
+        linear_shapes(f"{L}.attention.output.dense", h, h)
+        norm_shapes(f"{L}.attention.output.LayerNorm", h)
+        linear_shapes(f"{L}.attention.layout_output.dense", hr, hr)
+        norm_shapes(f"{L}.attention.layout_output.LayerNorm", hr)
+        linear_shapes(f"{L}.intermediate.dense", config.intermediate_size, h)
+        linear_shapes(f"{L}.output.dense", h, config.intermediate_size)
+        norm_shapes(f"{L}.output.LayerNorm", h)
+        linear_shapes(f"{L}.layout_intermediate.dense", ir, hr)
+        linear_shapes(f"{L}.layout_output.dense", hr, ir)
+        norm_shapes(f"{L}.layout_output.LayerNorm", hr)
+    if add_pooling_layer:
+        linear_shapes("pooler.dense", h, h)
+    return {prefix + k: v for k, v in s.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# input checks
+# --------------------------------------------------------------------------------------------
+
+
+def _broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    """Whether an array of ``shape`` broadcasts to exactly ``target`` (NumPy/torch rules)."""
+    if len(shape) > len(target):
+        return False
+    return all(a in (1, t) for a, t in zip(shape[::-1], target[::-1], strict=False))
+
+
+def _require_integers(x, name: str) -> None:
+    if x.dtype.kind not in "iu":
+        raise ValueError(
+            f"{name} must hold integers (it indexes an embedding table), got dtype {x.dtype}; "
+            f"convert with {name}.astype('int64') if the values are whole numbers"
+        )
+
+
+def _first_bad(xp, bad) -> tuple[int, ...]:
+    return tuple(int(i) for i in xp.argwhere(bad)[0])
+
+
+def check_inputs(
+    config: LiltConfig,
+    dtype,
+    input_ids=None,
+    bbox=None,
+    attention_mask=None,
+    token_type_ids=None,
+    position_ids=None,
+    head_mask=None,
+    inputs_embeds=None,
+) -> dict[str, Any]:
+    """Validate LiltModel's inputs and fill in the oracle's defaults.
+
+    Every array must broadcast to ``[batch, seq]`` (``[batch, seq, 4]`` for ``bbox``,
+    ``[batch, seq, seq]`` for a 3-d ``attention_mask``), as the oracle's broadcasting
+    allows; the result is broadcast to full size.
+
+    Defaults: ``bbox`` all zeros, ``attention_mask`` all ones, ``token_type_ids`` zeros,
+    ``position_ids`` RoBERTa-style from ``input_ids`` (or sequential from ``pad + 1`` with
+    ``inputs_embeds``).
+
+    Returns:
+        dict of ``input_ids, inputs_embeds, bbox, attention_mask, token_type_ids,
+        position_ids, head_masks`` (one per layer), ready for :func:`lilt_model`.
+
+    Raises:
+        ValueError: naming the argument, the first bad position and the allowed range.
+    """
+    if input_ids is not None and inputs_embeds is not None:
+        raise ValueError("pass either input_ids or inputs_embeds, not both")
+    if input_ids is None and inputs_embeds is None:
+        raise ValueError("pass input_ids or inputs_embeds")
+    xp = backend.get_namespace(
+        input_ids, inputs_embeds, bbox, attention_mask, token_type_ids, position_ids, head_mask
+    )
+    h = config.hidden_size
+    if input_ids is not None:
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must have shape [batch, seq], got {tuple(input_ids.shape)}")
+        _require_integers(input_ids, "input_ids")
+        check_index_range(input_ids, config.vocab_size, "input_ids")
+        b, s = input_ids.shape
+    else:
+        if inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != h:
+            raise ValueError(
+                f"inputs_embeds must have shape [batch, seq, {h}], got {tuple(inputs_embeds.shape)}"
+            )
+        if inputs_embeds.dtype.kind not in "fiu":
+            raise ValueError(f"inputs_embeds must be a float array, got dtype {inputs_embeds.dtype}")
+        inputs_embeds = inputs_embeds.astype(dtype, copy=False)
+        b, s = inputs_embeds.shape[:2]
+    if s == 0:
+        raise ValueError("the sequence is empty (seq = 0): LiLT needs at least one token")
+
+    # boxes: integers in [0, max_2d - 1] with x0 <= x1 and y0 <= y1
+    M = config.max_2d_position_embeddings
+    if bbox is None:
+        bbox = xp.zeros((b, s, 4), dtype=xp.int64)
+    else:
+        if bbox.ndim != 3 or bbox.shape[-1] != 4 or not _broadcasts_to(tuple(bbox.shape), (b, s, 4)):
+            raise ValueError(f"bbox must have shape [batch, seq, 4] = [{b}, {s}, 4], got {tuple(bbox.shape)}")
+        _require_integers(bbox, "bbox")
+        check_index_range(bbox, M, "bbox")
+        bbox = xp.broadcast_to(bbox, (b, s, 4))
+        for lo, hi, what, table in ((0, 2, "width x1 - x0", "w"), (1, 3, "height y1 - y0", "h")):
+            bad = bbox[:, :, hi] < bbox[:, :, lo]
+            if bool(bad.any()):
+                i, j = _first_bad(xp, bad)
+                raise ValueError(
+                    f"bbox[{i}, {j}] = {[int(v) for v in bbox[i, j]]}: the {what} is negative; it indexes "
+                    f"{table}_position_embeddings, allowed range [0, {M - 1}] (boxes are (x0, y0, x1, y1))"
+                )
+
+    # attention mask: [b, s] or [b, s, s], default all ones
+    if attention_mask is None:
+        attention_mask = xp.ones((b, s), dtype=dtype)
+    else:
+        target = (b, s) if attention_mask.ndim <= 2 else (b, s, s)
+        if attention_mask.ndim not in (2, 3) or not _broadcasts_to(tuple(attention_mask.shape), target):
+            raise ValueError(
+                f"attention_mask must have shape [batch, seq] = [{b}, {s}] or [batch, seq, seq] = [{b}, {s}, {s}], "
+                f"got {tuple(attention_mask.shape)}"
+            )
+        attention_mask = xp.broadcast_to(attention_mask, target)
+
+    # segment ids in [0, type_vocab_size - 1], default zeros
+    if token_type_ids is None:
+        token_type_ids = xp.zeros((b, s), dtype=xp.int64)
+    else:
+        if not _broadcasts_to(tuple(token_type_ids.shape), (b, s)):
+            raise ValueError(
+                f"token_type_ids must have shape [batch, seq] = [{b}, {s}], got {tuple(token_type_ids.shape)}"
+            )
+        _require_integers(token_type_ids, "token_type_ids")
+        token_type_ids = xp.broadcast_to(token_type_ids, (b, s))
+        check_index_range(token_type_ids, config.type_vocab_size, "token_type_ids")
+
+    # positions: explicit, or RoBERTa's; both index tables of max_position_embeddings rows
+    P = config.max_position_embeddings
+    if position_ids is None:
+        if input_ids is not None:
+            position_ids = create_position_ids_from_input_ids(input_ids, config.pad_token_id)
+        else:
+            position_ids = create_position_ids_from_inputs_embeds(b, s, config.pad_token_id, xp)
+        bad = position_ids >= P
+        if bool(bad.any()):
+            i, j = _first_bad(xp, bad)
+            raise ValueError(
+                f"the sequence is too long: token [{i}, {j}] gets position id {int(position_ids[i, j])} "
+                f"(positions start at pad_token_id + 1 = {config.pad_token_id + 1}), outside the allowed range "
+                f"[0, {P - 1}] of max_position_embeddings = {P}; at most {P - config.pad_token_id - 1} "
+                f"non-pad tokens fit"
+            )
+    else:
+        if not _broadcasts_to(tuple(position_ids.shape), (b, s)):
+            raise ValueError(
+                f"position_ids must have shape [batch, seq] = [{b}, {s}], got {tuple(position_ids.shape)}"
+            )
+        _require_integers(position_ids, "position_ids")
+        position_ids = xp.broadcast_to(position_ids, (b, s))
+        check_index_range(position_ids, P, "position_ids")
+    if config.position_embedding_type != "absolute" and s > P:
+        raise ValueError(
+            f"input_ids: sequence length {s} exceeds max_position_embeddings = {P}, the longest distance "
+            f"relative position embeddings ({config.position_embedding_type}) can represent"
+        )
+
+    # head mask: [heads], [layers, heads] or 5-d
+    if head_mask is not None and head_mask.ndim == 5:
+        hm = tuple(head_mask.shape)
+        if hm[1] not in (1, b) or hm[3] not in (1, s) or hm[4] not in (1, s):
+            raise ValueError(
+                f"head_mask has shape {hm}; a 5-d head mask must broadcast to [layers, {b}, heads, {s}, {s}]"
+            )
+    masks = head_masks(head_mask, config.num_hidden_layers, config.num_attention_heads, dtype)
+    return {
+        "input_ids": input_ids,
+        "inputs_embeds": inputs_embeds,
+        "bbox": bbox,
+        "attention_mask": attention_mask,
+        "token_type_ids": token_type_ids,
+        "position_ids": position_ids,
+        "head_masks": masks,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# LiltModel as one function
+# --------------------------------------------------------------------------------------------
+
+
+def lilt_model(
+    w: dict[str, Any],
+    inputs: dict[str, Any],
+    config: LiltConfig,
+    dtype,
+    add_pooling_layer: bool = True,
+    output_attentions: bool = False,
+    output_hidden_states: bool = False,
+) -> LiltModelOutput:
+    """LiltModel's forward pass.
+
+    Args:
+        w: nested weights (see :func:`nest`) with ``embeddings``, ``layout_embeddings``,
+            ``encoder`` and, with ``add_pooling_layer``, ``pooler``.
+        inputs: the checked inputs from :func:`check_inputs`.
+        config: the model config.
+        dtype: the model's float dtype.
+        add_pooling_layer: compute ``pooler_output``.
+        output_attentions, output_hidden_states: return the per-layer tuples.
+
+    Returns:
+        LiltModelOutput: ``last_hidden_state [b, s, hidden]``, ``pooler_output [b, hidden]``,
+        ``hidden_states`` / ``attentions`` tuples as transformers, and the layout stream.
+    """
+    eps = config.layer_norm_eps
+    position_ids = trace.record("embeddings.position_ids", inputs["position_ids"])
+    # text stream input: [b, s] -> [b, s, h]
+    with trace.scope("embeddings"):
+        embedding_output = text_embeddings(
+            inputs["input_ids"],
+            inputs["inputs_embeds"],
+            inputs["token_type_ids"],
+            position_ids,
+            **w["embeddings"],
+            eps=eps,
+            position_embedding_type=config.position_embedding_type,
+        )
+    # layout stream input: [b, s, 4] -> [b, s, h/r]
+    with trace.scope("layout_embeddings"):
+        layout_embedding_output = layout_embeddings(
+            inputs["bbox"], position_ids, **w["layout_embeddings"], eps=eps
+        )
+    # additive mask over keys: [b, 1, 1|s, s]
+    additive_mask = extended_attention_mask(inputs["attention_mask"], dtype)
+    # both streams through every layer
+    with trace.scope("encoder"):
+        enc = lilt_encoder(
+            embedding_output,
+            layout_embedding_output,
+            additive_mask,
+            inputs["head_masks"],
+            **w["encoder"],
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            hidden_act=config.hidden_act,
+            eps=eps,
+            num_heads=config.num_attention_heads,
+            channel_shrink_ratio=config.channel_shrink_ratio,
+            position_embedding_type=config.position_embedding_type,
+            max_position_embeddings=config.max_position_embeddings,
+        )
+    # first-token summary: [b, s, h] -> [b, h]
+    pooled = None
+    if add_pooling_layer:
+        with trace.scope("pooler"):
+            pooled = pooler(enc["last_hidden_state"], **w["pooler"])
+    return LiltModelOutput(pooler_output=pooled, **enc)
+
+
+# --------------------------------------------------------------------------------------------
+# classes
+# --------------------------------------------------------------------------------------------
+
+
+class _LiltBase(PreTrainedModel):
+    config_class = LiltConfig
+    base_model_prefix = "lilt"
+
+    def __init__(self, config: LiltConfig, params: dict[str, Any], dtype="float32", device: str = "cpu"):
+        super().__init__(config, params, dtype=dtype, device=device)
+        self.weights = nest(params)
+
+    def _array(self, x):
+        """Lists/scalars -> arrays; host arrays -> the model's device. Arrays already there pass through."""
+        if x is None:
+            return None
+        if not hasattr(x, "shape"):
+            x = np.asarray(x)
+        if self.device != "cpu" and not backend.is_device_array(x):
+            x = backend.to_device(x, self.device)
+        return x
+
+    def _base(self, w, kw, add_pooling_layer: bool, output_attentions: bool, output_hidden_states: bool):
+        names = (
+            "input_ids",
+            "bbox",
+            "attention_mask",
+            "token_type_ids",
+            "position_ids",
+            "head_mask",
+            "inputs_embeds",
+        )
+        inputs = check_inputs(self.config, self.dtype, **{n: self._array(kw.get(n)) for n in names})
+        return lilt_model(
+            w,
+            inputs,
+            self.config,
+            self.dtype,
+            add_pooling_layer=add_pooling_layer,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+
+
+class LiltModel(_LiltBase):
+    """transformers.LiltModel: text + layout encoder with a pooler.
+
+    ``model(input_ids=ids, bbox=boxes, attention_mask=mask)`` returns a
+    :class:`~refimpl.outputs.LiltModelOutput`.
+    """
+
+    is_base_model = True
+
+    @classmethod
+    def expected_shapes(cls, config: LiltConfig) -> dict[str, tuple[int, ...]]:
+        return base_shapes(config, add_pooling_layer=True)
+
+    def forward(
+        self,
+        input_ids=None,
+        bbox=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> LiltModelOutput:
+        """Run the encoder.
+
+        Args:
+            input_ids: integer ``[batch, seq]`` in ``[0, vocab_size - 1]`` (or ``inputs_embeds``).
+            bbox: integer ``[batch, seq, 4]`` boxes ``(x0, y0, x1, y1)`` in ``[0, max_2d - 1]``.
+            attention_mask: ``[batch, seq]`` (or ``[batch, seq, seq]``), 1 = attend.
+            token_type_ids: integer ``[batch, seq]``.
+            position_ids: integer ``[batch, seq]`` (default: RoBERTa's, from ``pad_token_id + 1``).
+            head_mask: ``[heads]`` or ``[layers, heads]``, 1 = keep.
+            inputs_embeds: ``[batch, seq, hidden]`` instead of ``input_ids``.
+            output_attentions, output_hidden_states: add the per-layer tuples.
+        """
+        kw = dict(locals())
+        return self._base(self.weights, kw, True, output_attentions, output_hidden_states)
+
+
+class LiltForSequenceClassification(_LiltBase):
+    """transformers.LiltForSequenceClassification: RoBERTa head on the first token (no pooler)."""
+
+    @classmethod
+    def expected_shapes(cls, config: LiltConfig) -> dict[str, tuple[int, ...]]:
+        s = base_shapes(config, prefix="lilt.", add_pooling_layer=False)
+        h, n = config.hidden_size, config.num_labels
+        s.update(
+            {
+                "classifier.dense.weight": (h, h),
+                "classifier.dense.bias": (h,),
+                "classifier.out_proj.weight": (n, h),
+                "classifier.out_proj.bias": (n,),
+            }
+        )
+        return s
+
+    def forward(
+        self,
+        input_ids=None,
+        bbox=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        labels=None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> SequenceClassifierOutput:
+        """LiltModel's inputs plus ``labels``: integer ``[batch]`` (single-label), float
+        ``[batch, num_labels]`` (multi-label) or float ``[batch]`` (regression, ``num_labels == 1``).
+        The loss follows ``config.problem_type``, chosen as the oracle does when it is ``None``."""
+        kw = dict(locals())
+        with trace.scope("lilt"):
+            out = self._base(self.weights["lilt"], kw, False, output_attentions, output_hidden_states)
+        with trace.scope("classifier"):
+            logits = classification_head(out.last_hidden_state, **self.weights["classifier"])
+        loss = None
+        if labels is not None:
+            labels = self._array(labels)
+            if labels.shape[0] != logits.shape[0]:
+                raise ValueError(
+                    f"labels has shape {tuple(labels.shape)}; its first axis must be the batch ({logits.shape[0]})"
+                )
+            loss = trace.record(
+                "loss",
+                sequence_classification_loss(
+                    logits, labels, num_labels=self.config.num_labels, problem_type=self.config.problem_type
+                ),
+            )
+        return SequenceClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+            layout_hidden_states=out.layout_hidden_states,
+            layout_attentions=out.layout_attentions,
+        )
+
+
+class LiltForTokenClassification(_LiltBase):
+    """transformers.LiltForTokenClassification: a linear classifier on every token (no pooler)."""
+
+    @classmethod
+    def expected_shapes(cls, config: LiltConfig) -> dict[str, tuple[int, ...]]:
+        s = base_shapes(config, prefix="lilt.", add_pooling_layer=False)
+        s.update(
+            {
+                "classifier.weight": (config.num_labels, config.hidden_size),
+                "classifier.bias": (config.num_labels,),
+            }
+        )
+        return s
+
+    def forward(
+        self,
+        input_ids=None,
+        bbox=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        labels=None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> TokenClassifierOutput:
+        """LiltModel's inputs plus ``labels``: integer ``[batch, seq]`` in ``[0, num_labels - 1]``
+        or -100 (ignored). The loss is the mean cross entropy over the non-ignored tokens."""
+        kw = dict(locals())
+        with trace.scope("lilt"):
+            out = self._base(self.weights["lilt"], kw, False, output_attentions, output_hidden_states)
+        # [b, s, h] -> [b, s, labels]
+        logits = trace.record("classifier", linear(out.last_hidden_state, **self.weights["classifier"]))
+        loss = None
+        if labels is not None:
+            labels = self._array(labels)
+            _require_integers(labels, "labels")
+            if labels.size != logits.shape[0] * logits.shape[1]:
+                raise ValueError(
+                    f"labels has shape {tuple(labels.shape)}; expected [batch, seq] = {list(logits.shape[:2])}"
+                )
+            loss = trace.record("loss", token_classification_loss(logits, labels))
+        return TokenClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+            layout_hidden_states=out.layout_hidden_states,
+            layout_attentions=out.layout_attentions,
+        )
+
+
+class LiltForQuestionAnswering(_LiltBase):
+    """transformers.LiltForQuestionAnswering: start/end logits per token (no pooler; needs ``num_labels == 2``)."""
+
+    @classmethod
+    def expected_shapes(cls, config: LiltConfig) -> dict[str, tuple[int, ...]]:
+        if config.num_labels != 2:
+            raise ValueError(
+                f"LiltForQuestionAnswering needs config.num_labels == 2 (start and end logits), got {config.num_labels}"
+            )
+        s = base_shapes(config, prefix="lilt.", add_pooling_layer=False)
+        s.update({"qa_outputs.weight": (2, config.hidden_size), "qa_outputs.bias": (2,)})
+        return s
+
+    def forward(
+        self,
+        input_ids=None,
+        bbox=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        start_positions=None,
+        end_positions=None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> QuestionAnsweringModelOutput:
+        """LiltModel's inputs plus ``start_positions`` / ``end_positions``: integer ``[batch]``.
+        Positions outside ``[0, seq - 1]`` are ignored in the loss (clamped to ``seq``, as the oracle)."""
+        kw = dict(locals())
+        with trace.scope("lilt"):
+            out = self._base(self.weights["lilt"], kw, False, output_attentions, output_hidden_states)
+        with trace.scope("qa_outputs"):
+            start_logits, end_logits = question_answering_logits(
+                out.last_hidden_state, **self.weights["qa_outputs"]
+            )
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            b = start_logits.shape[0]
+            positions = []
+            for name, p in (("start_positions", start_positions), ("end_positions", end_positions)):
+                p = self._array(p)
+                _require_integers(p, name)
+                if p.size != b or p.ndim > 2:
+                    raise ValueError(f"{name} has shape {tuple(p.shape)}; expected [batch] = [{b}]")
+                positions.append(p.reshape(b))
+            loss = trace.record("loss", question_answering_loss(start_logits, end_logits, *positions))
+        return QuestionAnsweringModelOutput(
+            loss=loss,
+            start_logits=start_logits,
+            end_logits=end_logits,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+            layout_hidden_states=out.layout_hidden_states,
+            layout_attentions=out.layout_attentions,
+        )
