@@ -1,44 +1,886 @@
-"""Checkpoint weights: read, upcast, and match keys strictly.
+"""Checkpoint weights: read safely, upcast, and match keys strictly.
 
-INTERIM: this first version reads a single ``model.safetensors``. The foundation issue
-extends it (memory mapping, shards, ``pytorch_model.bin`` through a restricted unpickler,
-fp16/bf16, corrupt-file errors); the two public functions below keep their signatures.
+Formats read (no torch import, no code from the file ever runs):
+
+* ``model.safetensors``: the header is parsed and validated here, and each tensor is a
+  read-only NumPy view of a memory map of the file (zero-copy when no cast is needed).
+* ``pytorch_model.bin``, zip format (torch >= 1.6) and legacy format (``torch.save(...,
+  _use_new_zipfile_serialization=False)``): the pickle is read by a restricted unpickler
+  that only knows the handful of globals torch uses to rebuild tensors, each replaced by a
+  stand-in defined here; every other global is refused before anything runs. Storages of
+  a zip archive are memory mapped too; a tensor is rebuilt from its storage with its
+  offset and strides.
+* sharded sets: ``model.safetensors.index.json`` / ``pytorch_model.bin.index.json``.
+
+Float tensors are cast to the requested dtype (float16 exactly; bfloat16 through its bit
+pattern, as NumPy has no bfloat16). Integer and bool tensors keep their dtype.
 """
 
 from __future__ import annotations
 
+import _compat_pickle
+import collections
+import hashlib
+import io
+import json
+import math
+import mmap
 import os
+import pickle
 import re
-from typing import Any
+import zipfile
+from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["CheckpointError", "load_state_dict", "match_state_dict", "subtree"]
+__all__ = [
+    "CheckpointError",
+    "UnsafeCheckpointError",
+    "RawTensor",
+    "WEIGHT_FILES",
+    "weight_files",
+    "load_state_dict",
+    "load_raw_state_dict",
+    "save_safetensors",
+    "convert_bin_to_safetensors",
+    "sha256_file",
+    "match_state_dict",
+    "subtree",
+]
 
 
 class CheckpointError(ValueError):
-    """A checkpoint does not fit the model: lists every missing, unexpected and misshaped key."""
+    """A checkpoint cannot be read (corrupt, truncated) or does not fit the model (lists every
+    missing, unexpected and misshaped key). The message names the file."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A ``.bin`` pickle asks for a global outside the tensor-rebuilding allow-list."""
+
+
+class RawTensor(NamedTuple):
+    """A tensor as stored: ``dtype`` is the safetensors code (``"F32"``, ``"BF16"``, ...) and
+    ``array`` its values; for ``"BF16"`` the array holds the raw ``uint16`` bit patterns."""
+
+    dtype: str
+    array: np.ndarray
+
+
+#: The files a checkpoint directory is searched for, in transformers' order of preference.
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+# safetensors dtype code -> little-endian NumPy dtype of the stored bits.
+_CODES: dict[str, str] = {
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "BF16": "<u2",  # bit patterns; see _bf16_to_f32
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "I8": "i1",
+    "U64": "<u8",
+    "U32": "<u4",
+    "U16": "<u2",
+    "U8": "u1",
+    "BOOL": "?",
+}
+_FLOAT_CODES = ("F64", "F32", "F16", "BF16")
+_NUMPY_TO_CODE = {np.dtype(v).newbyteorder("="): k for k, v in _CODES.items() if k != "BF16"}
+
+# torch storage classes (pickled as globals ``torch.FloatStorage``...) -> element code.
+_TORCH_STORAGES = {
+    "DoubleStorage": "F64",
+    "FloatStorage": "F32",
+    "HalfStorage": "F16",
+    "BFloat16Storage": "BF16",
+    "LongStorage": "I64",
+    "IntStorage": "I32",
+    "ShortStorage": "I16",
+    "CharStorage": "I8",
+    "ByteStorage": "U8",
+    "BoolStorage": "BOOL",
+    "UntypedStorage": "U8",  # bytes; _rebuild_tensor_v3 names the tensor's dtype
+}
+# torch dtypes (pickled as globals ``torch.float32``...) -> code.
+_TORCH_DTYPES = {
+    "float64": "F64",
+    "double": "F64",
+    "float32": "F32",
+    "float": "F32",
+    "float16": "F16",
+    "half": "F16",
+    "bfloat16": "BF16",
+    "int64": "I64",
+    "long": "I64",
+    "int32": "I32",
+    "int": "I32",
+    "int16": "I16",
+    "short": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+    "uint16": "U16",
+    "uint32": "U32",
+    "uint64": "U64",
+}
+_TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # torch/serialization.py MAGIC_NUMBER
+_TORCH_PROTOCOL = 1001  # torch/serialization.py PROTOCOL_VERSION
+_MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
+
+
+# ---------------------------------------------------------------------------------------------
+# dtype handling
+# ---------------------------------------------------------------------------------------------
+def _bf16_to_f32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns -> float32, exactly: ``[...] uint16 -> [...] float32``.
+
+    A bfloat16 is the upper half of a float32, so shifting its 16 bits left by 16 gives
+    the float32 with the same value (NaN payloads and infinities included)."""
+    return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def _check_float_dtype(dtype) -> np.dtype | None:
+    if dtype is None:
+        return None
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise ValueError(
+            f"dtype must be a NumPy float dtype (float32/float64) or None, got {dtype!r}"
+        ) from None
+    if dt.kind != "f":
+        raise ValueError(f"dtype must be a NumPy float dtype (float32/float64) or None, got {dtype!r}")
+    return dt
+
+
+def _cast(raw: RawTensor, dtype: np.dtype | None) -> np.ndarray:
+    """A stored tensor as an array: floats cast to ``dtype`` (a copy only when it differs),
+    bfloat16 upcast through float32, integers and bools unchanged. ``dtype=None`` keeps the
+    stored float type (bfloat16 becomes float32)."""
+    code, arr = raw
+    if code == "BF16":
+        f32 = _bf16_to_f32(arr)
+        return f32 if dtype is None or dtype == f32.dtype else f32.astype(dtype)
+    if code in _FLOAT_CODES and dtype is not None and arr.dtype != dtype:
+        return arr.astype(dtype)
+    return arr
+
+
+# ---------------------------------------------------------------------------------------------
+# safetensors
+# ---------------------------------------------------------------------------------------------
+def _map_file(f, path: str) -> mmap.mmap | bytes:
+    """A read-only memory map of an open file (``b""`` for an empty file, which cannot be mapped)."""
+    size = os.fstat(f.fileno()).st_size
+    if size == 0:
+        return b""
+    try:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as e:  # e.g. a pipe or a special file
+        raise CheckpointError(f"{path}: cannot memory-map the file: {e}") from None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _read_safetensors(path: str) -> dict[str, RawTensor]:
+    """Parse and validate a safetensors file; every array is a read-only view of its memory map.
+
+    Layout: ``u64 little-endian N | N bytes of JSON header | data``. The header maps each
+    name to ``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets relative to the
+    data), plus an optional ``"__metadata__"`` of strings. As the safetensors library does,
+    the tensors must tile the data exactly: no overlap, no gap, nothing after the last.
+    """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < 8:
+            raise CheckpointError(
+                f"{path}: truncated safetensors file ({size} bytes, the header length needs 8)"
+            )
+        n = int.from_bytes(f.read(8), "little")
+        if n > size - 8:
+            raise CheckpointError(
+                f"{path}: corrupt safetensors file: header length {n} runs past the end of the file ({size} bytes)"
+            )
+        if n > _MAX_HEADER:
+            raise CheckpointError(
+                f"{path}: corrupt safetensors file: header length {n} exceeds {_MAX_HEADER}"
+            )
+        head = f.read(n)
+        buf = _map_file(f, path)
+    try:
+        header = json.loads(head.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupt safetensors header (not UTF-8 JSON): {e}") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header: expected a JSON object")
+    meta = header.pop("__metadata__", None)
+    if meta is not None and not (
+        isinstance(meta, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items())
+    ):
+        raise CheckpointError(f"{path}: corrupt safetensors header: __metadata__ must map strings to strings")
+    start = 8 + n
+    data_len = size - start
+    spans: list[tuple[int, int, str]] = []
+    out: dict[str, RawTensor] = {}
+    for name, info in header.items():
+        bad = f"{path}: corrupt safetensors header for tensor {name!r}"
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise CheckpointError(
+                f"{bad}: expected exactly the keys dtype, shape, data_offsets, got {info!r}"
+            )
+        code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if code not in _CODES:
+            raise CheckpointError(f"{bad}: dtype {code!r} is not supported; supported: {sorted(_CODES)}")
+        if not isinstance(shape, list) or not all(_is_int(s) and s >= 0 for s in shape):
+            raise CheckpointError(f"{bad}: shape must be a list of non-negative integers, got {shape!r}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
+            raise CheckpointError(f"{bad}: data_offsets must be two integers, got {offsets!r}")
+        begin, end = offsets
+        if not 0 <= begin <= end <= data_len:
+            raise CheckpointError(
+                f"{bad}: data_offsets {offsets} fall outside the {data_len} data bytes of the file (truncated?)"
+            )
+        dt = np.dtype(_CODES[code])
+        count = math.prod(shape)
+        if count * dt.itemsize != end - begin:
+            raise CheckpointError(
+                f"{bad}: shape {shape} x {dt.itemsize} bytes = {count * dt.itemsize} bytes, "
+                f"but data_offsets span {end - begin}"
+            )
+        spans.append((begin, end, name))
+        if count == 0:
+            arr = np.zeros(shape, dt)
+            arr.flags.writeable = False
+        else:
+            arr = np.frombuffer(buf, dtype=dt, count=count, offset=start + begin).reshape(shape)
+        out[name] = RawTensor(code, arr)
+    pos = 0
+    for begin, end, name in sorted(spans):
+        if begin != pos:
+            what = (
+                "overlaps the tensor before it"
+                if begin < pos
+                else f"leaves a gap of {begin - pos} bytes before it"
+            )
+            raise CheckpointError(f"{path}: corrupt safetensors file: tensor {name!r} {what}")
+        pos = end
+    if pos != data_len:
+        raise CheckpointError(
+            f"{path}: corrupt safetensors file: {data_len - pos} bytes after the last tensor's data"
+        )
+    return out
+
+
+def save_safetensors(
+    path: str | os.PathLike,
+    tensors: dict[str, np.ndarray | RawTensor],
+    metadata: dict[str, str] | None = None,
+) -> str:
+    """Write a safetensors file that the safetensors library (and this module) read back.
+
+    Args:
+        path: output file.
+        tensors: name -> array, or name -> :class:`RawTensor` (needed for ``"BF16"``, which
+            NumPy cannot express: the array holds the uint16 bit patterns).
+        metadata: string -> string; defaults to ``{"format": "pt"}`` (what transformers expects).
+
+    Returns:
+        the path written.
+    """
+    entries = []
+    for name, t in tensors.items():
+        if not isinstance(name, str):
+            raise ValueError(f"tensors: keys must be strings, got {name!r}")
+        if isinstance(t, RawTensor):
+            code, arr = t.dtype, np.asarray(t.array)
+            if code not in _CODES:
+                raise ValueError(f"tensors[{name!r}]: dtype {code!r} is not one of {sorted(_CODES)}")
+            want = np.dtype(_CODES[code])
+            if arr.dtype.newbyteorder("=") != want.newbyteorder("="):
+                raise ValueError(
+                    f"tensors[{name!r}]: a {code} tensor must hold {want} values, got {arr.dtype}"
+                )
+        else:
+            arr = np.asarray(t)
+            code = _NUMPY_TO_CODE.get(arr.dtype.newbyteorder("="))
+            if code is None:
+                raise ValueError(f"tensors[{name!r}]: dtype {arr.dtype} cannot be stored in safetensors")
+        arr = arr.astype(np.dtype(_CODES[code]), order="C", copy=False)  # little-endian, C order, 0-d kept
+        entries.append((name, code, arr))
+    # As safetensors does: larger items first, then by name, so every tensor stays aligned.
+    entries.sort(key=lambda e: (-e[2].dtype.itemsize, e[0]))
+    header: dict[str, Any] = {"__metadata__": dict(metadata) if metadata is not None else {"format": "pt"}}
+    pos = 0
+    for name, code, arr in entries:
+        header[name] = {"dtype": code, "shape": list(arr.shape), "data_offsets": [pos, pos + arr.nbytes]}
+        pos += arr.nbytes
+    head = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    head += b" " * (-len(head) % 8)
+    p = os.fspath(path)
+    with open(p, "wb") as f:
+        f.write(len(head).to_bytes(8, "little"))
+        f.write(head)
+        for _, _, arr in entries:
+            if arr.size:
+                f.write(arr.reshape(-1).view(np.uint8).data)
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# pytorch_model.bin: restricted unpickling
+# ---------------------------------------------------------------------------------------------
+class _Stand:
+    """A non-callable stand-in for an allowed torch global (a storage class, a dtype, the
+    Tensor / Parameter classes). Pickle cannot call it nor set its state."""
+
+    __slots__ = ("kind", "name", "code")
+
+    def __init__(self, kind: str, name: str, code: str | None = None):
+        self.kind, self.name, self.code = kind, name, code
+
+    def __setstate__(self, state):
+        raise pickle.UnpicklingError(f"cannot set the state of torch.{self.name}")
+
+    def __repr__(self) -> str:
+        return f"torch.{self.name}"
+
+
+class _Storage:
+    """A storage named by a persistent id; its bytes are located after unpickling."""
+
+    __slots__ = ("key", "code", "numel", "buf", "offset", "nbytes", "big_endian", "root", "root_offset")
+
+    def __init__(self, key: str, code: str, numel: int):
+        self.key, self.code, self.numel = key, code, numel
+        self.buf: Any = None  # an mmap or bytes holding the storage at ``offset``
+        self.offset = 0
+        self.nbytes = numel * np.dtype(_CODES[code]).itemsize
+        self.big_endian = False
+        self.root: _Storage | None = None  # legacy storage views: bytes of a root storage
+        self.root_offset = 0
+
+    def __setstate__(self, state):
+        raise pickle.UnpicklingError("cannot set the state of a storage")
+
+
+class _Tensor:
+    """A tensor rebuilt by ``_rebuild_tensor_v2`` / ``_v3``: storage + offset, size, stride
+    (in elements). ``code`` is the tensor's dtype when it differs from the storage's (v3)."""
+
+    __slots__ = ("storage", "offset", "size", "stride", "code")
+
+    def __init__(self, storage, offset, size, stride, code=None):
+        if not isinstance(storage, _Storage):
+            raise pickle.UnpicklingError(
+                f"a tensor must be rebuilt from a storage, got {type(storage).__name__}"
+            )
+        ints = (offset, *size, *stride) if isinstance(size, tuple) and isinstance(stride, tuple) else None
+        if ints is None or not all(_is_int(i) and i >= 0 for i in ints) or len(size) != len(stride):
+            raise pickle.UnpicklingError(
+                f"bad tensor geometry: offset {offset!r}, size {size!r}, stride {stride!r} "
+                "(expected non-negative integers and as many strides as sizes)"
+            )
+        self.storage, self.offset, self.size, self.stride, self.code = storage, offset, size, stride, code
+
+    def __setstate__(self, state):
+        raise pickle.UnpicklingError("cannot set the state of a tensor")
+
+
+def _check_metadata(metadata) -> None:
+    if metadata:  # conj / neg bits: the stored values would need a transform
+        raise pickle.UnpicklingError(f"tensor metadata {metadata!r} (conj/neg views) is not supported")
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride):
+    """Stand-in for ``torch._utils._rebuild_tensor``."""
+    return _Tensor(storage, storage_offset, tuple(size), tuple(stride))
+
+
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, backward_hooks, metadata=None):
+    """Stand-in for ``torch._utils._rebuild_tensor_v2`` (every dtype a typed storage can hold)."""
+    _check_metadata(metadata)
+    return _Tensor(storage, storage_offset, tuple(size), tuple(stride))
+
+
+def _rebuild_tensor_v3(
+    storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None
+):
+    """Stand-in for ``torch._utils._rebuild_tensor_v3`` (uint16/32/64...: untyped storage + a dtype)."""
+    _check_metadata(metadata)
+    if not (isinstance(dtype, _Stand) and dtype.kind == "dtype"):
+        raise pickle.UnpicklingError(f"_rebuild_tensor_v3 needs a torch dtype, got {dtype!r}")
+    return _Tensor(storage, storage_offset, tuple(size), tuple(stride), dtype.code)
+
+
+def _rebuild_parameter(data, requires_grad, backward_hooks):
+    """Stand-in for ``torch._utils._rebuild_parameter``: a Parameter is its tensor here."""
+    if not isinstance(data, _Tensor):
+        raise pickle.UnpicklingError(f"a Parameter must wrap a tensor, got {type(data).__name__}")
+    return data
+
+
+def _rebuild_parameter_with_state(data, requires_grad, backward_hooks, state):
+    """Stand-in for ``torch._utils._rebuild_parameter_with_state`` (the Python state is dropped)."""
+    return _rebuild_parameter(data, requires_grad, backward_hooks)
+
+
+_REBUILDERS = (
+    _rebuild_tensor,
+    _rebuild_tensor_v2,
+    _rebuild_tensor_v3,
+    _rebuild_parameter,
+    _rebuild_parameter_with_state,
+)
+
+
+def _rebuild_from_type_v2(func, new_type, args, state):
+    """Stand-in for ``torch._tensor._rebuild_from_type_v2`` (tensors carrying Python state)."""
+    if func not in _REBUILDERS or not (isinstance(new_type, _Stand) and new_type.kind == "type"):
+        raise pickle.UnpicklingError(f"_rebuild_from_type_v2 with {func!r}, {new_type!r} is not supported")
+    if not isinstance(args, tuple):
+        raise pickle.UnpicklingError("_rebuild_from_type_v2: args must be a tuple")
+    return func(*args)
+
+
+def _codecs_encode(obj, encoding="utf-8"):
+    """Stand-in for ``_codecs.encode``, which protocol-2 pickles use to spell ``bytes``."""
+    if not isinstance(obj, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"_codecs.encode is only allowed on a str with latin1, got {encoding!r}")
+    return obj.encode("latin1")
+
+
+#: (module, name) -> what the restricted unpickler returns for it. Nothing else is allowed.
+_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
+    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
+    ("torch._tensor", "Tensor"): _Stand("type", "Tensor"),
+    ("torch", "Tensor"): _Stand("type", "Tensor"),
+    ("torch.nn.parameter", "Parameter"): _Stand("type", "nn.Parameter"),
+    ("_codecs", "encode"): _codecs_encode,
+}
+_ALLOWED_GLOBALS.update({("torch", k): _Stand("storage", k, c) for k, c in _TORCH_STORAGES.items()})
+_ALLOWED_GLOBALS[("torch.storage", "UntypedStorage")] = _Stand("storage", "UntypedStorage", "U8")
+_ALLOWED_GLOBALS.update({("torch", k): _Stand("dtype", k, c) for k, c in _TORCH_DTYPES.items()})
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles a torch checkpoint without running anything from it.
+
+    ``find_class`` answers only the globals in ``_ALLOWED_GLOBALS``, with stand-ins defined
+    in this module; any other global raises :class:`UnsafeCheckpointError` when the pickle
+    names it, i.e. before it could be called. ``persistent_load`` turns torch's storage ids
+    into :class:`_Storage` records (one per key) whose bytes are found afterwards.
+    """
+
+    def __init__(self, file, source: str, storages: dict[str, _Storage], legacy: bool = False):
+        super().__init__(file)
+        self.source = source
+        self.storages = storages
+        self.legacy = legacy
+
+    def find_class(self, module: str, name: str):
+        # Protocol-2 pickles (torch's default) spell some modules the Python 2 way
+        # (``__builtin__``, ``commands``); name them as Python 3 would resolve them.
+        py3 = _compat_pickle.NAME_MAPPING.get((module, name))
+        if py3 is None:
+            py3 = (_compat_pickle.IMPORT_MAPPING.get(module, module), name)
+        obj = _ALLOWED_GLOBALS.get(py3)
+        if obj is None:
+            written = "" if py3 == (module, name) else f" (written {module}.{name})"
+            raise UnsafeCheckpointError(
+                f"{self.source}: refusing to load the global {py3[0]}.{py3[1]}{written}: the pickle may only use the "
+                "globals torch needs to rebuild tensors (torch._utils._rebuild_tensor_v2, torch.FloatStorage, "
+                "collections.OrderedDict, ...). Nothing from the file was run."
+            )
+        return obj
+
+    def persistent_load(self, pid):
+        if not isinstance(pid, tuple) or not pid:
+            raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
+        kind = pid[0].decode("ascii") if isinstance(pid[0], bytes) else pid[0]
+        if kind != "storage":
+            raise pickle.UnpicklingError(f"persistent id of type {kind!r} is not supported (only 'storage')")
+        if self.legacy:
+            if len(pid) != 6:
+                raise pickle.UnpicklingError(f"legacy storage id must have 6 fields, got {pid!r}")
+            _, stype, key, _location, numel, view = pid
+        else:
+            if len(pid) != 5:
+                raise pickle.UnpicklingError(f"storage id must have 5 fields, got {pid!r}")
+            _, stype, key, _location, numel = pid
+            view = None
+        if not (isinstance(stype, _Stand) and stype.kind == "storage"):
+            raise pickle.UnpicklingError(f"storage id names {stype!r}, not a torch storage class")
+        if not isinstance(key, str) or not _is_int(numel) or numel < 0:
+            raise pickle.UnpicklingError(f"bad storage id {pid!r}")
+        st = self.storages.get(key)
+        if st is None:
+            st = self.storages[key] = _Storage(key, stype.code, numel)
+        elif st.code != stype.code or st.numel != numel:
+            raise pickle.UnpicklingError(
+                f"storage {key!r} is named as {st.numel} x {st.code} and as {numel} x {stype.code}"
+            )
+        if view is None:
+            return st
+        # Legacy storage views (torch < 0.4 era): (view_key, offset, size) in elements of the root.
+        if not (isinstance(view, tuple) and len(view) == 3):
+            raise pickle.UnpicklingError(f"bad storage view {view!r}")
+        vkey, voff, vsize = view
+        if not (isinstance(vkey, str) and _is_int(voff) and _is_int(vsize) and voff >= 0 and vsize >= 0):
+            raise pickle.UnpicklingError(f"bad storage view {view!r}")
+        if voff + vsize > numel:
+            raise pickle.UnpicklingError(f"storage view {view!r} runs past its root of {numel} elements")
+        vs = self.storages.get(vkey)
+        if vs is None:
+            vs = self.storages[vkey] = _Storage(vkey, stype.code, vsize)
+            vs.root, vs.root_offset = st, voff * np.dtype(_CODES[stype.code]).itemsize
+        return vs
+
+
+def _unpickle(file, source: str, storages: dict[str, _Storage], legacy: bool = False):
+    """One restricted ``load``; any failure becomes a :class:`CheckpointError` naming ``source``."""
+    try:
+        return _RestrictedUnpickler(file, source, storages, legacy).load()
+    except CheckpointError:
+        raise
+    except Exception as e:  # UnpicklingError, EOFError, TypeError from a stand-in's arguments...
+        raise CheckpointError(
+            f"{source}: corrupt or unsupported PyTorch pickle: {type(e).__name__}: {e}"
+        ) from None
+
+
+def _tensor_array(t: _Tensor, source: str, name: str) -> RawTensor:
+    """Rebuild one tensor from its storage bytes as torch's ``Tensor.set_`` does:
+    ``storage[offset + sum(i_k * stride_k)]``; a strided view is copied to C order."""
+    st = t.storage
+    if st.root is not None:  # a legacy view into a root storage
+        st_buf, st_off, big = st.root.buf, st.root.offset + st.root_offset, st.root.big_endian
+    else:
+        st_buf, st_off, big = st.buf, st.offset, st.big_endian
+    if st_buf is None:
+        raise CheckpointError(f"{source}: tensor {name!r}: the data of storage {st.key!r} is missing")
+    code = t.code or st.code
+    dt = np.dtype(_CODES[code])
+    if big:
+        dt = dt.newbyteorder(">")
+    n_el, rem = divmod(st.nbytes, dt.itemsize)
+    if rem:
+        raise CheckpointError(f"{source}: tensor {name!r}: storage of {st.nbytes} bytes is not whole {code}s")
+    if 0 in t.size:
+        arr = np.zeros(t.size, dt.newbyteorder("="))
+        return RawTensor(code, arr)
+    last = t.offset + sum((s - 1) * k for s, k in zip(t.size, t.stride, strict=True))
+    if last >= n_el:
+        raise CheckpointError(
+            f"{source}: tensor {name!r}: offset {t.offset}, size {t.size}, stride {t.stride} reach element "
+            f"{last} of a storage holding {n_el}"
+        )
+    base = np.frombuffer(st_buf, dtype=dt, count=n_el - t.offset, offset=st_off + t.offset * dt.itemsize)
+    arr = np.lib.stride_tricks.as_strided(
+        base, shape=t.size, strides=tuple(k * dt.itemsize for k in t.stride), writeable=False
+    )
+    if big:
+        arr = arr.astype(dt.newbyteorder("="))  # copy in native order
+    elif not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)  # a strided / transposed view: copy, as torch would on save
+    return RawTensor(code, arr)
+
+
+def _collect(obj, source: str, storages: dict[str, _Storage]) -> dict[str, RawTensor]:
+    """The unpickled state dict -> name -> RawTensor (every value must be a tensor)."""
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{source}: expected a state dict (name -> tensor), got {type(obj).__name__}")
+    out: dict[str, RawTensor] = {}
+    for k, v in obj.items():
+        if not isinstance(k, str) or not isinstance(v, _Tensor):
+            raise CheckpointError(
+                f"{source}: entry {k!r} is a {type(v).__name__}, not a tensor; expected a flat state dict"
+            )
+        out[k] = _tensor_array(v, source, k)
+    return out
+
+
+def _zip_member_span(zf: zipfile.ZipFile, info: zipfile.ZipInfo, size: int, source: str) -> tuple[int, int]:
+    """(offset, length) of an uncompressed zip member's bytes inside the archive file."""
+    fp = zf.fp
+    fp.seek(info.header_offset)
+    local = fp.read(30)
+    if len(local) != 30 or local[:4] != b"PK\x03\x04":
+        raise CheckpointError(f"{source}: corrupt zip archive: bad local header for {info.filename!r}")
+    start = (
+        info.header_offset
+        + 30
+        + int.from_bytes(local[26:28], "little")
+        + int.from_bytes(local[28:30], "little")
+    )
+    if start + info.file_size > size:
+        raise CheckpointError(
+            f"{source}: truncated zip archive: {info.filename!r} runs past the end of the file"
+        )
+    return start, info.file_size
+
+
+def _read_torch_zip(path: str) -> dict[str, RawTensor]:
+    """torch >= 1.6 format: ``<archive>/data.pkl`` + ``<archive>/data/<key>`` + ``<archive>/byteorder``."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below; the mmap outlives it
+        with f:
+            buf = _map_file(f, path)
+            size = len(buf)
+            with zipfile.ZipFile(f) as zf:
+                names = zf.namelist()
+                pkls = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+                if len(pkls) != 1:
+                    raise CheckpointError(
+                        f"{path}: not a torch zip checkpoint (no single <archive>/data.pkl)"
+                    )
+                prefix = pkls[0][: -len("data.pkl")]
+                big = False
+                if prefix + "byteorder" in names:
+                    order = zf.read(prefix + "byteorder")
+                    if order not in (b"little", b"big"):
+                        raise CheckpointError(f"{path}: unknown byteorder record {order!r}")
+                    big = order == b"big"
+                storages: dict[str, _Storage] = {}
+                obj = _unpickle(io.BytesIO(zf.read(pkls[0])), path, storages)
+                for key, st in storages.items():
+                    member = f"{prefix}data/{key}"
+                    try:
+                        info = zf.getinfo(member)
+                    except KeyError:
+                        raise CheckpointError(f"{path}: storage record {member!r} is missing") from None
+                    if info.file_size != st.nbytes:
+                        raise CheckpointError(
+                            f"{path}: storage record {member!r} holds {info.file_size} bytes, expected {st.nbytes}"
+                        )
+                    if info.compress_type == zipfile.ZIP_STORED and isinstance(buf, mmap.mmap):
+                        st.buf, (st.offset, _) = buf, _zip_member_span(zf, info, size, path)
+                    else:  # a re-compressed archive: read (and CRC-check) the member
+                        st.buf, st.offset = zf.read(member), 0
+                    st.big_endian = big
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise CheckpointError(f"{path}: corrupt or truncated zip checkpoint: {e}") from None
+    return _collect(obj, path, storages)
+
+
+def _read_torch_legacy(path: str) -> dict[str, RawTensor]:
+    """Legacy format: pickles of MAGIC_NUMBER, PROTOCOL_VERSION, sys_info, the object, the sorted
+    storage keys; then per key an int64 little-endian element count and the raw bytes."""
+    storages: dict[str, _Storage] = {}
+    with open(path, "rb") as f:
+        magic = _unpickle(f, path, storages)
+        if magic != _TORCH_MAGIC:
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint (bad magic number {magic!r})")
+        proto = _unpickle(f, path, storages)
+        if proto != _TORCH_PROTOCOL:
+            raise CheckpointError(f"{path}: unsupported legacy protocol version {proto!r}")
+        info = _unpickle(f, path, storages)
+        if not isinstance(info, dict) or info.get("little_endian") is not True:
+            raise CheckpointError(
+                f"{path}: only little-endian legacy checkpoints are supported (sys_info {info!r})"
+            )
+        obj = _unpickle(f, path, storages, legacy=True)
+        keys = _unpickle(f, path, storages)
+        pos = f.tell()
+        buf = _map_file(f, path)
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise CheckpointError(f"{path}: corrupt legacy checkpoint: storage key list is {type(keys).__name__}")
+    size = len(buf)
+    for key in keys:
+        st = storages.get(key)
+        if st is None or st.root is not None:
+            raise CheckpointError(
+                f"{path}: corrupt legacy checkpoint: storage {key!r} is not used by the pickle"
+            )
+        if pos + 8 > size:
+            raise CheckpointError(f"{path}: truncated legacy checkpoint: storage {key!r} is missing")
+        numel = int.from_bytes(buf[pos : pos + 8], "little", signed=True)
+        if numel != st.numel:
+            raise CheckpointError(
+                f"{path}: corrupt legacy checkpoint: storage {key!r} has {numel} elements, expected {st.numel}"
+            )
+        if pos + 8 + st.nbytes > size:
+            raise CheckpointError(f"{path}: truncated legacy checkpoint: storage {key!r} runs past the end")
+        st.buf, st.offset = buf, pos + 8
+        pos += 8 + st.nbytes
+    return _collect(obj, path, storages)
+
+
+def _read_torch(path: str) -> dict[str, RawTensor]:
+    """A ``torch.save`` file of a state dict, in either format, without torch."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head[:4] == b"PK\x03\x04":
+        return _read_torch_zip(path)
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        raise CheckpointError(f"{path}: the pre-0.4 tar checkpoint format is not supported")
+    if head[:1] == b"\x80":
+        return _read_torch_legacy(path)
+    raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle)")
+
+
+# ---------------------------------------------------------------------------------------------
+# files, shards, public loading
+# ---------------------------------------------------------------------------------------------
+def _read_index(path: str) -> dict[str, str]:
+    """``weight_map`` of a sharded index: key -> shard file name (in the index's directory)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            index = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupt shard index (not JSON): {e}") from None
+    wmap = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(wmap, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in wmap.items()
+    ):
+        raise CheckpointError(f"{path}: shard index needs a 'weight_map' of tensor name -> shard file")
+    for k, v in wmap.items():
+        if not v or os.path.basename(v) != v or v in (".", ".."):
+            raise CheckpointError(
+                f"{path}: shard of {k!r} must be a file name in the same directory, got {v!r}"
+            )
+    return wmap
+
+
+def weight_files(path: str | os.PathLike) -> list[str]:
+    """The weight files ``load_state_dict(path)`` reads, in order (shards included).
+
+    A directory is searched for ``WEIGHT_FILES`` in order (safetensors first, as
+    transformers does); a file is taken as it is.
+
+    Raises:
+        FileNotFoundError: naming the directory and every file looked for.
+    """
+    p = os.fspath(path)
+    if os.path.isdir(p):
+        for name in WEIGHT_FILES:
+            if os.path.isfile(os.path.join(p, name)):
+                p = os.path.join(p, name)
+                break
+        else:
+            raise FileNotFoundError(f"no checkpoint weights in {p}: looked for {', '.join(WEIGHT_FILES)}")
+    elif not os.path.isfile(p):
+        raise FileNotFoundError(f"no such checkpoint file or directory: {p}")
+    if not p.endswith(".json"):
+        return [p]
+    wmap = _read_index(p)
+    shards = list(dict.fromkeys(wmap.values()))
+    d = os.path.dirname(p)
+    return [p] + [os.path.join(d, s) for s in shards]
+
+
+def _read_file(path: str) -> dict[str, RawTensor]:
+    return _read_safetensors(path) if path.endswith(".safetensors") else _read_torch(path)
+
+
+def load_raw_state_dict(path: str | os.PathLike) -> dict[str, RawTensor]:
+    """Every tensor of a checkpoint as stored (dtype code + array; bfloat16 as uint16 bits).
+
+    Args:
+        path: a checkpoint directory, a weight file, or a shard index (``*.index.json``).
+
+    Returns:
+        checkpoint key -> :class:`RawTensor`. Arrays may be read-only views of the file.
+
+    Raises:
+        FileNotFoundError: no weights found.
+        CheckpointError: a corrupt / truncated file, a refused pickle global
+            (:class:`UnsafeCheckpointError`), or a shard that lacks a key its index names.
+    """
+    files = weight_files(path)
+    if len(files) == 1:
+        return _read_file(files[0])
+    index, shard_files = files[0], files[1:]
+    wmap = _read_index(index)
+    out: dict[str, RawTensor] = {}
+    for shard in shard_files:  # each shard read once
+        if not os.path.isfile(shard):
+            raise CheckpointError(f"{index}: shard file {shard} is missing")
+        tensors = _read_file(shard)
+        name = os.path.basename(shard)
+        lacking = [k for k, s in wmap.items() if s == name and k not in tensors]
+        if lacking:
+            raise CheckpointError(
+                f"{shard}: lacks tensors its index {index} places there: {', '.join(lacking)}"
+            )
+        for k, v in tensors.items():
+            if k in out:
+                raise CheckpointError(
+                    f"{index}: tensor {k!r} is stored in more than one shard (again in {shard})"
+                )
+            out[k] = v
+    return out
 
 
 def load_state_dict(path: str | os.PathLike, dtype=np.float32) -> dict[str, np.ndarray]:
-    """Read every tensor of a checkpoint directory (or weight file) as NumPy arrays of ``dtype``.
+    """Read every tensor of a checkpoint directory (or weight file) as NumPy arrays.
 
     Args:
-        path: checkpoint directory or a weight file.
-        dtype: float dtype to cast floating tensors to (integer tensors keep theirs).
+        path: a checkpoint directory (``model.safetensors``, ``model.safetensors.index.json``,
+            ``pytorch_model.bin``, ``pytorch_model.bin.index.json``, looked for in that order),
+            a weight file, or a shard index.
+        dtype: float dtype for floating tensors (float16 / bfloat16 are upcast exactly);
+            ``None`` keeps the stored float type (bfloat16 becomes float32). Integer and bool
+            tensors keep theirs.
 
     Returns:
-        checkpoint key -> array.
+        checkpoint key -> array of the stored shape. When the stored dtype already is
+        ``dtype``, a safetensors (or zip ``.bin``) tensor is a read-only view of the
+        memory-mapped file: no copy is made.
+
+    Raises:
+        FileNotFoundError: no weights found.
+        CheckpointError: corrupt or truncated file, refused pickle global; names the file.
     """
-    from safetensors.numpy import load_file
-
-    p = os.fspath(path)
-    if os.path.isdir(p):
-        p = os.path.join(p, "model.safetensors")
-    state = load_file(p)
-    return {k: (v.astype(dtype) if v.dtype.kind == "f" else v) for k, v in state.items()}
+    dt = _check_float_dtype(dtype)
+    return {k: _cast(v, dt) for k, v in load_raw_state_dict(path).items()}
 
 
+def convert_bin_to_safetensors(bin_path: str | os.PathLike, out_path: str | os.PathLike) -> str:
+    """Rewrite a ``pytorch_model.bin`` (file, shard index or directory) as one safetensors file.
+
+    Read with the restricted unpickler (nothing in the pickle runs); every tensor keeps its
+    dtype, bfloat16 included, and its exact bits. Tensors that shared storage are written
+    separately. The metadata is ``{"format": "pt"}`` so transformers loads the result.
+
+    Returns:
+        ``out_path``.
+    """
+    src = weight_files(bin_path)
+    if src[0].endswith(".safetensors"):
+        raise ValueError(f"bin_path {os.fspath(bin_path)} holds safetensors weights already")
+    if os.path.abspath(os.fspath(out_path)) in map(os.path.abspath, src):
+        raise ValueError(f"out_path {os.fspath(out_path)} would overwrite the checkpoint being read")
+    return save_safetensors(out_path, load_raw_state_dict(src[0]))
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in ``chunk_size`` pieces (for golden-file manifests)."""
+    h = hashlib.sha256()
+    with open(os.fspath(path), "rb") as f:
+        while block := f.read(chunk_size):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# matching checkpoint keys to the model's
+# ---------------------------------------------------------------------------------------------
 def match_state_dict(
     state: dict[str, Any],
     expected: dict[str, tuple[int, ...]],
@@ -76,37 +918,34 @@ def match_state_dict(
     pre = prefix + "." if prefix else ""
     has_prefixed = any(k.startswith(pre) for k in state) if pre else False
     renamed: dict[str, Any] = {}
-    dropped_head: list[str] = []
     for k, v in state.items():
         if is_base_model and pre:
             if k.startswith(pre):
-                renamed[k[len(pre) :]] = v
+                new = k[len(pre) :]
             elif has_prefixed:
-                dropped_head.append(k)  # a head weight of a head-model checkpoint
+                continue  # a head weight of a head-model checkpoint: another class's
             else:
-                renamed[k] = v
+                new = k
         elif pre and not has_prefixed and (pre + k) in expected:
-            renamed[pre + k] = v  # a base-model checkpoint loaded into a head model
+            new = pre + k  # a base-model checkpoint loaded into a head model
         else:
-            renamed[k] = v
+            new = k
+        renamed[new] = v
 
     params: dict[str, Any] = {}
-    missing, unexpected, misshaped = [], [], []
+    misshaped = []
     for k, shape in expected.items():
         if k in renamed:
             v = renamed[k]
             if tuple(v.shape) != tuple(shape):
                 misshaped.append(f"{k}: checkpoint {tuple(v.shape)} != model {tuple(shape)}")
             params[k] = v
-        elif k not in tied:
-            missing.append(k)
     for k, src in tied.items():
         if k in expected and src in params:
             params[k] = params[src]  # tied as the oracle ties: the source wins
+    missing = [k for k in expected if k not in params]  # a tied key whose source is missing, too
     ignore = [re.compile(p) for p in ignored_unexpected]
-    for k in renamed:
-        if k not in expected and not any(p.search(k) for p in ignore):
-            unexpected.append(k)
+    unexpected = [k for k in renamed if k not in expected and not any(p.search(k) for p in ignore)]
     if missing or unexpected or misshaped:
         lines = [f"checkpoint {source} does not fit the model:"]
         for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", misshaped)):
