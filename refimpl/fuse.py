@@ -1,0 +1,239 @@
+"""Build a LiLT checkpoint from a RoBERTa-like text model and a layout-only LiLT checkpoint.
+
+This is the recipe of the original LiLT repository (github.com/jpWang/LiLT,
+``gen_weight_roberta_like.py``), which makes e.g. ``lilt-roberta-en-base`` or
+``lilt-infoxlm-base`` out of ``roberta-base`` / ``infoxlm-base`` and ``lilt-only-base``:
+
+1. config: the text model's ``config.json`` plus ``channel_shrink_ratio`` and
+   ``max_2d_position_embeddings`` (the original hard-codes 4 and 1024; we take them from the
+   layout checkpoint's config when it has one, else those values), ``model_type`` set;
+2. text weights: every key with ``roberta.`` renamed to ``lilt.`` (``k.replace("roberta.", "lilt.")``);
+3. merge: ``{**text, **layout}``: the layout checkpoint's weights win where keys clash.
+
+Differences from the original, so that the result loads strictly (refimpl) and in
+transformers 4.56.2 without warnings:
+
+* ``model_type`` is ``"lilt"`` (transformers' name; the original wrote ``"liltrobertalike"``
+  for its own code) and ``architectures`` is ``["LiltModel"]``;
+* a text checkpoint saved from a bare ``RobertaModel`` has unprefixed keys: they get ``lilt.``;
+  a layout checkpoint saved unprefixed (from a base ``LiltModel``) gets ``lilt.`` too;
+* keys of the text model's own heads (``lm_head.*``, ``classifier.*``: anything not under
+  ``roberta.`` in a prefixed checkpoint) and ``position_ids`` buffers are dropped and listed;
+* the result is ``model.safetensors`` (float dtypes kept), not ``pytorch_model.bin``; the text
+  checkpoint's tokenizer files are copied beside it.
+
+No torch is needed: weights are read through :mod:`refimpl.weights` (safetensors, or a
+``pytorch_model.bin`` through its restricted reader).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["fuse_lilt", "FuseReport", "TOKENIZER_FILES", "read_raw_state_dict", "save_safetensors"]
+
+#: files copied from the text checkpoint when present.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+)
+
+#: the original recipe's values, used when the layout checkpoint has no config.json.
+DEFAULT_CHANNEL_SHRINK_RATIO = 4
+DEFAULT_MAX_2D_POSITION_EMBEDDINGS = 1024
+
+
+@dataclass
+class FuseReport:
+    """What :func:`fuse_lilt` did: key counts, clashes won by the layout, dropped keys."""
+
+    out_dir: str
+    n_text: int = 0
+    n_layout: int = 0
+    n_fused: int = 0
+    layout_won: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    copied: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [
+            f"wrote {self.out_dir}: {self.n_fused} tensors "
+            f"({self.n_text} from the text model, {self.n_layout} from the layout model)"
+        ]
+        if self.layout_won:
+            lines.append(
+                f"  layout weights replaced {len(self.layout_won)} text weights: {', '.join(self.layout_won[:5])}"
+            )
+        if self.dropped:
+            lines.append(
+                f"  dropped {len(self.dropped)} text-model keys that are not LiLT weights: {', '.join(self.dropped[:5])}"
+            )
+        if self.copied:
+            lines.append(f"  tokenizer files copied: {', '.join(self.copied)}")
+        return "\n".join(lines)
+
+
+def _weight_file(path: str) -> str:
+    if os.path.isfile(path):
+        return path
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"no such checkpoint: {path}")
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        p = os.path.join(path, name)
+        if os.path.isfile(p):
+            return p
+    raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {path}")
+
+
+def read_raw_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every tensor of a checkpoint (dir or weight file) as NumPy, dtypes kept where NumPy has
+    them (bfloat16 is upcast to float32 by the reader)."""
+    p = _weight_file(os.fspath(path))
+    if p.endswith(".safetensors"):
+        try:
+            from safetensors.numpy import load_file
+
+            return dict(load_file(p))
+        except Exception:
+            pass  # e.g. bfloat16: fall through to refimpl's reader
+    from . import weights
+
+    for fn in ("read_state_dict", "load_raw_state_dict"):
+        f = getattr(weights, fn, None)
+        if f is not None:
+            return dict(f(p))
+    return dict(weights.load_state_dict(p, dtype=np.float32))
+
+
+def save_safetensors(state: dict[str, np.ndarray], path: str) -> None:
+    """Write a state dict as ``model.safetensors`` with ``{"format": "pt"}`` metadata (what
+    transformers writes and expects)."""
+    from safetensors.numpy import save_file
+
+    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, path, metadata={"format": "pt"})
+
+
+def _read_config(path: str) -> dict[str, Any] | None:
+    d = path if os.path.isdir(path) else os.path.dirname(path)
+    p = os.path.join(d, "config.json")
+    if not os.path.isfile(p):
+        return None
+    with open(p, encoding="utf-8") as f:
+        try:
+            cfg = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p} is not valid JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{p} must hold a JSON object")
+    return cfg
+
+
+def fuse_lilt(
+    text: str | os.PathLike,
+    layout: str | os.PathLike,
+    out: str | os.PathLike,
+    copy_tokenizer: bool = True,
+    validate: bool = True,
+) -> FuseReport:
+    """Fuse a RoBERTa-like text checkpoint with a layout-only LiLT checkpoint into ``out``.
+
+    Args:
+        text: text checkpoint dir (``config.json`` + weights with ``roberta.`` keys, or a bare
+            ``RobertaModel`` save).
+        layout: LiLT layout checkpoint dir (``lilt.layout_embeddings.*``,
+            ``lilt.encoder.layer.N.attention.self.layout_*``, ... ; ``config.json`` optional).
+        out: output dir: ``config.json``, ``model.safetensors`` and the tokenizer files.
+        copy_tokenizer: copy the text checkpoint's tokenizer files.
+        validate: check the fused keys and shapes against ``refimpl.lilt.LiltModel`` and raise
+            listing every missing or misshaped key.
+
+    Returns:
+        a :class:`FuseReport`.
+    """
+    text, layout, out = os.fspath(text), os.fspath(layout), os.fspath(out)
+    text_cfg = _read_config(text)
+    if text_cfg is None:
+        raise FileNotFoundError(f"no config.json in the text checkpoint {text}")
+    layout_cfg = _read_config(layout) or {}
+
+    config = dict(text_cfg)
+    config["channel_shrink_ratio"] = layout_cfg.get("channel_shrink_ratio", DEFAULT_CHANNEL_SHRINK_RATIO)
+    config["max_2d_position_embeddings"] = layout_cfg.get(
+        "max_2d_position_embeddings", DEFAULT_MAX_2D_POSITION_EMBEDDINGS
+    )
+    config["model_type"] = "lilt"
+    config["architectures"] = ["LiltModel"]
+
+    report = FuseReport(out)
+    text_sd = read_raw_state_dict(text)
+    prefixed = any(k.startswith("roberta.") for k in text_sd)
+    fused_text: dict[str, np.ndarray] = {}
+    for k, v in text_sd.items():
+        if k.endswith("position_ids"):
+            report.dropped.append(k)  # a buffer, rebuilt by the model
+        elif prefixed and not k.startswith("roberta."):
+            report.dropped.append(k)  # the text model's own head (lm_head, classifier, ...)
+        elif prefixed:
+            fused_text[k.replace("roberta.", "lilt.")] = v
+        else:
+            fused_text["lilt." + k] = v
+    layout_sd = read_raw_state_dict(layout)
+    layout_prefixed = any(k.startswith("lilt.") for k in layout_sd)
+    fused_layout = {}
+    for k, v in layout_sd.items():
+        if k.endswith("position_ids"):
+            continue
+        fused_layout[k if layout_prefixed else "lilt." + k] = v
+    report.layout_won = sorted(k for k in fused_layout if k in fused_text)
+    fused = {**fused_text, **fused_layout}
+    report.n_text, report.n_layout, report.n_fused = len(fused_text), len(fused_layout), len(fused)
+
+    if validate:
+        _validate(fused, config, f"fused {text} + {layout}")
+
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, sort_keys=True, indent=2, separators=(",", ": "))
+        f.write("\n")
+    save_safetensors(fused, os.path.join(out, "model.safetensors"))
+    if copy_tokenizer and os.path.isdir(text):
+        for name in TOKENIZER_FILES:
+            src = os.path.join(text, name)
+            if os.path.isfile(src):
+                shutil.copyfile(src, os.path.join(out, name))
+                report.copied.append(name)
+    return report
+
+
+def _validate(state: dict[str, np.ndarray], config: dict[str, Any], source: str) -> None:
+    """Strict key/shape check of the fused weights against LiltModel (prefixed keys)."""
+    from . import weights
+    from .config import LiltConfig
+
+    try:
+        from .lilt import LiltModel
+    except ImportError:  # pragma: no cover - the model package is part of refimpl
+        return
+    cfg = LiltConfig.from_dict(config)
+    weights.match_state_dict(
+        state,
+        LiltModel.expected_shapes(cfg),
+        prefix=LiltModel.base_model_prefix,
+        is_base_model=True,
+        tied=LiltModel.tied_keys_for(cfg),
+        ignored_unexpected=LiltModel.ignored_unexpected,
+        source=source,
+    )
