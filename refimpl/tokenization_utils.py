@@ -1,0 +1,347 @@
+"""Shared input-preparation steps of the two tokenizers: strategies, truncation, padding, arrays.
+
+The subword work (normalizing, pre-tokenizing, BPE / WordPiece, adding the special tokens, and
+cutting long inputs into windows) is done by the `tokenizers` library, the same Rust engine that
+transformers' fast tokenizers drive. Everything after it is written out here in plain Python, in
+the order transformers 4.56.2 does it:
+
+1. ``resolve_strategies``: ``padding=`` / ``truncation=`` / ``max_length=`` -> one padding strategy,
+   one truncation strategy and one length (``_get_padding_truncation_strategies``).
+2. ``encode_rows``: run the backend (truncation on, padding off) and flatten every encoding and,
+   if asked, its overflowing windows into rows: one row = one model input sequence.
+3. ``pad_rows``: pad every row to the longest top-level row (or ``max_length``), rounded up to
+   ``pad_to_multiple_of``; pads get ``pad_token_id``, type id ``pad_token_type_id``, attention 0,
+   special-tokens mask 1, offset (0, 0) and no word.
+4. ``BatchEncoding``: a dict of lists (or NumPy arrays with ``return_tensors="np"``) that also
+   keeps each row's ``word_ids`` / ``sequence_ids`` / ``tokens``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# transformers: VERY_LARGE_INTEGER = int(1e30) is "no limit"; anything above LARGE_INTEGER = int(1e20) counts as none.
+VERY_LARGE_INTEGER = int(1e30)
+LARGE_INTEGER = int(1e20)
+
+PADDING_STRATEGIES = ("longest", "max_length", "do_not_pad")
+TRUNCATION_STRATEGIES = ("only_first", "only_second", "longest_first", "do_not_truncate")
+
+
+@dataclass
+class Row:
+    """One model input sequence (one batch row) before conversion to arrays.
+
+    Every list has the row's length ``L``; ``offsets`` holds (start, end) character spans in
+    the word (pre-tokenized input) or the text, ``word_ids`` / ``sequence_ids`` are None for
+    special tokens and pads.
+    """
+
+    input_ids: list
+    token_type_ids: list
+    attention_mask: list
+    special_tokens_mask: list
+    offsets: list
+    word_ids: list
+    sequence_ids: list
+    tokens: list
+    sample_index: int  # which input example of the batch this row (or overflow window) came from
+    top: bool = True  # False for overflow windows (they do not count for "longest" padding)
+    extra: dict = field(default_factory=dict)
+
+
+class BatchEncoding(dict):
+    """What the tokenizers return: ``{"input_ids": ..., "attention_mask": ..., ...}``.
+
+    A dict whose values are lists (``return_tensors=None``) or NumPy arrays
+    (``return_tensors="np"``), in transformers' key order. Keys are also readable as attributes
+    (``enc.input_ids``). ``word_ids(i)`` maps each token of row ``i`` to the index of the word it
+    came from (None for special tokens and pads); use it to map token predictions back to words.
+    """
+
+    def __init__(self, data: dict, rows: list[Row] | None = None):
+        super().__init__(data)
+        self._rows = list(rows or [])
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError as e:
+            raise AttributeError(name) from e
+
+    def _row(self, batch_index: int) -> Row:
+        if not -len(self._rows) <= batch_index < len(self._rows):
+            raise ValueError(
+                f"batch_index={batch_index} is out of range for a batch of {len(self._rows)} rows"
+            )
+        return self._rows[batch_index]
+
+    def word_ids(self, batch_index: int = 0) -> list:
+        """Word index of each token of row ``batch_index`` (None for special tokens and pads). [L]"""
+        return list(self._row(batch_index).word_ids)
+
+    def sequence_ids(self, batch_index: int = 0) -> list:
+        """0 for tokens of the first sequence, 1 for the second, None for special tokens and pads. [L]"""
+        return list(self._row(batch_index).sequence_ids)
+
+    def tokens(self, batch_index: int = 0) -> list:
+        """The token strings of row ``batch_index``. [L]"""
+        return list(self._row(batch_index).tokens)
+
+    @property
+    def n_sequences(self) -> int:
+        """Number of rows (batch size after overflow windows)."""
+        return len(self._rows)
+
+
+def read_json(path: str) -> dict:
+    """Read a JSON file, or return {} when it does not exist."""
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def token_content(value) -> str | None:
+    """A special token as written in tokenizer_config.json: a string or {"content": ...}."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, dict) and "content" in value:
+        return value["content"]
+    raise ValueError(f"special token {value!r} is neither a string nor a {{'content': ...}} object")
+
+
+def resolve_strategies(padding, truncation, max_length, pad_to_multiple_of, model_max_length, pad_token_id):
+    """Turn the user's ``padding`` / ``truncation`` / ``max_length`` into strategies.
+
+    Mirrors transformers' ``_get_padding_truncation_strategies``:
+    - ``max_length`` alone (padding False, truncation None) turns on ``"longest_first"`` truncation;
+    - ``padding=True`` is ``"longest"``, ``truncation=True`` is ``"longest_first"``;
+    - without ``max_length``, ``"max_length"`` padding and truncation use ``model_max_length``,
+      or are switched off when the checkpoint sets none (> 1e20).
+
+    Returns:
+        (padding_strategy, truncation_strategy, max_length): strategies are the lower-case names
+        in PADDING_STRATEGIES / TRUNCATION_STRATEGIES.
+    """
+    if max_length is not None and padding is False and truncation is None:
+        truncation = "longest_first"
+
+    if padding is True:
+        padding_strategy = "longest"
+    elif padding is False or padding is None:
+        padding_strategy = "do_not_pad"
+    else:
+        padding_strategy = getattr(padding, "value", padding)
+        if padding_strategy not in PADDING_STRATEGIES:
+            raise ValueError(
+                f"padding={padding!r} is not one of True, False, {', '.join(map(repr, PADDING_STRATEGIES))}"
+            )
+
+    if truncation is True:
+        truncation_strategy = "longest_first"
+    elif truncation is False or truncation is None:
+        truncation_strategy = "do_not_truncate"
+    else:
+        truncation_strategy = getattr(truncation, "value", truncation)
+        if truncation_strategy not in TRUNCATION_STRATEGIES:
+            raise ValueError(
+                f"truncation={truncation!r} is not one of True, False, {', '.join(map(repr, TRUNCATION_STRATEGIES))}"
+            )
+
+    if max_length is None:
+        if padding_strategy == "max_length":
+            if model_max_length > LARGE_INTEGER:
+                padding_strategy = "do_not_pad"  # transformers warns and does not pad
+            else:
+                max_length = model_max_length
+        if truncation_strategy != "do_not_truncate":
+            if model_max_length > LARGE_INTEGER:
+                truncation_strategy = "do_not_truncate"  # transformers warns and does not truncate
+            else:
+                max_length = model_max_length
+    elif not isinstance(max_length, (int, np.integer)) or isinstance(max_length, bool) or max_length < 0:
+        raise ValueError(f"max_length={max_length!r} must be a non-negative integer or None")
+
+    if padding_strategy != "do_not_pad" and (pad_token_id is None or pad_token_id < 0):
+        raise ValueError("Asking to pad but the tokenizer has no padding token (pad_token)")
+
+    if pad_to_multiple_of is not None and (
+        not isinstance(pad_to_multiple_of, (int, np.integer)) or pad_to_multiple_of <= 0
+    ):
+        raise ValueError(f"pad_to_multiple_of={pad_to_multiple_of!r} must be a positive integer or None")
+    if (
+        truncation_strategy != "do_not_truncate"
+        and padding_strategy != "do_not_pad"
+        and pad_to_multiple_of is not None
+        and max_length is not None
+        and max_length % pad_to_multiple_of != 0
+    ):
+        raise ValueError(
+            f"Truncation and padding are both activated but truncation length ({max_length}) is not a "
+            f"multiple of pad_to_multiple_of ({pad_to_multiple_of})."
+        )
+    return padding_strategy, truncation_strategy, max_length
+
+
+def encode_rows(
+    backend,
+    inputs: list,
+    *,
+    is_pretokenized: bool,
+    add_special_tokens: bool,
+    truncation_strategy: str,
+    max_length: int | None,
+    stride: int,
+    truncation_side: str,
+    return_overflowing_tokens: bool,
+) -> list[Row]:
+    """Run the `tokenizers` backend on a batch and flatten it into rows.
+
+    ``inputs`` is a list of sequences or of (first, second) pairs. Truncation (with ``stride``
+    tokens of overlap between overflow windows) is done by the backend exactly as transformers
+    asks it to; padding is not (see ``pad_rows``).
+
+    Returns:
+        rows: one Row per encoding, followed by its overflow windows when asked for.
+    """
+    if truncation_strategy == "do_not_truncate":
+        backend.no_truncation()
+    else:
+        backend.enable_truncation(
+            max_length=max_length, stride=stride, strategy=truncation_strategy, direction=truncation_side
+        )
+    backend.no_padding()
+    try:
+        encodings = backend.encode_batch(
+            inputs, add_special_tokens=add_special_tokens, is_pretokenized=is_pretokenized
+        )
+    except Exception as e:  # the Rust engine raises a bare Exception for impossible truncations
+        raise ValueError(f"tokenizers could not encode the batch: {e}") from e
+    except BaseException as e:
+        # ... and panics (pyo3_runtime.PanicException, a BaseException) when stride >= the room
+        # left for a sequence after the special tokens.
+        if type(e).__name__ != "PanicException":
+            raise
+        raise ValueError(
+            f"tokenizers refused the truncation (stride={stride}, max_length={max_length}): {e}"
+        ) from None
+    finally:
+        backend.no_truncation()
+
+    rows = []
+    for sample_index, encoding in enumerate(encodings):
+        windows = [encoding] + list(encoding.overflowing) if return_overflowing_tokens else [encoding]
+        for k, e in enumerate(windows):
+            rows.append(
+                Row(
+                    input_ids=list(e.ids),
+                    token_type_ids=list(e.type_ids),
+                    attention_mask=list(e.attention_mask),
+                    special_tokens_mask=list(e.special_tokens_mask),
+                    offsets=[tuple(o) for o in e.offsets],
+                    word_ids=list(e.word_ids),
+                    sequence_ids=list(e.sequence_ids),
+                    tokens=list(e.tokens),
+                    sample_index=sample_index,
+                    top=k == 0,
+                )
+            )
+    return rows
+
+
+def pad_rows(
+    rows: list[Row],
+    *,
+    padding_strategy: str,
+    max_length: int | None,
+    pad_to_multiple_of: int | None,
+    padding_side: str,
+    pad_token_id: int,
+    pad_token: str,
+    pad_token_type_id: int,
+) -> None:
+    """Pad rows in place, as the `tokenizers` engine pads a batch.
+
+    The target length is ``max_length`` ("max_length") or the longest top-level encoding
+    ("longest": overflow windows do not count), rounded up to a multiple of
+    ``pad_to_multiple_of``. Rows already that long or longer are left as they are.
+    """
+    if padding_strategy == "do_not_pad":
+        return
+    target = (
+        max_length
+        if padding_strategy == "max_length"
+        else max((len(r.input_ids) for r in rows if r.top), default=0)
+    )
+    if pad_to_multiple_of is not None and target % pad_to_multiple_of != 0:
+        target += pad_to_multiple_of - target % pad_to_multiple_of
+    if padding_side not in ("right", "left"):
+        raise ValueError(f"padding_side={padding_side!r} must be 'right' or 'left'")
+    for row in rows:
+        n = target - len(row.input_ids)
+        if n <= 0:
+            continue
+        fills = {
+            "input_ids": pad_token_id,
+            "token_type_ids": pad_token_type_id,
+            "attention_mask": 0,
+            "special_tokens_mask": 1,
+            "offsets": (0, 0),
+            "word_ids": None,
+            "sequence_ids": None,
+            "tokens": pad_token,
+        }
+        for name, fill in fills.items():
+            values = getattr(row, name)
+            setattr(row, name, values + [fill] * n if padding_side == "right" else [fill] * n + values)
+
+
+def as_numpy(value):
+    """A list of rows -> NumPy array, as transformers' BatchEncoding does for return_tensors="np".
+
+    Ragged rows become an object array of per-row arrays (transformers does the same, it does
+    not raise).
+    """
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) > 0
+        and isinstance(value[0], (list, tuple, np.ndarray))
+    ):
+        if len({len(v) for v in value}) > 1:
+            return np.asarray([np.asarray(v) for v in value], dtype=object)
+    return np.asarray(value)
+
+
+def to_tensors(data: dict, return_tensors) -> dict:
+    """Convert every value to a NumPy array for ``return_tensors="np"``; None leaves lists."""
+    if return_tensors is None:
+        return data
+    if return_tensors not in ("np", "numpy"):
+        raise ValueError(f"return_tensors={return_tensors!r}: only None and 'np' are supported")
+    out = {}
+    for key, value in data.items():
+        try:
+            out[key] = as_numpy(value)
+        except Exception as e:
+            raise ValueError(
+                f"Unable to create an array for `{key}`: activate truncation and/or padding "
+                "(padding=True, truncation=True) to get rows of equal length"
+            ) from e
+    return out
+
+
+def strip_batch_axis(data: dict) -> dict:
+    """Single (non-batched) input without return_tensors: drop the leading batch axis of list values."""
+    return {k: (v[0] if len(v) > 0 and isinstance(v[0], list) else v) for k, v in data.items()}
+
+
+def check_side(name: str, value: str) -> str:
+    """Validate a padding/truncation side."""
+    if value not in ("right", "left"):
+        raise ValueError(f"{name}={value!r} must be 'right' or 'left'")
+    return value
