@@ -11,10 +11,12 @@ from .modeling import (
     LiltForTokenClassification,
     LiltModel,
 )
+from .tokenization import LiltTokenizer
 
 __all__ = [
     "LiltModel",
     "LiltForSequenceClassification",
     "LiltForTokenClassification",
     "LiltForQuestionAnswering",
+    "LiltTokenizer",
 ]
