@@ -129,8 +129,7 @@ def layout_embeddings(
     Args:
         bbox: integer ``[batch, seq, 4]`` boxes ``(x0, y0, x1, y1)`` with ``x0 <= x1``, ``y0 <= y1``.
         position_ids: integer ``[batch, seq]`` (the text stream's).
-        x_position_embeddings, y_position_embeddings, h_position_embeddings,
-            w_position_embeddings: ``{"weight": [max_2d, hidden // 6]}``.
+        x_position_embeddings, y_position_embeddings, h_position_embeddings, w_position_embeddings: ``{"weight": [max_2d, hidden // 6]}``.
         box_position_embeddings: ``{"weight": [max_positions, hidden // r]}``.
         box_linear_embeddings: ``{"weight": [hidden // r, hidden], "bias": [hidden // r]}``.
         LayerNorm: ``{"weight", "bias"}`` of ``[hidden // r]``.
