@@ -83,6 +83,29 @@ def test_home_page_shows_the_readme_setup_commands():
         assert c in home, f"docs/index.md does not show the README's set-up command {c!r}"
 
 
+def _examples(text: str) -> dict[str, str]:
+    """``## Example: X`` section -> its python code block."""
+    out = {}
+    for section in text.split("\n## Example: ")[1:]:
+        title = section.split("\n", 1)[0].strip()
+        blocks = re.findall(r"```python\n(.*?)```", section.split("\n## ", 1)[0], flags=re.S)
+        assert len(blocks) == 1, f"example {title!r} should have one python block"
+        out[title] = blocks[0]
+    return out
+
+
+def test_readme_examples_run_and_match_the_home_page(capsys):
+    readme = _examples((ROOT / "README.md").read_text(encoding="utf-8"))
+    home = _examples((DOCS / "index.md").read_text(encoding="utf-8"))
+    assert set(readme) == {"LiLT", "LXMERT"}, sorted(readme)
+    assert home == readme, "docs/index.md's examples differ from the README's"
+    for title, code in readme.items():
+        assert len(code.strip().splitlines()) <= 12, f"the {title} example should stay about 10 lines"
+        exec(compile(code, f"README example: {title}", "exec"), {"__name__": "__readme__"})
+    printed = capsys.readouterr().out
+    assert "(1, 31, 7)" in printed and "(1, 11, 233) (1, 2) (1, 10)" in printed, printed
+
+
 def test_api_page_lists_every_public_module():
     api = (DOCS / "api.md").read_text(encoding="utf-8")
     listed = set(re.findall(r"^:::\s*([\w.]+)", api, flags=re.M))
