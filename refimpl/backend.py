@@ -12,12 +12,24 @@ CuPy is imported only when a caller asks for ``device="cuda"`` or hands us a CuP
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import importlib
+import sys
 from typing import Any
 
 import numpy as np
 
-__all__ = ["get_namespace", "to_device", "to_numpy", "is_device_array", "cupy", "DEVICES"]
+__all__ = [
+    "get_namespace",
+    "to_device",
+    "to_numpy",
+    "is_device_array",
+    "cupy",
+    "cuda_available",
+    "tune_allocator",
+    "DEVICES",
+]
 
 DEVICES = ("cpu", "cuda")
 
@@ -56,7 +68,9 @@ def get_namespace(*arrays: Any):
     if kinds == {True}:
         return cupy()
     if kinds == {True, False}:
-        raise TypeError("arrays on different devices: move them all to one device first (refimpl.backend.to_device)")
+        raise TypeError(
+            "arrays on different devices: move them all to one device first (refimpl.backend.to_device)"
+        )
     return np
 
 
@@ -84,3 +98,65 @@ def to_numpy(x: Any):
     if is_device_array(x):
         return x.get()
     return np.asarray(x)
+
+
+def cuda_available() -> bool:
+    """True when CuPy imports and sees at least one CUDA device (never raises)."""
+    try:
+        cp = importlib.import_module("cupy")
+        return int(cp.cuda.runtime.getDeviceCount()) > 0
+    except Exception:  # ImportError, CUDARuntimeError (no driver), ...
+        return False
+
+
+# glibc's mallopt parameter numbers (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+#: The largest mmap threshold glibc accepts on 64-bit systems (HEAP_MAX_SIZE / 2).
+_MAX_MMAP_THRESHOLD = 32 * 1024 * 1024
+
+
+def tune_allocator(mmap_threshold: int = _MAX_MMAP_THRESHOLD, trim_threshold: int = 1 << 30) -> bool:
+    """Opt in to keeping freed memory in the process, so repeated forwards do not page-fault anew.
+
+    By default glibc serves every allocation above a dynamic threshold (128 KiB to 32 MiB)
+    with a fresh ``mmap`` and returns it with ``munmap`` when NumPy frees the array. A
+    forward pass creates and frees the same large temporaries (``[batch, heads, seq, seq]``
+    scores, ``[batch, seq, intermediate]`` activations) layer after layer, so each one costs
+    a page fault per 4 KiB page, every time. Raising ``M_MMAP_THRESHOLD`` puts those arrays
+    on the heap, and raising ``M_TRIM_THRESHOLD`` keeps the freed heap for the next one.
+    Peak memory stays the same (the same arrays are alive at the same time); memory is
+    simply not handed back to the OS between forwards.
+
+    This changes process-wide malloc settings, so the library never calls it on import:
+    the CLI and the benchmarks call it, and an application may call it once at start-up.
+
+    Args:
+        mmap_threshold: allocations at least this large (bytes) still use ``mmap``; at most
+            32 MiB on 64-bit glibc.
+        trim_threshold: free memory at the top of the heap above this (bytes) is returned.
+
+    Returns:
+        True when both settings were applied; False on a platform without glibc's
+        ``mallopt`` (macOS, Windows, musl), where it does nothing.
+
+    Raises:
+        ValueError: ``mmap_threshold`` outside ``[0, 33554432]`` or a negative ``trim_threshold``.
+    """
+    if not 0 <= mmap_threshold <= _MAX_MMAP_THRESHOLD:
+        raise ValueError(f"mmap_threshold must be in [0, {_MAX_MMAP_THRESHOLD}], got {mmap_threshold}")
+    if trim_threshold < 0:
+        raise ValueError(f"trim_threshold must be >= 0, got {trim_threshold}")
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    ok_mmap = mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)) == 1
+    ok_trim = mallopt(_M_TRIM_THRESHOLD, int(min(trim_threshold, 2**31 - 1))) == 1
+    return ok_mmap and ok_trim
