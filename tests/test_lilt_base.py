@@ -1,0 +1,77 @@
+"""LiLT at the size of SCUT-DLVCLab/lilt-roberta-en-base, float32, one full 512-token page.
+
+Random weights in the published checkpoint's shapes (vocab 50265, 514 positions, one token
+type, pad id 1, eps 1e-5, 12 x 768 with 12 heads, intermediate 3072, shrink 4, 1024 box
+positions), saved by the oracle's ``save_pretrained``. Every output within 1e-4.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from _oracle import assert_close, build, save, to_numpy
+
+import refimpl
+
+BASE = dict(
+    vocab_size=50265,
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    max_position_embeddings=514,
+    type_vocab_size=1,
+    pad_token_id=1,
+    layer_norm_eps=1e-5,
+    channel_shrink_ratio=4,
+    max_2d_position_embeddings=1024,
+)
+
+
+@pytest.mark.slow
+def test_base_size_float32_matches_oracle(tmp_path):
+    oracle = build(
+        transformers.LiltModel, transformers.LiltConfig(**BASE), seed=0, std=0.02, dtype=torch.float32
+    )
+    save(oracle, tmp_path)
+    model = refimpl.from_pretrained(tmp_path, dtype="float32")
+
+    rng = np.random.default_rng(0)
+    s = 512  # the longest page: position ids reach pad + 512 = 513, the last row of the table
+    ids = rng.integers(3, BASE["vocab_size"], (1, s))
+    ids[0, 0], ids[0, -1] = 0, 2  # <s> ... </s>
+    x0 = rng.integers(0, 1000, (1, s))
+    y0 = rng.integers(0, 1000, (1, s))
+    bbox = np.stack(
+        [x0, y0, np.minimum(x0 + rng.integers(0, 80, (1, s)), 1023), np.minimum(y0 + 12, 1023)], -1
+    )
+    mask = np.ones((1, s), dtype=np.int64)
+    mask[0, 500:] = 0
+
+    with torch.no_grad():
+        ref = oracle(
+            input_ids=torch.from_numpy(ids),
+            bbox=torch.from_numpy(bbox),
+            attention_mask=torch.from_numpy(mask),
+            output_hidden_states=True,
+            output_attentions=True,
+        )
+    out = model(
+        input_ids=ids, bbox=bbox, attention_mask=mask, output_hidden_states=True, output_attentions=True
+    )
+
+    worst = 0.0
+    for name in ref.keys():
+        theirs = to_numpy(ref[name])
+        pairs = (
+            [(f"{name}[{i}]", a, b) for i, (a, b) in enumerate(zip(out[name], theirs, strict=True))]
+            if isinstance(theirs, tuple)
+            else [(name, out[name], theirs)]
+        )
+        for label, a, b in pairs:
+            assert a.dtype == np.float32, label
+            assert_close(label, a, b, 1e-4)
+            worst = max(worst, float(np.abs(a.astype(np.float64) - b).max()))
+    print(f"\nLiLT base float32 worst |diff| vs oracle: {worst:.3e}")
