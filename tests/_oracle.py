@@ -54,7 +54,7 @@ def assert_close(name: str, ours, theirs, atol: float, rtol: float = 0.0) -> Non
         return
     both_nan = np.isnan(ours) & np.isnan(theirs)
     diff = np.where(both_nan, 0.0, np.abs(ours.astype(np.float64) - theirs.astype(np.float64)))
-    bound = atol + rtol * np.abs(theirs.astype(np.float64))
+    bound = atol + rtol * np.where(both_nan, 0.0, np.abs(theirs.astype(np.float64)))  # NaN == NaN passes
     bad = ~(diff <= bound)
     if bad.any():
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
