@@ -384,7 +384,7 @@ def _checkpoint_shapes(path: str) -> dict[str, tuple[tuple[int, ...], str]] | No
         from .fuse import read_raw_state_dict
 
         sd = read_raw_state_dict(path)
-        return {k: (tuple(v.shape), str(v.dtype)) for k, v in sd.items()}
+        return {k: (tuple(v.array.shape), v.dtype) for k, v in sd.items()}
     out = {}
     for n in files:
         with open(os.path.join(path, n), "rb") as f:
@@ -458,17 +458,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     src, dst = args.src, args.dst
     _need_file(src, "input")
-    if os.path.isdir(src):
-        raise CliError(f"convert expects a weight file (pytorch_model.bin), got the directory {src}")
     if os.path.isdir(dst):
         dst = os.path.join(dst, "model.safetensors")
-    conv = getattr(weights, "convert_bin_to_safetensors", None)
-    if conv is not None:
-        conv(src, dst)
-    else:  # fallback until weights.py offers it
-        from .fuse import read_raw_state_dict, save_safetensors
-
-        save_safetensors(read_raw_state_dict(src), dst)
+    weights.convert_bin_to_safetensors(src, dst)
     print(f"wrote {dst}")
     return 0
 

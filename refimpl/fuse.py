@@ -22,8 +22,8 @@ transformers 4.56.2 without warnings:
 * the result is ``model.safetensors`` (float dtypes kept), not ``pytorch_model.bin``; the text
   checkpoint's tokenizer files are copied beside it.
 
-No torch is needed: weights are read through :mod:`refimpl.weights` (safetensors, or a
-``pytorch_model.bin`` through its restricted reader).
+No torch is needed: weights are read and written through :mod:`refimpl.weights`
+(safetensors, or a ``pytorch_model.bin`` through its restricted unpickler), bit for bit.
 """
 
 from __future__ import annotations
@@ -86,44 +86,20 @@ class FuseReport:
         return "\n".join(lines)
 
 
-def _weight_file(path: str) -> str:
-    if os.path.isfile(path):
-        return path
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"no such checkpoint: {path}")
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        p = os.path.join(path, name)
-        if os.path.isfile(p):
-            return p
-    raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {path}")
-
-
-def read_raw_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Every tensor of a checkpoint (dir or weight file) as NumPy, dtypes kept where NumPy has
-    them (bfloat16 is upcast to float32 by the reader)."""
-    p = _weight_file(os.fspath(path))
-    if p.endswith(".safetensors"):
-        try:
-            from safetensors.numpy import load_file
-
-            return dict(load_file(p))
-        except Exception:
-            pass  # e.g. bfloat16: fall through to refimpl's reader
+def read_raw_state_dict(path: str | os.PathLike) -> dict[str, Any]:
+    """Every tensor of a checkpoint (dir, weight file or shard index) exactly as stored:
+    key -> :class:`refimpl.weights.RawTensor` (dtype code + array; bfloat16 kept as its bits)."""
     from . import weights
 
-    for fn in ("read_state_dict", "load_raw_state_dict"):
-        f = getattr(weights, fn, None)
-        if f is not None:
-            return dict(f(p))
-    return dict(weights.load_state_dict(p, dtype=np.float32))
+    return dict(weights.load_raw_state_dict(path))
 
 
-def save_safetensors(state: dict[str, np.ndarray], path: str) -> None:
-    """Write a state dict as ``model.safetensors`` with ``{"format": "pt"}`` metadata (what
-    transformers writes and expects)."""
-    from safetensors.numpy import save_file
+def save_safetensors(state: dict[str, Any], path: str) -> None:
+    """Write a state dict (arrays or RawTensors) as safetensors with ``{"format": "pt"}``
+    metadata (what transformers writes and expects)."""
+    from . import weights
 
-    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, path, metadata={"format": "pt"})
+    weights.save_safetensors(path, state, metadata={"format": "pt"})
 
 
 def _read_config(path: str) -> dict[str, Any] | None:
@@ -218,7 +194,7 @@ def fuse_lilt(
     return report
 
 
-def _validate(state: dict[str, np.ndarray], config: dict[str, Any], source: str) -> None:
+def _validate(state: dict[str, Any], config: dict[str, Any], source: str) -> None:
     """Strict key/shape check of the fused weights against LiltModel (prefixed keys)."""
     from . import weights
     from .config import LiltConfig
@@ -229,7 +205,7 @@ def _validate(state: dict[str, np.ndarray], config: dict[str, Any], source: str)
         return
     cfg = LiltConfig.from_dict(config)
     weights.match_state_dict(
-        state,
+        {k: getattr(v, "array", v) for k, v in state.items()},
         LiltModel.expected_shapes(cfg),
         prefix=LiltModel.base_model_prefix,
         is_base_model=True,

@@ -24,7 +24,6 @@ Typical use::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -76,13 +75,11 @@ _LAYER_RE = re.compile(r"(?:^|\.)((?:layer|layers|r_layers|x_layers)\.\d+)(?=\.|
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes (streamed, so large checkpoints are fine)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes (streamed; :func:`refimpl.weights.sha256_file`)."""
+    from .weights import sha256_file as _sha
+
+    return _sha(path)
 
 
 def weight_files(checkpoint: str | os.PathLike) -> list[str]:
@@ -103,7 +100,12 @@ def weight_files(checkpoint: str | os.PathLike) -> list[str]:
 def _to_numpy(x: Any) -> np.ndarray:
     """Host NumPy array (C-contiguous) of an array or scalar."""
     a = np.asarray(backend.to_numpy(x))
-    return np.ascontiguousarray(a)
+    return _contiguous(a)
+
+
+def _contiguous(a: np.ndarray) -> np.ndarray:
+    """C-contiguous, keeping 0-d arrays 0-d (``np.ascontiguousarray`` would make them 1-d)."""
+    return a if a.flags.c_contiguous else a.copy(order="C")
 
 
 def flatten_outputs(out: Any, prefix: str = "outputs") -> dict[str, np.ndarray]:
@@ -234,35 +236,35 @@ _VISION_MARKERS = (
 _ATTENTION_MARKERS = ("probs", "scores", "attentions", "attention_mask")
 
 
-def _stream(name: str) -> str | None:
-    """Token stream ("language"/"vision") a tensor's rows belong to, from its name; ``None``
-    when the name does not say (only needed when both streams have the same length)."""
+def _streams(name: str) -> tuple[str | None, str | None]:
+    """(row stream, key stream) of a tensor from its name: which token stream ("language" /
+    "vision") its rows (query rows for attention) and its key columns belong to; ``None``
+    where the name does not say. Only needed when both streams have the same length.
+
+    LXMERT's cross-attention module runs twice per cross layer; its calls carry the suffix
+    ``@lang`` (language queries, vision keys) and ``@visn`` (the reverse). Within a call the
+    ``key``/``value`` projections run over the other stream.
+    """
     n = name.lower()
+    other = {"language": "vision", "vision": "language"}
     if "cross_encoder_vision_attentions" in n:
-        return "vision"
+        return "vision", "language"
     if "cross_encoder_attentions" in n:
-        return "language"
+        return "language", "vision"
+    for tag, q in (("@lang", "language"), ("@visn", "vision")):
+        if tag in n:
+            base = n.split("@", 1)[0]
+            if base.endswith((".key", ".value")):
+                return other[q], other[q]
+            return q, other[q]
     if any(m in n for m in _VISION_MARKERS):
-        return "vision"
+        return "vision", "vision"
     if any(
         m in n
         for m in ("lang", "language", "embeddings", "encoder.layer.", "cls.predictions", "hidden_states")
     ):
-        return "language"
-    return None
-
-
-def _key_stream(name: str, query_stream: str | None) -> str | None:
-    """Stream of the key axis of an attention-probability tensor: the other stream for
-    cross-attention, the same stream otherwise."""
-    n = name.lower()
-    if "cross_encoder_attentions" in n:
-        return "vision"
-    if "cross_encoder_vision_attentions" in n:
-        return "language"
-    if "visual_attention" in n:  # LXMERT's cross-attention module: direction unknown by name
-        return None
-    return query_stream
+        return "language", "language"
+    return None, None
 
 
 def mask_specs_for(
@@ -303,14 +305,14 @@ def mask_specs_for(
         return None
 
     specs: list[dict[str, Any]] = []
-    q_stream = _stream(name)
+    q_stream, k_stream = _streams(name)
     is_att = len(shape) == 4 and any(m in name.lower() for m in _ATTENTION_MARKERS)
     row_axis = 2 if len(shape) == 4 else 1
     m = pick(row_axis, q_stream)
     if m is not None:
         specs.append({"input": m, "axes": [0, row_axis]})
     if is_att:
-        m = pick(3, _key_stream(name, q_stream))
+        m = pick(3, k_stream)
         if m is not None:
             specs.append({"input": m, "axes": [0, 3]})
     return specs
@@ -455,7 +457,7 @@ def write(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], manifest: 
     parent = os.path.dirname(p)
     if parent:
         os.makedirs(parent, exist_ok=True)
-    arrays = {k: np.ascontiguousarray(np.asarray(v)) for k, v in tensors.items()}
+    arrays = {k: _contiguous(np.asarray(v)) for k, v in tensors.items()}
     save_file(arrays, p, metadata={MANIFEST_KEY: json.dumps(manifest, sort_keys=False)})
     return p
 
