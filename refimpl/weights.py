@@ -40,6 +40,7 @@ __all__ = [
     "WEIGHT_FILES",
     "weight_files",
     "load_state_dict",
+    "read_state_dict",
     "load_raw_state_dict",
     "save_safetensors",
     "convert_bin_to_safetensors",
@@ -261,6 +262,8 @@ def _read_safetensors(path: str) -> dict[str, RawTensor]:
             arr.flags.writeable = False
         else:
             arr = np.frombuffer(buf, dtype=dt, count=count, offset=start + begin).reshape(shape)
+            if not arr.flags.aligned:  # writers pad the header to 8 bytes; copy if one did not
+                arr = arr.copy()
         out[name] = RawTensor(code, arr)
     pos = 0
     for begin, end, name in sorted(spans):
@@ -383,7 +386,7 @@ class _Tensor:
                 f"a tensor must be rebuilt from a storage, got {type(storage).__name__}"
             )
         ints = (offset, *size, *stride) if isinstance(size, tuple) and isinstance(stride, tuple) else None
-        if ints is None or not all(_is_int(i) and i >= 0 for i in ints) or len(size) != len(stride):
+        if ints is None or not all(_is_int(i) and 0 <= i < 2**62 for i in ints) or len(size) != len(stride):
             raise pickle.UnpicklingError(
                 f"bad tensor geometry: offset {offset!r}, size {size!r}, stride {stride!r} "
                 "(expected non-negative integers and as many strides as sizes)"
@@ -594,8 +597,9 @@ def _tensor_array(t: _Tensor, source: str, name: str) -> RawTensor:
     )
     if big:
         arr = arr.astype(dt.newbyteorder("="))  # copy in native order
-    elif not arr.flags.c_contiguous:
-        arr = np.ascontiguousarray(arr)  # a strided / transposed view: copy, as torch would on save
+    elif not (arr.flags.c_contiguous and arr.flags.aligned):
+        # a strided / transposed view, or legacy-format bytes at an odd offset: copy to C order
+        arr = arr.copy(order="C")
     return RawTensor(code, arr)
 
 
@@ -849,6 +853,12 @@ def load_state_dict(path: str | os.PathLike, dtype=np.float32) -> dict[str, np.n
     """
     dt = _check_float_dtype(dtype)
     return {k: _cast(v, dt) for k, v in load_raw_state_dict(path).items()}
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every tensor with its stored dtype where NumPy has it (bfloat16 becomes float32, exactly):
+    ``load_state_dict(path, dtype=None)``."""
+    return load_state_dict(path, dtype=None)
 
 
 def convert_bin_to_safetensors(bin_path: str | os.PathLike, out_path: str | os.PathLike) -> str:
