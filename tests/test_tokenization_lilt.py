@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from refimpl.lilt.tokenization import LiltTokenizer
 
 transformers = pytest.importorskip("transformers")
-from transformers import LayoutLMv3TokenizerFast  # noqa: E402
+from transformers import LayoutLMv3TokenizerFast, LayoutXLMTokenizerFast  # noqa: E402
 
 CORPUS = [
     "Invoice number 12345 date 2021-03-04 total $1,234.56 (tax incl.)",
@@ -93,7 +93,23 @@ def dirs(tmp_path_factory):
         "model_max_length": 24,
     }
     (custom_dir / "tokenizer_config.json").write_text(json.dumps(config))
-    return {"vocab": str(vocab_dir), "saved": str(saved_dir), "custom": str(custom_dir)}
+    # LiLT-InfoXLM style: a sentencepiece-like Unigram model with Metaspace, saved by LayoutXLMTokenizerFast.
+    xlm = Tokenizer(models.Unigram())
+    xlm.pre_tokenizer = pre_tokenizers.Metaspace()
+    xlm.decoder = decoders.Metaspace()
+    xlm.train_from_iterator(
+        CORPUS * 5,
+        trainers.UnigramTrainer(
+            vocab_size=300, special_tokens=SPECIALS, unk_token="<unk>", show_progress=False
+        ),
+    )
+    xlm.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
+    xlm.save(str(root / "xlm_tokenizer.json"))
+    xlm_dir = root / "xlm"
+    LayoutXLMTokenizerFast(tokenizer_file=str(root / "xlm_tokenizer.json")).save_pretrained(str(xlm_dir))
+    return {"vocab": str(vocab_dir), "saved": str(saved_dir), "custom": str(custom_dir), "xlm": str(xlm_dir)}
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +130,10 @@ def pairs(dirs):
         "custom": (
             LiltTokenizer.from_pretrained(dirs["custom"]),
             LayoutLMv3TokenizerFast.from_pretrained(dirs["custom"]),
+        ),
+        "xlm": (
+            LiltTokenizer.from_pretrained(dirs["xlm"]),
+            LayoutXLMTokenizerFast.from_pretrained(dirs["xlm"]),
         ),
     }
 
@@ -151,7 +171,7 @@ def check(ours_tok, oracle_tok, *args, **kwargs):
     return None
 
 
-@pytest.mark.parametrize("which", ["vocab", "saved"])
+@pytest.mark.parametrize("which", ["vocab", "saved", "xlm"])
 def test_backend_equals_oracle_backend(pairs, which):
     """The `tokenizers` pipelines we build (from vocab/merges or tokenizer.json) serialize identically."""
     ours, oracle = pairs[which]
@@ -204,7 +224,7 @@ CALL_OPTIONS = st.fixed_dictionaries(
     data=page(),
     labelled=st.booleans(),
     options=CALL_OPTIONS,
-    which=st.sampled_from(["vocab", "saved", "custom"]),
+    which=st.sampled_from(["vocab", "saved", "custom", "xlm"]),
 )
 def test_single_page_parity(pairs, data, labelled, options, which):
     ours, oracle = pairs[which]
@@ -220,7 +240,7 @@ def test_single_page_parity(pairs, data, labelled, options, which):
     overflow=st.booleans(),
     stride=st.sampled_from([0, 2]),
     tensors=st.sampled_from([None, "np"]),
-    which=st.sampled_from(["vocab", "custom"]),
+    which=st.sampled_from(["vocab", "custom", "xlm"]),
 )
 def test_batch_parity(pairs, batch, labelled, options, overflow, stride, tensors, which):
     """Uneven pages, padding/truncation/overflow windows, labels and arrays stay aligned."""
@@ -257,12 +277,13 @@ QUESTION = st.lists(
     padding=st.sampled_from([False, "max_length", True]),
     tensors=st.sampled_from([None, "np"]),
     overflow=st.booleans(),
+    which=st.sampled_from(["vocab", "xlm"]),
 )
 def test_question_page_parity(
-    pairs, question, data, batched, labelled, truncation, max_length, padding, tensors, overflow
+    pairs, question, data, batched, labelled, truncation, max_length, padding, tensors, overflow, which
 ):
     """Question (str) + page words: question tokens get the pad box; boxes follow the page words."""
-    ours, oracle = pairs["vocab"]
+    ours, oracle = pairs[which]
     words, boxes, labels = data
     kwargs = dict(
         truncation=truncation,
@@ -365,3 +386,23 @@ def test_question_indexes_labels_quirk(pairs):
         == "IndexError"
     )
     assert check(ours, oracle, "what", ["a", "b"], boxes=[[1, 2, 3, 4]] * 2, word_labels=[5, 6]) is None
+
+
+def test_layoutxlm_flavour(pairs):
+    """LiLT-InfoXLM: sep box [1000]*4 by default, labels on every offset-0 token (no empty-token check)."""
+    ours, oracle = pairs["xlm"]
+    assert ours.flavour == "layoutxlm" and ours.sep_token_box == [1000] * 4
+    words, boxes = ["Invoice", "東京😀", "Café"], [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]]
+    enc = ours(words, boxes=boxes, word_labels=[1, 2, 3])
+    assert enc["bbox"][-1] == [1000] * 4
+    assert_same(enc, oracle(words, boxes=boxes, word_labels=[1, 2, 3]))
+
+
+def test_numpy_boxes_and_labels(pairs):
+    """NumPy boxes / labels are accepted as transformers accepts them; arrays come back equal."""
+    ours, oracle = pairs["vocab"]
+    words = ["Invoice", "total", "😀"]
+    boxes = np.array([[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]])
+    labels = np.array([0, 1, 2])
+    kwargs = dict(boxes=boxes, word_labels=labels, return_tensors="np", padding="max_length", max_length=16)
+    assert_same(ours(words, **kwargs), oracle(words, **kwargs))

@@ -15,6 +15,11 @@ transformers 4.56.2's ``LayoutLMv3TokenizerFast`` (the oracle), call for call:
   in the word is 0 and that does not follow an empty-offset token), every other token gets
   ``pad_token_label`` (-100), unless ``only_label_first_subword`` is False.
 
+LiLT-InfoXLM checkpoints name ``LayoutXLMTokenizer`` in tokenizer_config.json instead; loaded
+from their tokenizer.json they follow ``LayoutXLMTokenizerFast``, which differs in three places:
+``sep_token_box`` defaults to [1000, 1000, 1000, 1000], a label goes to every token whose
+offset starts at 0 (no "previous token empty" check), and add_prefix_space is not forced.
+
 The BPE itself runs in the `tokenizers` library; the steps around it are written out below.
 """
 
@@ -39,6 +44,10 @@ from ..tokenization_utils import (
     to_tensors,
     token_content,
 )
+
+# "layoutlmv3": LayoutLMv3TokenizerFast (LiLT-RoBERTa); "layoutxlm": LayoutXLMTokenizerFast (LiLT-InfoXLM).
+FLAVOURS = ("layoutlmv3", "layoutxlm")
+DEFAULT_SEP_TOKEN_BOX = {"layoutlmv3": [0, 0, 0, 0], "layoutxlm": [1000, 1000, 1000, 1000]}
 
 # transformers' SPECIAL_TOKENS_ATTRIBUTES order (the order in which missing special tokens get new ids).
 SPECIAL_TOKEN_NAMES = (
@@ -223,7 +232,11 @@ class LiltTokenizer:
         padding_side="right",
         truncation_side="right",
         pad_token_type_id=0,
+        flavour="layoutlmv3",
     ):
+        if flavour not in FLAVOURS:
+            raise ValueError(f"flavour={flavour!r} must be one of {FLAVOURS}")
+        self.flavour = flavour
         self.backend = backend
         self.bos_token, self.eos_token, self.sep_token, self.cls_token = (
             bos_token,
@@ -253,11 +266,16 @@ class LiltTokenizer:
 
         # transformers (LayoutLMv3TokenizerFast.__init__): tokenizer_config's add_prefix_space /
         # trim_offsets win over what tokenizer.json's pre-tokenizer and post-processor say.
-        post = _rebuild_component(
-            backend.post_processor, processors, add_prefix_space=add_prefix_space, trim_offsets=trim_offsets
-        )
-        if post is not None:
-            backend.post_processor = post
+        # (LayoutXLMTokenizerFast leaves the post-processor alone.)
+        if flavour == "layoutlmv3":
+            post = _rebuild_component(
+                backend.post_processor,
+                processors,
+                add_prefix_space=add_prefix_space,
+                trim_offsets=trim_offsets,
+            )
+            if post is not None:
+                backend.post_processor = post
         pre = _rebuild_component(backend.pre_tokenizer, pre_tokenizers, add_prefix_space=add_prefix_space)
         if pre is not None:
             backend.pre_tokenizer = pre
@@ -280,7 +298,11 @@ class LiltTokenizer:
         for name in SPECIAL_TOKEN_NAMES:
             value = specials_map.get(name, config.get(name, DEFAULT_SPECIAL_TOKENS[name]))
             specials[name] = token_content(value)
-        add_prefix_space = config.get("add_prefix_space", True)
+        # LiLT-RoBERTa checkpoints name LayoutLMv3Tokenizer, LiLT-InfoXLM ones LayoutXLMTokenizer.
+        tokenizer_class = str(config.get("tokenizer_class") or "LayoutLMv3Tokenizer").removesuffix("Fast")
+        flavour = "layoutxlm" if tokenizer_class == "LayoutXLMTokenizer" else "layoutlmv3"
+        # LayoutLMv3 passes add_prefix_space=True to the base class, LayoutXLM passes nothing (False).
+        add_prefix_space = config.get("add_prefix_space", flavour == "layoutlmv3")
         # Flags of the added tokens: tokenizer_config.json's "added_tokens_decoder" if present,
         # else LayoutLMv3Tokenizer's defaults (mask_token strips the space on its left).
         decoder = config.get("added_tokens_decoder", {})
@@ -316,6 +338,11 @@ class LiltTokenizer:
                 config["truncation_side"] = truncation["direction"]
             backend.no_padding()
             backend.no_truncation()
+        elif flavour == "layoutxlm":
+            raise ValueError(
+                f"{path!r}: a LayoutXLM (sentencepiece) tokenizer needs tokenizer.json; "
+                "convert it once with transformers (LayoutXLMTokenizerFast.save_pretrained)"
+            )
         elif os.path.isfile(vocab_file) and os.path.isfile(merges_file):
             vocab, merges = read_bpe_files(vocab_file, merges_file)
             backend = build_bpe_backend(vocab, merges, specials, added, add_prefix_space)
@@ -328,13 +355,14 @@ class LiltTokenizer:
             add_prefix_space=add_prefix_space,
             trim_offsets=config.get("trim_offsets", True),
             cls_token_box=config.get("cls_token_box", [0, 0, 0, 0]),
-            sep_token_box=config.get("sep_token_box", [0, 0, 0, 0]),
+            sep_token_box=config.get("sep_token_box", DEFAULT_SEP_TOKEN_BOX[flavour]),
             pad_token_box=config.get("pad_token_box", [0, 0, 0, 0]),
             pad_token_label=config.get("pad_token_label", -100),
             only_label_first_subword=config.get("only_label_first_subword", True),
             model_max_length=config.get("model_max_length", VERY_LARGE_INTEGER),
             padding_side=config.get("padding_side", "right"),
             truncation_side=config.get("truncation_side", "right"),
+            flavour=flavour,
         )
 
     # ------------------------------------------------------------------------------------ vocabulary
@@ -559,8 +587,8 @@ class LiltTokenizer:
         """One label per token of a (padded) row. [L]
 
         transformers' rule: with only_label_first_subword, a token of a word gets the word's
-        label when its character offset starts at 0 and the token before it did not have the
-        empty offset (0, 0); all other tokens get pad_token_label. The word index is used as it
+        label when its character offset starts at 0 and (LayoutLMv3 only) the token before it
+        did not have the empty offset (0, 0); all other tokens get pad_token_label. The word index is used as it
         comes, so in question + page inputs the question's tokens index ``word_labels`` too.
         """
         out = []
@@ -569,7 +597,7 @@ class LiltTokenizer:
             if word_id is None:
                 out.append(self.pad_token_label)
                 continue
-            first = offset[0] == 0 and not previous_token_empty
+            first = offset[0] == 0 and (self.flavour == "layoutxlm" or not previous_token_empty)
             if self.only_label_first_subword:
                 previous_token_empty = tuple(offset) == (0, 0)
             if self.only_label_first_subword and not first:
