@@ -49,7 +49,7 @@ def cupy():
 
 
 def is_device_array(x: Any) -> bool:
-    """True when ``x`` is a CuPy array (checked by type, without importing cupy)."""
+    """True when ``x`` is a CuPy array of any shape (checked by type, without importing cupy)."""
     return type(x).__module__.split(".")[0] == "cupy"
 
 
@@ -92,7 +92,7 @@ def to_device(x: Any, device: str):
 
 
 def to_numpy(x: Any):
-    """Return ``x`` as a NumPy array (copies device arrays to the host); passes ``None`` through."""
+    """Return ``x`` (any shape) as a NumPy array of the same shape (copies device arrays to the host); passes ``None`` through."""
     if x is None:
         return None
     if is_device_array(x):

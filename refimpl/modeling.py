@@ -55,6 +55,7 @@ class PreTrainedModel:
     # -- construction -----------------------------------------------------------------------
     @classmethod
     def expected_shapes(cls, config: PretrainedConfig) -> dict[str, tuple[int, ...]]:
+        """Checkpoint key -> shape of every weight the class needs, named as the oracle class's ``save_pretrained`` writes them."""
         raise NotImplementedError
 
     @classmethod
@@ -111,6 +112,7 @@ class PreTrainedModel:
         return self.forward(*args, **kwargs)
 
     def forward(self, **kwargs):  # pragma: no cover - abstract
+        """Run the model on transformers' keyword inputs (arrays); each class documents its own."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

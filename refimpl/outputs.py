@@ -30,12 +30,15 @@ class ModelOutput:
     """Base record: dataclass fields, plus dict-like and tuple-like access."""
 
     def keys(self) -> list[str]:
+        """Names of the fields that are not ``None``, in declaration order."""
         return [f.name for f in fields(self) if getattr(self, f.name) is not None]
 
     def items(self) -> list[tuple[str, Any]]:
+        """``(name, value)`` for the fields that are not ``None``, in declaration order."""
         return [(k, getattr(self, k)) for k in self.keys()]
 
     def to_tuple(self) -> tuple:
+        """The values of the fields that are not ``None``, in declaration order (transformers' tuple form)."""
         return tuple(getattr(self, k) for k in self.keys())
 
     def __getitem__(self, key: str | int) -> Any:

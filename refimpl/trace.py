@@ -41,9 +41,11 @@ class Recorder:
         self._prefix: list[str] = []
 
     def name(self, name: str) -> str:
+        """The full dotted name ``name`` gets under the current scopes."""
         return ".".join([*self._prefix, name]) if name else ".".join(self._prefix)
 
     def add(self, name: str, value: Any) -> None:
+        """Store ``value`` (an array of any shape, or a scalar) under its full name; a repeated name is a ``KeyError``."""
         full = self.name(name)
         if full in self.tensors:
             raise KeyError(

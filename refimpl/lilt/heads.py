@@ -41,6 +41,7 @@ def sequence_classification_problem_type(problem_type, num_labels: int, labels) 
 
     ``num_labels == 1`` -> ``"regression"``; int32/int64 labels -> ``"single_label_classification"``;
     anything else (float labels, other integer widths) -> ``"multi_label_classification"``.
+    Only the dtype of ``labels`` (``[batch]`` or ``[batch, num_labels]``) is looked at.
     """
     if problem_type is not None:
         return problem_type
