@@ -69,6 +69,7 @@ class FuseReport:
     copied: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
+        """A few lines for the command line: counts, clashes the layout won, dropped keys."""
         lines = [
             f"wrote {self.out_dir}: {self.n_fused} tensors "
             f"({self.n_text} from the text model, {self.n_layout} from the layout model)"

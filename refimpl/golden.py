@@ -474,7 +474,8 @@ def write_case(
     Args:
         path: output ``.safetensors`` file.
         model: a refimpl model.
-        inputs: forward keywords -> arrays (see :func:`trace_forward`).
+        inputs: forward keywords -> arrays, e.g. ``input_ids [batch, seq]``, ``bbox
+            [batch, seq, 4]``, ``visual_feats [batch, boxes, feat_dim]`` (see :func:`trace_forward`).
         checkpoint: the model's checkpoint directory, for the weight hashes.
         inputs_source: provenance of the inputs, stored in the manifest.
 

@@ -350,3 +350,63 @@ def test_console_entry_point_in_a_real_process(tmp_path):
     )
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "d" / "lilt-form.safetensors").exists()
+
+
+# ------------------------------------------------------------------------------- bundled data
+def test_bundled_checkpoints_and_tokenizers_equal_the_oracle(tmp_path, capsys):
+    from transformers import AutoTokenizer, LxmertForPreTraining
+
+    rc, _, err = run(capsys, "demo", "-q", "--out", tmp_path)
+    assert rc == 0, err
+    form = json.load(open(os.path.join(EXAMPLE, "form.json")))
+    g = golden.read(tmp_path / "lilt-form.safetensors")
+    hf_tok = AutoTokenizer.from_pretrained(LILT_TINY)
+    enc = hf_tok(form["words"], boxes=form["boxes"], word_labels=form["labels"], return_tensors="np")
+    for k in ("input_ids", "bbox", "attention_mask", "labels"):
+        np.testing.assert_array_equal(g.inputs[k], enc[k], err_msg=k)
+    hf = LiltForTokenClassification.from_pretrained(LILT_TINY, dtype=torch.float64).eval()
+    with torch.no_grad():
+        want = hf(**{k: torch.tensor(g.inputs[k]) for k in ("input_ids", "bbox", "attention_mask", "labels")})
+    assert np.abs(g.outputs["logits"] - to_numpy(want.logits)).max() <= 1e-10
+    assert abs(float(g.outputs["loss"]) - float(want.loss)) <= 1e-10
+
+    q = golden.read(tmp_path / "lxmert-question.safetensors")
+    question = json.load(open(os.path.join(EXAMPLE, "question.json")))["question"]
+    hf_ids = AutoTokenizer.from_pretrained(LXMERT_TINY)(question, return_tensors="np")["input_ids"]
+    np.testing.assert_array_equal(q.inputs["input_ids"], hf_ids)
+    hf = LxmertForPreTraining.from_pretrained(LXMERT_TINY, dtype=torch.float64).eval()
+    with torch.no_grad():
+        want = hf(**{k: torch.tensor(v) for k, v in q.inputs.items()})
+    for field in ("prediction_logits", "cross_relationship_score", "question_answering_score"):
+        assert np.abs(q.outputs[field] - to_numpy(getattr(want, field))).max() <= 1e-10, field
+
+
+def test_bundled_data_is_what_make_bundled_writes(tmp_path):
+    """refimpl/data is generated, never hand-edited: a fresh build gives the same weights, configs,
+    vocabularies and example (tokenizer.json / tokenizer_config.json are left out: their
+    serialisation belongs to the tokenizers/transformers versions installed)."""
+    import filecmp
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "make_bundled", os.path.join(ROOT, "scripts", "make_bundled.py")
+    )
+    mb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mb)
+    mb.build(str(tmp_path))
+    data = bundled_path()
+    checked = 0
+    for sub in ("lilt-tiny", "lxmert-tiny", "example"):
+        assert sorted(os.listdir(tmp_path / sub)) == sorted(os.listdir(os.path.join(data, sub))), sub
+        for name in os.listdir(tmp_path / sub):
+            if name in ("tokenizer.json", "tokenizer_config.json"):
+                continue
+            assert filecmp.cmp(tmp_path / sub / name, os.path.join(data, sub, name), shallow=False), (
+                f"{sub}/{name}"
+            )
+            checked += 1
+    assert checked >= 12
+    sizes = [
+        os.path.getsize(os.path.join(data, s, "model.safetensors")) for s in ("lilt-tiny", "lxmert-tiny")
+    ]
+    assert max(sizes) < 2_000_000
