@@ -22,7 +22,9 @@ Values are computed by NumPy underneath, so a strict run must equal a plain run 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import operator
+import sys
 import types
 from collections import Counter
 from collections.abc import Iterator
@@ -245,14 +247,45 @@ def unwrap_tree(x: Any) -> Any:
     return x
 
 
+def _host_erf(x: StrictArray) -> StrictArray:
+    """Stand-in for ``cupyx.scipy.special.erf``: a device function computed by refimpl's NumPy erf."""
+    from refimpl import ops
+
+    if not isinstance(x, StrictArray):
+        _violate("cupyx.scipy.special.erf called on a non-device array")
+    previous = backend._namespace_override
+    backend._namespace_override = None
+    try:
+        return StrictArray(ops.erf(x._a.copy()))
+    finally:
+        backend._namespace_override = previous
+
+
+def _fake_cupyx() -> dict[str, types.ModuleType]:
+    """``cupyx.scipy.special`` with :func:`_host_erf`, for code that takes CuPy's special functions."""
+    cupyx, scipy, special = (types.ModuleType(n) for n in ("cupyx", "cupyx.scipy", "cupyx.scipy.special"))
+    special.erf = _host_erf
+    cupyx.scipy, scipy.special = scipy, special
+    return {"cupyx": cupyx, "cupyx.scipy": scipy, "cupyx.scipy.special": special}
+
+
 @contextlib.contextmanager
 def strict_namespace() -> Iterator[StrictNamespace]:
-    """Install a :class:`StrictNamespace` as ``backend._namespace_override`` for the block."""
+    """Install a :class:`StrictNamespace` as ``backend._namespace_override`` for the block (and a
+    ``cupyx.scipy.special`` stand-in when CuPy is not installed)."""
     previous = backend._namespace_override
     VIOLATIONS.clear()
     ns = StrictNamespace()
+    fakes = {} if importlib.util.find_spec("cupyx") else _fake_cupyx()
+    saved = {k: sys.modules.get(k) for k in fakes}
+    sys.modules.update(fakes)
     backend._namespace_override = ns
     try:
         yield ns
     finally:
         backend._namespace_override = previous
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v

@@ -9,10 +9,13 @@ strict run must equal the plain run exactly (the same NumPy kernels underneath).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from _strict import DispatchViolation, StrictArray, strict_namespace, unwrap_tree, wrap_tree
 
+import refimpl
 from refimpl import attention, backend, ops
 
 # --------------------------------------------------------------------------------------------
@@ -116,3 +119,143 @@ G = 1 + 0.1 * RNG.standard_normal(8)
 def test_core_ops_dispatch(name, fn, args, dtype):
     args = tuple(a.astype(dtype) for a in args)
     _strict_equals_plain(fn, *args)
+
+
+# --------------------------------------------------------------------------------------------
+# whole models: every op of a forward (and its losses) goes through the dispatch
+# --------------------------------------------------------------------------------------------
+
+DATA = Path(refimpl.__file__).parent / "data"
+
+
+def _model_strict_equals_plain(model, inputs: dict) -> None:
+    """Plain run vs strict run (weights and inputs wrapped) of one model: equal, and no violation."""
+    want = unwrap_tree(model(**inputs, output_attentions=True, output_hidden_states=True))
+    strict_model = type(model)(model.config, wrap_tree(model.params), dtype=model.dtype)
+    with strict_namespace() as ns:
+        got = strict_model(**wrap_tree(inputs), output_attentions=True, output_hidden_states=True)
+        assert ns.violations == [], ns.violations
+        assert ns.calls["matmul"] > 0, "the strict namespace was not used"
+    for name, value in got.__dict__.items():
+        for leaf in value if isinstance(value, tuple) else (value,):
+            assert leaf is None or isinstance(leaf, StrictArray), f"{name} left the device: {type(leaf)}"
+    got = unwrap_tree(got)
+    assert got.keys() == want.keys()
+    checked = 0
+    for name, w in want.items():
+        for g_leaf, w_leaf in zip(
+            *((v if isinstance(v, tuple) else (v,)) for v in (got[name], w)), strict=True
+        ):
+            if w_leaf is not None:
+                np.testing.assert_array_equal(g_leaf, w_leaf, err_msg=name)
+                checked += 1
+    assert checked >= 4
+
+
+def _lilt_inputs(config, rng, batch=2, seq=9):
+    x0 = rng.integers(0, 400, (batch, seq, 1))
+    y0 = rng.integers(0, 400, (batch, seq, 1))
+    mask = np.ones((batch, seq), np.int64)
+    mask[1, -2:] = 0
+    return {
+        "input_ids": rng.integers(3, config.vocab_size, (batch, seq)),
+        "bbox": np.concatenate([x0, y0, x0 + rng.integers(0, 50, x0.shape), y0 + 11], axis=-1),
+        "attention_mask": mask,
+    }
+
+
+def _lxmert_inputs(config, rng, dtype, batch=2, seq=7, boxes=5):
+    mask = np.ones((batch, seq), np.int64)
+    mask[0, -2:] = 0
+    return {
+        "input_ids": rng.integers(0, config.vocab_size, (batch, seq)),
+        "attention_mask": mask,
+        "visual_feats": rng.standard_normal((batch, boxes, config.visual_feat_dim)).astype(dtype),
+        "visual_pos": rng.random((batch, boxes, 4)).astype(dtype),
+    }
+
+
+@pytest.fixture(scope="module")
+def lilt_base_dir(tmp_path_factory):
+    """A tiny random LiltModel checkpoint (with its pooler), saved by the oracle."""
+    from _oracle import build, save
+    from transformers import LiltConfig
+    from transformers import LiltModel as OracleLilt
+
+    config = LiltConfig(
+        vocab_size=97, hidden_size=24, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+        max_position_embeddings=40, max_2d_position_embeddings=512, channel_shrink_ratio=2,
+    )  # fmt: skip
+    return save(build(OracleLilt, config, seed=3), tmp_path_factory.mktemp("lilt-base"))
+
+
+@pytest.fixture(scope="module")
+def lxmert_base_dir(tmp_path_factory):
+    """A tiny random LxmertModel checkpoint, saved by the oracle."""
+    from _oracle import build, save
+    from transformers import LxmertConfig
+    from transformers import LxmertModel as OracleLxmert
+
+    config = LxmertConfig(
+        vocab_size=97, hidden_size=24, num_attention_heads=2, intermediate_size=37, l_layers=2, x_layers=1,
+        r_layers=1, visual_feat_dim=16, visual_pos_dim=4,
+    )  # fmt: skip
+    return save(build(OracleLxmert, config, seed=4), tmp_path_factory.mktemp("lxmert-base"))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_lilt_models_dispatch_every_op(dtype, lilt_base_dir):
+    from refimpl.lilt import LiltForTokenClassification, LiltModel
+
+    rng = np.random.default_rng(0)
+    base = LiltModel.from_pretrained(lilt_base_dir, dtype=dtype)
+    inputs = _lilt_inputs(base.config, rng)
+    _model_strict_equals_plain(base, inputs)
+    head = LiltForTokenClassification.from_pretrained(DATA / "lilt-tiny", dtype=dtype)
+    labels = rng.integers(0, head.config.num_labels, inputs["input_ids"].shape)
+    labels[0, 0] = -100
+    _model_strict_equals_plain(head, dict(inputs, labels=labels))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_lxmert_models_dispatch_every_op(dtype, lxmert_base_dir):
+    from refimpl.lxmert import LxmertForPreTraining, LxmertModel
+
+    rng = np.random.default_rng(1)
+    base = LxmertModel.from_pretrained(lxmert_base_dir, dtype=dtype)
+    c = base.config
+    inputs = _lxmert_inputs(c, rng, dtype)
+    _model_strict_equals_plain(base, inputs)
+    head = LxmertForPreTraining.from_pretrained(DATA / "lxmert-tiny", dtype=dtype)
+    c = head.config
+    inputs = _lxmert_inputs(c, rng, dtype)
+    b, s = inputs["input_ids"].shape
+    o = inputs["visual_feats"].shape[1]
+    labels = np.where(rng.random((b, s)) < 0.5, rng.integers(0, c.vocab_size, (b, s)), -100)
+    obj_labels = {
+        "obj": (rng.integers(0, c.num_object_labels, (b, o)), rng.random((b, o)).astype(dtype)),
+        "attr": (rng.integers(0, c.num_attr_labels, (b, o)), rng.random((b, o)).astype(dtype)),
+        "feat": (
+            rng.standard_normal((b, o, c.visual_feat_dim)).astype(dtype),
+            rng.random((b, o)).astype(dtype),
+        ),
+    }
+    targets = dict(
+        labels=labels,
+        obj_labels=obj_labels,
+        matched_label=np.array([1, 0]),
+        ans=rng.integers(0, c.num_qa_labels, (b,)),
+    )
+    _model_strict_equals_plain(head, dict(inputs, **targets))
+
+
+def test_a_hidden_numpy_call_in_a_model_is_caught(lilt_base_dir, monkeypatch):
+    """The model test is not vacuous: one plain ``np.`` call inside a layer fails the strict run."""
+    from refimpl.lilt import LiltModel
+
+    model = LiltModel.from_pretrained(lilt_base_dir, dtype="float64")
+    gelu = ops.ACT2FN["gelu"]
+    # a host array sneaks into the activation
+    monkeypatch.setitem(ops.ACT2FN, "gelu", lambda x: gelu(x) + np.zeros(x.shape[-1]))
+    with pytest.raises(DispatchViolation, match="mixed with a device array"):
+        _model_strict_equals_plain(model, _lilt_inputs(model.config, np.random.default_rng(0)))
