@@ -69,7 +69,7 @@ def test_notebook_executes(name, monkeypatch):
     t = time.perf_counter()
     client.execute()  # raises CellExecutionError naming the cell on any error or failed assert
     elapsed = time.perf_counter() - t
-    assert elapsed < 60, f"{name} took {elapsed:.1f} s (budget: 60 s for both notebooks)"
+    assert elapsed < 30, f"{name} took {elapsed:.1f} s (budget: 30 s each, 60 s for both notebooks)"
     text = "".join(
         o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "stream"
     )
