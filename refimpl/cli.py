@@ -134,8 +134,8 @@ def encode_case(case: dict[str, Any], checkpoint: str, model_type: str, base_dir
 
     LiLT: ``{"words": [...], "boxes": [[x0, y0, x1, y1], ...] (0-1000), "question"?: str,
     "labels"?: [int per word]}``. LXMERT: ``{"question": str, "features": "feats.npy"
-    ([boxes, feat_dim] or [1, boxes, feat_dim]), "boxes": "boxes.npy" ([boxes, 4], 0-1)}``,
-    paths relative to ``base_dir``.
+    ([boxes, feat_dim] or [1, boxes, feat_dim]), "boxes": "boxes.npy" ([boxes, 4], 0-1),
+    "matched_label"?: int, "ans"?: int}``, paths relative to ``base_dir``.
 
     Returns:
         (forward keywords -> arrays with a batch axis of 1, the tokenizer used).
@@ -173,11 +173,11 @@ def encode_case(case: dict[str, Any], checkpoint: str, model_type: str, base_dir
         enc = _batched(tok(case["question"], return_tensors="np"))
         enc["visual_feats"] = feats.astype(np.float64)
         enc["visual_pos"] = boxes.astype(np.float64)
-        for key in ("obj_labels", "matched_label", "ans"):
-            if key in case:
-                enc[key] = (
-                    np.asarray(case[key])[None] if np.ndim(case[key]) == 0 else np.asarray(case[key])[None]
-                )
+        for key in ("matched_label", "ans"):  # optional pre-training / QA targets: one int each
+            if case.get(key) is not None:
+                if not isinstance(case[key], int) or isinstance(case[key], bool):
+                    raise CliError(f"LXMERT case: {key!r} must be an integer, got {case[key]!r}")
+                enc[key] = np.array([case[key]], dtype=np.int64)
         return enc, tok
     raise CliError(f"model_type {model_type!r} has no JSON input format")
 

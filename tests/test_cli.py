@@ -118,6 +118,23 @@ def test_golden_from_json_uses_the_checkpoints_tokenizer(tmp_path, capsys):
     np.testing.assert_array_equal(q.inputs["visual_feats"][0], feats.astype(np.float64))
     assert q.inputs["input_ids"].shape[0] == 1 and "outputs.cross_relationship_score" in q.tensors
 
+    # optional targets: matched_label / ans become [1] int64 inputs, and the loss parts are traced
+    case = json.load(open(os.path.join(EXAMPLE, "question.json")))
+    case.update(features=os.path.join(EXAMPLE, "feats.npy"), boxes=os.path.join(EXAMPLE, "boxes.npy"))
+    (tmp_path / "qa.json").write_text(json.dumps({**case, "matched_label": 1, "ans": 3}))
+    rc, _, err = run(
+        capsys, "golden", LXMERT_TINY, "--inputs", tmp_path / "qa.json", "--out", tmp_path / "qa.safetensors"
+    )
+    assert rc == 0, err
+    qa = golden.read(tmp_path / "qa.safetensors")
+    assert qa.inputs["ans"].tolist() == [3] and qa.inputs["matched_label"].tolist() == [1]
+    assert {"loss", "loss.matched", "loss.answer"} <= set(qa.tensors)
+    (tmp_path / "bad.json").write_text(json.dumps({**case, "ans": "three"}))
+    rc, _, err = run(
+        capsys, "golden", LXMERT_TINY, "--inputs", tmp_path / "bad.json", "--out", tmp_path / "x.safetensors"
+    )
+    assert_usage_error(rc, err, "'ans' must be an integer")
+
 
 def test_golden_from_jsonl_writes_one_file_per_case(tmp_path, capsys):
     case = json.load(open(os.path.join(EXAMPLE, "form.json")))
