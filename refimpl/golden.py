@@ -723,7 +723,10 @@ def compare(
         candidate: a safetensors path, :class:`Golden` or mapping name -> array with the same
             names (missing names are reported, extra ones listed).
         atol, rtol: override the manifest's per-tensor tolerance for every float tensor
-            (integer tensors are always compared exactly).
+            (integer tensors are always compared exactly). Without them, a candidate tensor
+            of a coarser float dtype than the reference (a float32 port against a float64
+            golden file) gets the larger of the manifest's tolerance and
+            :func:`recommended_tolerance` of its own dtype at the tensor's depth.
         strict: count tensors missing in the candidate as failures.
 
     Returns:
@@ -740,12 +743,18 @@ def compare(
     first_marked = False
     for name, r in ref.tensors.items():
         e = entries.get(name, {})
+        c = cand.tensors.get(name)
         if r.dtype.kind in "fc":
             if e:
                 a, t = float(e["atol"]), float(e["rtol"])
             else:
                 a, t = recommended_tolerance(r.dtype, 0)
                 a, t = float(default.get("atol", a)), float(default.get("rtol", t))
+            c_dtype = np.asarray(c).dtype if c is not None else r.dtype
+            if c_dtype.kind in "fc" and c_dtype.itemsize < r.dtype.itemsize:
+                # a float32 port against a float64 reference: the coarser dtype's tolerance
+                ca, ct = recommended_tolerance(c_dtype, int(e.get("depth", 0)))
+                a, t = max(a, ca), max(t, ct)
             a = a if atol is None else float(atol)
             t = t if rtol is None else float(rtol)
         else:
