@@ -1,8 +1,9 @@
 """LiLT's encoder: bi-directional attention over a text and a layout stream, feed-forward blocks, pooler.
 
 Both streams share one set of attention probabilities: each stream's scores are scaled by
-its own head size, the two are summed, masked and normalised (the oracle computes the
-softmax twice, once per stream, on bit-identical sums). The text stream has ``hidden``
+its own head size, the two are summed, masked and normalised. The oracle computes the
+softmax twice, once per stream, on bit-identical sums; we compute it once, and the
+``attentions`` and ``layout_attentions`` outputs are the same arrays. The text stream has ``hidden``
 features with heads of ``d = hidden / heads``; the layout stream has ``hidden / r``
 features with heads of ``d / r`` (``r = channel_shrink_ratio``).
 
@@ -18,7 +19,6 @@ import math
 from .. import trace
 from ..attention import (
     apply_head_mask,
-    attention_probs,
     attention_scores,
     merge_heads,
     relative_position_embeddings,
@@ -27,7 +27,7 @@ from ..attention import (
     split_heads,
 )
 from ..backend import get_namespace
-from ..ops import get_activation, layer_norm, linear
+from ..ops import get_activation, layer_norm, linear, softmax
 
 __all__ = [
     "lilt_self_attention",
@@ -110,27 +110,31 @@ def lilt_self_attention(
             )
             scores = scores + rel_q + rel_k
 
-    # each stream scaled by its own head size: [b, n, s, s]
+    # each stream scaled by its own head size (in place: both are fresh arrays): [b, n, s, s]
     head_size = query_layer.shape[-1]
-    tmp_scores = record("tmp_attention_scores", scores / math.sqrt(head_size))
-    tmp_layout_scores = record(
-        "tmp_layout_attention_scores", layout_scores / math.sqrt(head_size // channel_shrink_ratio)
-    )
-    # the shared scores (the two sums are the same numbers): [b, n, s, s]
-    scores = record("attention_scores", tmp_scores + tmp_layout_scores)
-    layout_scores = record("layout_attention_scores", tmp_layout_scores + tmp_scores)
+    scores /= math.sqrt(head_size)
+    record("tmp_attention_scores", scores)
+    layout_scores /= math.sqrt(head_size // channel_shrink_ratio)
+    record("tmp_layout_attention_scores", layout_scores)
+    # the shared scores, tmp + tmp_layout (the oracle's tmp_layout + tmp is the same number,
+    # as float addition commutes), in place: [b, n, s, s]
+    scores += layout_scores
+    del layout_scores
+    record("attention_scores", scores)
+    record("layout_attention_scores", scores)
 
-    # layout stream: mask, softmax, head mask, weighted layout values: [b, n, s, s] -> [b, s, h/r]
-    layout_probs = record(
-        "layout_attention_probs",
-        apply_head_mask(attention_probs(layout_scores, additive_mask), layer_head_mask),
-    )
-    layout_context = record("layout_context", merge_heads(xp.matmul(layout_probs, layout_value_layer)))
-    # text stream: the same steps on the text values: [b, n, s, s] -> [b, s, h]
-    probs = record(
-        "attention_probs", apply_head_mask(attention_probs(scores, additive_mask), layer_head_mask)
-    )
+    # mask, softmax and head mask once for both streams: the oracle normalises the two
+    # identical sums separately and gets identical probabilities: [b, n, s, s]
+    if additive_mask is not None:
+        scores += additive_mask  # broadcast over heads (and queries for a 2-d mask)
+    probs = apply_head_mask(softmax(scores, axis=-1), layer_head_mask)
+    # layout stream: weighted layout values: [b, n, s, s] @ [b, n, s, d/r] -> [b, s, h/r]
+    record("layout_attention_probs", probs)
+    layout_context = record("layout_context", merge_heads(xp.matmul(probs, layout_value_layer)))
+    # text stream: the same probabilities on the text values: [b, n, s, s] @ [b, n, s, d] -> [b, s, h]
+    record("attention_probs", probs)
     context = record("context", merge_heads(xp.matmul(probs, value_layer)))
+    layout_probs = probs
     return context, layout_context, probs, layout_probs
 
 
