@@ -400,8 +400,9 @@ def test_bundled_checkpoints_and_tokenizers_equal_the_oracle(tmp_path, capsys):
 
 def test_bundled_data_is_what_make_bundled_writes(tmp_path):
     """refimpl/data is generated, never hand-edited: a fresh build gives the same weights, configs,
-    vocabularies and example (tokenizer.json / tokenizer_config.json are left out: their
-    serialisation belongs to the tokenizers/transformers versions installed)."""
+    vocabularies and example. Weights, configs, vocab.txt and the example are compared byte for
+    byte; vocab.json / merges.txt by content (their serialisation belongs to the installed
+    tokenizers); tokenizer.json / tokenizer_config.json are left out for the same reason."""
     import filecmp
     import importlib.util
 
@@ -416,13 +417,20 @@ def test_bundled_data_is_what_make_bundled_writes(tmp_path):
     for sub in ("lilt-tiny", "lxmert-tiny", "example"):
         assert sorted(os.listdir(tmp_path / sub)) == sorted(os.listdir(os.path.join(data, sub))), sub
         for name in os.listdir(tmp_path / sub):
+            fresh, bundled = tmp_path / sub / name, os.path.join(data, sub, name)
             if name in ("tokenizer.json", "tokenizer_config.json"):
                 continue
-            assert filecmp.cmp(tmp_path / sub / name, os.path.join(data, sub, name), shallow=False), (
-                f"{sub}/{name}"
-            )
+            if name == "vocab.json":
+                assert json.loads(fresh.read_text()) == json.load(open(bundled)), f"{sub}/{name}"
+            elif name == "merges.txt":
+                merges = [ln for ln in fresh.read_text().splitlines() if ln and not ln.startswith("#")]
+                assert merges == [
+                    ln for ln in open(bundled).read().splitlines() if ln and not ln.startswith("#")
+                ]
+            else:
+                assert filecmp.cmp(fresh, bundled, shallow=False), f"{sub}/{name}"
             checked += 1
-    assert checked >= 12
+    assert checked >= 14
     sizes = [
         os.path.getsize(os.path.join(data, s, "model.safetensors")) for s in ("lilt-tiny", "lxmert-tiny")
     ]
