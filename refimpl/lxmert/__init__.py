@@ -1,0 +1,12 @@
+"""LXMERT (Tan & Bansal, 2019) as NumPy functions, equal to transformers 4.56.2.
+
+Public classes: :class:`LxmertModel`, :class:`LxmertForPreTraining`,
+:class:`LxmertForQuestionAnswering`. The computation lives in :mod:`refimpl.lxmert.layers`
+(embeddings, visual feature encoder, language / relationship / cross-modality layers, pooler)
+and :mod:`refimpl.lxmert.heads` (pre-training and answer heads, losses).
+"""
+
+from .modeling import LxmertForPreTraining, LxmertForQuestionAnswering, LxmertModel
+from .tokenization import LxmertTokenizer
+
+__all__ = ["LxmertModel", "LxmertForPreTraining", "LxmertForQuestionAnswering", "LxmertTokenizer"]

@@ -1,0 +1,159 @@
+"""LXMERT's heads and losses as plain functions: the pre-training heads (masked-LM prediction,
+image-text matching, visual object/attribute/feature prediction), the answer head, and the
+oracle's loss rules.
+
+Trace names are relative to the head model (``cls.predictions.transform.dense``,
+``obj_predict_head.decoder_dict.attr``, ``answer_head.logit_fc.3``, ...); losses are recorded
+at the top level as ``loss``, ``loss.masked_lm``, ``loss.matched``, ``loss.visual`` (the visual
+sum), ``loss.visual.obj``, ``loss.visual.attr``, ``loss.visual.feat`` and ``loss.answer``.
+"""
+
+from __future__ import annotations
+
+from .. import trace
+from ..backend import get_namespace
+from ..ops import cross_entropy, gelu, get_activation, layer_norm, linear, smooth_l1_loss
+from .layers import LN_EPS
+
+__all__ = [
+    "prediction_head_transform",
+    "lm_prediction_head",
+    "visual_obj_head",
+    "answer_head",
+    "visual_losses",
+    "visual_loss",
+    "accumulate_loss",
+]
+
+record = trace.record
+scope = trace.scope
+
+
+def prediction_head_transform(x, *, dense, LayerNorm, act: str):
+    """LxmertPredictionHeadTransform: ``LayerNorm(act(dense(x)))``, ``[..., hidden] -> [..., hidden]``."""
+    h = record("dense", linear(x, **dense))  # [..., h]
+    h = record("transform_act_fn", get_activation(act)(h))  # [..., h]
+    return record("LayerNorm", layer_norm(h, **LayerNorm, eps=LN_EPS))  # [..., h]
+
+
+def lm_prediction_head(x, *, transform, decoder, bias, act: str):
+    """LxmertLMPredictionHead: transform, then the decoder tied to the word embeddings, plus a bias.
+
+    Args:
+        x: language output ``[batch, seq, hidden]``.
+        decoder: ``{"weight": [vocab, hidden]}`` (the word-embedding matrix).
+        bias: ``[vocab]``.
+
+    Returns:
+        ``[batch, seq, vocab]`` logits.
+    """
+    # transform: dense, activation, LayerNorm
+    with scope("transform"):
+        h = prediction_head_transform(x, **transform, act=act)  # [b, L, h]
+    record("transform", h)
+    # scores against every word embedding (the decoder has no bias of its own)
+    logits = record("decoder", linear(h, decoder["weight"]))  # [b, L, h] -> [b, L, V]
+    # the head's own output bias
+    return logits + bias  # [b, L, V]
+
+
+def visual_losses(config) -> dict[str, dict]:
+    """The visual losses the config switches on, in the oracle's order (obj, attr, feat).
+
+    Returns:
+        key -> ``{"num": output size, "loss": "visual_ce" | "l2"}``.
+    """
+    out = {}
+    if config.visual_obj_loss:
+        out["obj"] = {"num": config.num_object_labels, "loss": "visual_ce"}
+    if config.visual_attr_loss:
+        out["attr"] = {"num": config.num_attr_labels, "loss": "visual_ce"}
+    if config.visual_feat_loss:
+        out["feat"] = {"num": config.visual_feat_dim, "loss": "l2"}
+    return out
+
+
+def visual_obj_head(x, *, transform, decoder_dict=None, act: str, keys):
+    """LxmertVisualObjHead: transform, then one decoder per enabled visual loss.
+
+    Args:
+        x: vision output ``[batch, boxes, hidden]``.
+        decoder_dict: ``{"obj": Linear, "attr": Linear, "feat": Linear}`` (enabled ones).
+        keys: the enabled keys in order (see :func:`visual_losses`).
+
+    Returns:
+        key -> ``[batch, boxes, num]``.
+    """
+    # transform: dense, activation, LayerNorm
+    with scope("transform"):
+        h = prediction_head_transform(x, **transform, act=act)  # [b, n, h]
+    record("transform", h)
+    # one linear decoder per loss
+    out = {}
+    for key in keys:
+        out[key] = record(f"decoder_dict.{key}", linear(h, **decoder_dict[key]))  # [b, n, num]
+    return out
+
+
+def answer_head(x, *, logit_fc):
+    """LxmertVisualAnswerHead: Linear(h, 2h), exact GELU, LayerNorm (eps 1e-12), Linear(2h, num_qa_labels).
+
+    Args:
+        x: pooled output ``[batch, hidden]``.
+        logit_fc: ``{"0": Linear, "2": LayerNorm, "3": Linear}`` (``"1"`` is the weightless GeLU).
+
+    Returns:
+        ``[batch, num_qa_labels]``.
+    """
+    with scope("logit_fc"):
+        h = record("0", linear(x, **logit_fc["0"]))  # [b, h] -> [b, 2h]
+        h = record("1", gelu(h))  # [b, 2h]
+        h = record("2", layer_norm(h, **logit_fc["2"], eps=LN_EPS))  # [b, 2h]
+        h = record("3", linear(h, **logit_fc["3"]))  # [b, 2h] -> [b, num_qa]
+    return record("logit_fc", h)
+
+
+# ------------------------------------------------------------------------------------------
+# losses
+# ------------------------------------------------------------------------------------------
+
+
+def visual_loss(scores, label, conf, *, kind: str, normalizer: float):
+    """One visual loss of LxmertForPreTraining, as the oracle computes it.
+
+    ``obj``/``attr`` (``kind="visual_ce"``): per-region cross-entropy (``-100`` regions count 0).
+    ``feat`` (``kind="l2"``): per-region smooth-L1 (beta 1) averaged over the feature axis.
+    Then multiplied by the flattened confidence, averaged over ALL regions (ignored ones
+    included) and multiplied by ``visual_loss_normalizer``.
+
+    Args:
+        scores: ``[batch, boxes, num]`` head output.
+        label: integer ``[batch * boxes]`` ids, or float ``[batch * boxes, feat_dim]`` targets.
+        conf: ``[batch * boxes]`` (or ``[1]``) confidence weights.
+
+    Returns:
+        a 0-d array.
+    """
+    num = scores.shape[-1]
+    flat = scores.reshape(-1, num)  # [b*n, num]
+    if kind == "visual_ce":
+        per_region = cross_entropy(flat, label, reduction="none")  # [b*n], 0 where label is -100
+    else:
+        per_region = smooth_l1_loss(flat, label).mean(axis=1)  # [b*n, f] -> [b*n]
+    weighted = per_region * conf  # [b*n]
+    if weighted.size == 0:  # no regions: torch's mean of nothing is NaN (numpy's would warn)
+        return get_namespace(scores).full((), float("nan"), dtype=scores.dtype)
+    return weighted.mean() * normalizer  # []
+
+
+def accumulate_loss(total, part):
+    """``total += part`` on the oracle's float32 accumulator (``torch.tensor(0.0)`` is float32,
+    and an in-place add keeps it so): add in the wider dtype, round to float32.
+
+    Args:
+        total: 0-d float32 array.
+        part: 0-d array of the model's dtype.
+    """
+    xp = get_namespace(part)
+    wide = xp.result_type(total.dtype, part.dtype)
+    return xp.asarray(total.astype(wide) + part).astype(xp.float32)
