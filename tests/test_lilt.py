@@ -290,7 +290,8 @@ def configs(draw):
     return arch, cfg
 
 
-@settings(max_examples=int(os.environ.get("LILT_EXAMPLES", "30")))
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
+@settings(max_examples=int(os.environ.get("LILT_EXAMPLES", "80")))
 @given(
     spec=configs(),
     b=st.integers(1, 3),
@@ -521,3 +522,13 @@ def test_tracing_off_leaves_nothing_behind():
     assert trace.active() is None
     out = model(input_ids=np.array([[3, 4, 5]]))
     assert out.last_hidden_state.shape == (1, 3, 12) and out.hidden_states is None and out.attentions is None
+
+
+def test_a_head_checkpoint_has_no_pooler_for_lilt_model():
+    """Head models are built without a pooler; transformers would draw a random one, we refuse by name."""
+    cfg = tiny_config(layers=1)
+    _, _, d = checkpoint("LiltForTokenClassification", key(cfg))
+    with pytest.raises(
+        refimpl.weights.CheckpointError, match=r"missing \(2\):\n\s+pooler.dense.weight\n\s+pooler.dense.bias"
+    ):
+        LiltModel.from_pretrained(d)
