@@ -575,3 +575,36 @@ def test_ignored_unexpected_keys():
 def test_subtree_strips_the_prefix():
     p = {"lilt.pooler.dense.weight": 1, "lilt.pooler.dense.bias": 2, "lilt.poolerx": 3}
     assert W.subtree(p, "lilt.pooler") == {"dense.weight": 1, "dense.bias": 2}
+
+
+def test_legacy_storage_views_are_resolved_against_their_root(tmp_path):
+    """Old torch wrote storage views: (view_key, offset, size) into a root storage. Hand-built file:
+    root = arange(10) float32, view = root[2:7], tensor = view[1:4] -> [3, 4, 5]."""
+
+    class StorageRef:
+        def __init__(self, view):
+            self.view = view
+
+    class LegacyPickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, StorageRef):
+                return ("storage", torch.FloatStorage, "root", "cpu", 10, obj.view)
+            return None
+
+    tensor = _Reduce(
+        torch._utils._rebuild_tensor_v2,
+        StorageRef(("v1", 2, 5)),
+        1,
+        (3,),
+        (1,),
+        False,
+        collections.OrderedDict(),
+    )
+    path = tmp_path / "old.bin"
+    with open(path, "wb") as f:
+        for obj in (W._TORCH_MAGIC, W._TORCH_PROTOCOL, {"little_endian": True}):
+            pickle.dump(obj, f, protocol=2)
+        LegacyPickler(f, protocol=2).dump({"t": tensor})
+        pickle.dump(["root"], f, protocol=2)
+        f.write((10).to_bytes(8, "little") + np.arange(10, dtype="<f4").tobytes())
+    assert_same("t", W.load_state_dict(path)["t"], np.array([3.0, 4.0, 5.0], np.float32))
