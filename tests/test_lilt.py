@@ -532,3 +532,17 @@ def test_a_head_checkpoint_has_no_pooler_for_lilt_model():
         refimpl.weights.CheckpointError, match=r"missing \(2\):\n\s+pooler.dense.weight\n\s+pooler.dense.bias"
     ):
         LiltModel.from_pretrained(d)
+
+
+@pytest.mark.parametrize("mask", ["none", "padded"])
+def test_decoder_config_adds_the_causal_mask(mask):
+    """``is_decoder=True`` in config.json makes the oracle's extended mask causal (2-d masks only)."""
+    cfg = {**tiny_config(layers=2), "is_decoder": True}
+    rng = np.random.default_rng(11)
+    b, s = 2, 7
+    inputs = {"input_ids": rng.integers(0, VOCAB, (b, s)), "bbox": random_boxes(rng, b, s)}
+    if mask == "padded":
+        inputs["attention_mask"] = np.array([[1] * 7, [1] * 4 + [0] * 3])
+    ref, out, _ = run_both("LiltModel", cfg, inputs, {}, "float64")
+    compare(ref, out, 1e-10, "float64")
+    assert np.all(np.triu(out.attentions[0][0, 0], 1) == 0)

@@ -347,8 +347,15 @@ def lilt_model(
         layout_embedding_output = layout_embeddings(
             inputs["bbox"], position_ids, **w["layout_embeddings"], eps=eps
         )
+    # a decoder config (is_decoder) also hides later keys, as get_extended_attention_mask does: [b, s] -> [b, s, s]
+    mask = inputs["attention_mask"]
+    if getattr(config, "is_decoder", False) and mask.ndim == 2:
+        xp = backend.get_namespace(mask)
+        pos = xp.arange(mask.shape[1])
+        causal = (pos[None, :] <= pos[:, None]).astype(mask.dtype)  # [s, s]: key <= query
+        mask = causal[None, :, :] * mask[:, None, :]
     # additive mask over keys: [b, 1, 1|s, s]
-    additive_mask = extended_attention_mask(inputs["attention_mask"], dtype)
+    additive_mask = extended_attention_mask(mask, dtype)
     # both streams through every layer
     with trace.scope("encoder"):
         enc = lilt_encoder(
