@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 import refimpl
 from refimpl import trace
+from refimpl.config import LxmertConfig
 from refimpl.lxmert import LxmertForPreTraining, LxmertForQuestionAnswering, LxmertModel
 from refimpl.ops import ACT2FN
 
@@ -405,19 +406,450 @@ def _property(arch, cfg, b, s, n, seed, flags, which, safe, outs):
         run_both(arch, oracle, ckpt, x, y, dtype, cfg, trace_on=True, output_flags=outs)
 
 
-@settings(max_examples=25)
+@settings(max_examples=60)
 @given(**_case("LxmertForPreTraining"))
 def test_pretraining_matches_oracle(cfg, b, s, n, seed, flags, which, safe, outs):
     _property("LxmertForPreTraining", cfg, b, s, n, seed, flags, which, safe, outs)
 
 
-@settings(max_examples=12)
+@settings(max_examples=30)
 @given(**_case("LxmertModel"))
 def test_model_matches_oracle(cfg, b, s, n, seed, flags, which, safe, outs):
     _property("LxmertModel", cfg, b, s, n, seed, flags, which, safe, outs)
 
 
-@settings(max_examples=12)
+@settings(max_examples=30)
 @given(**_case("LxmertForQuestionAnswering"))
 def test_question_answering_matches_oracle(cfg, b, s, n, seed, flags, which, safe, outs):
     _property("LxmertForQuestionAnswering", cfg, b, s, n, seed, flags, which, safe, outs)
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoint keys and loading
+# ---------------------------------------------------------------------------------------------
+
+FLAG_CASES = [
+    {},
+    {"task_obj_predict": False, "task_qa": False},
+    {"visual_obj_loss": False, "visual_feat_loss": False},
+    {"visual_obj_loss": False, "visual_attr_loss": False, "visual_feat_loss": False},
+    {"tie_word_embeddings": False, "l_layers": 0, "r_layers": 2},
+    {"x_layers": 0, "l_layers": 2, "r_layers": 1, "task_mask_lm": False, "task_matched": False},
+]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize(
+    "flags", FLAG_CASES, ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()) or "default"
+)
+def test_expected_shapes_equal_the_oracles_saved_keys(arch, flags):
+    """expected_shapes = the oracle's state_dict (= what .bin holds); safetensors drops only the tied decoder."""
+    cfg = tiny_config(**flags)
+    oracle = build(getattr(transformers, arch), transformers.LxmertConfig(**cfg))
+    ours = OURS[arch].expected_shapes(LxmertConfig(**cfg))
+    theirs = {k: tuple(v.shape) for k, v in oracle.state_dict().items()}
+    assert ours == theirs
+    from safetensors import safe_open
+
+    d = save(oracle, os.path.join(_TMP.name, f"keys-{arch}-{len(os.listdir(_TMP.name))}"), safe=True)
+    with safe_open(os.path.join(d, "model.safetensors"), "np") as f:
+        saved = set(f.keys())
+    assert set(ours) - saved == set(OURS[arch].tied_keys)
+
+
+@pytest.mark.parametrize("safe", [True, False])
+@pytest.mark.parametrize("tie", [True, False])
+def test_tied_decoder_loads_from_both_formats(safe, tie):
+    """The LM decoder is the word-embedding matrix (tied structurally, whatever tie_word_embeddings says)."""
+    cfg = tiny_config(tie_word_embeddings=tie)
+    oracle, d = checkpoint("LxmertForPreTraining", cfg, safe=safe)
+    ours = refimpl.from_pretrained(d, dtype="float64")
+    w = oracle.lxmert.embeddings.word_embeddings.weight
+    assert oracle.cls.predictions.decoder.weight is w
+    np.testing.assert_array_equal(ours.params["cls.predictions.decoder.weight"], to_numpy(w))
+    rng = np.random.default_rng(1)
+    x = random_inputs(rng, cfg, 2, 5, 3, dict(embeds=False, mask=True, vmask=True, types=True))
+    run_both("LxmertForPreTraining", oracle, d, x, {}, "float64", cfg)
+
+
+@pytest.mark.parametrize("head", ["LxmertForPreTraining", "LxmertForQuestionAnswering"])
+def test_base_model_from_a_head_checkpoint(head):
+    """LxmertModel.from_pretrained on a head model's checkpoint takes the lxmert.* weights, as the oracle."""
+    cfg = tiny_config(x_layers=2)
+    _, d = checkpoint(head, cfg)
+    oracle = transformers.LxmertModel.from_pretrained(d, dtype=torch.float64).eval()
+    ours = LxmertModel.from_pretrained(d, dtype="float64")
+    rng = np.random.default_rng(2)
+    x = random_inputs(rng, cfg, 2, 4, 3, dict(embeds=False, mask=True, vmask=False, types=False))
+    with torch.no_grad():
+        ref = oracle(**to_torch(x, torch.float64), output_attentions=True, output_hidden_states=True)
+    compare(ref, ours(**x, output_attentions=True, output_hidden_states=True), "float64")
+
+
+# ---------------------------------------------------------------------------------------------
+# the oracle's quirks, one by one
+# ---------------------------------------------------------------------------------------------
+
+
+def _pretraining(cfg, seed=0):
+    oracle, d = checkpoint("LxmertForPreTraining", cfg, seed=seed)
+    return oracle, refimpl.from_pretrained(d, dtype="float64"), d
+
+
+def _oracle_out(oracle, x, y=None, **kw):
+    with torch.no_grad():
+        return oracle(**to_torch(x, torch.float64), **to_torch(y or {}, torch.float64), **kw)
+
+
+def test_hidden_states_leave_out_the_embeddings():
+    """language: l_layers + x_layers items; vision: r_layers + x_layers items; no embedding output."""
+    cfg = tiny_config(l_layers=2, x_layers=3, r_layers=1)
+    oracle, ours, d = _pretraining(cfg)
+    x = random_inputs(
+        np.random.default_rng(3), cfg, 2, 4, 3, dict(embeds=False, mask=True, vmask=True, types=True)
+    )
+    ref = _oracle_out(oracle, x, output_hidden_states=True, output_attentions=True)
+    out = ours(**x, output_hidden_states=True, output_attentions=True)
+    assert len(ref.language_hidden_states) == len(out.language_hidden_states) == 5
+    assert len(ref.vision_hidden_states) == len(out.vision_hidden_states) == 4
+    assert len(out.cross_encoder_attentions) == len(out.cross_encoder_vision_attentions) == 3
+    assert out.cross_encoder_attentions[0].shape == (2, 3, 4, 3)  # language queries over boxes
+    assert out.cross_encoder_vision_attentions[0].shape == (2, 3, 3, 4)  # box queries over tokens
+    compare(ref, out, "float64")
+
+
+def test_layer_norm_eps_in_config_is_ignored():
+    """Every LayerNorm uses eps 1e-12: a config eps of 0.5 changes nothing, in the oracle and here."""
+    cfg = tiny_config(layer_norm_eps=0.5)
+    oracle, ours, d = _pretraining(cfg)
+    x = random_inputs(
+        np.random.default_rng(4), cfg, 2, 4, 3, dict(embeds=False, mask=False, vmask=False, types=False)
+    )
+    compare(_oracle_out(oracle, x), ours(**x), "float64")
+
+
+def test_without_task_qa_the_answer_score_is_one_scalar():
+    cfg = tiny_config(task_qa=False)
+    oracle, ours, d = _pretraining(cfg)
+    x = random_inputs(
+        np.random.default_rng(5), cfg, 2, 4, 3, dict(embeds=False, mask=True, vmask=True, types=False)
+    )
+    ref = _oracle_out(oracle, x, ans=torch.tensor([0, 1]))
+    out = ours(**x, ans=np.array([0, 1]))
+    assert out.question_answering_score.shape == () == tuple(ref.question_answering_score.shape)
+    base = LxmertModel.from_pretrained(d, dtype="float64")(**x)
+    assert out.question_answering_score == base.pooled_output[0, 0]
+    # ans is then ignored, but its presence makes the loss a float32 zero
+    assert out.loss.dtype == np.float32 and float(out.loss) == 0.0 == float(ref.loss)
+
+
+def test_loss_is_summed_in_float32_even_for_float64_models():
+    cfg = tiny_config()
+    oracle, ours, d = _pretraining(cfg)
+    rng = np.random.default_rng(6)
+    x = random_inputs(rng, cfg, 2, 5, 3, dict(embeds=False, mask=True, vmask=True, types=True))
+    y = random_labels(
+        rng, "LxmertForPreTraining", cfg, 2, 5, 3, dict(labels=True, matched=True, ans=True, obj=True)
+    )
+    with trace.tracing() as rec:
+        out = ours(**x, **y)
+    ref = _oracle_out(oracle, x, y)
+    assert ref.loss.dtype == torch.float32 and out.loss.dtype == np.float32
+    assert float(out.loss) == float(ref.loss)
+    parts = [rec.tensors[k] for k in ("loss.masked_lm", "loss.matched", "loss.visual", "loss.answer")]
+    assert all(p.dtype == np.float64 for p in parts[:2] + parts[3:])
+    # the float64 sum differs from the float32 accumulation the oracle does (first principles)
+    acc = np.float32(0)
+    for p in parts:
+        acc = np.float32(np.float64(acc) + np.float64(p))
+    assert acc == out.loss
+
+
+@pytest.mark.parametrize("task", ["task_mask_lm", "task_matched", "task_obj_predict", "task_qa"])
+def test_labels_of_a_disabled_task_add_nothing(task):
+    cfg = tiny_config(**{task: False})
+    oracle, ours, d = _pretraining(cfg)
+    rng = np.random.default_rng(7)
+    x = random_inputs(rng, cfg, 2, 4, 3, dict(embeds=False, mask=True, vmask=True, types=False))
+    kind = {"task_mask_lm": "labels", "task_matched": "matched", "task_obj_predict": "obj", "task_qa": "ans"}[
+        task
+    ]
+    y = random_labels(
+        rng, "LxmertForPreTraining", cfg, 2, 4, 3, {k: k == kind for k in ("labels", "matched", "ans", "obj")}
+    )
+    ref, out = _oracle_out(oracle, x, y), ours(**x, **y)
+    assert float(ref.loss) == float(out.loss) == 0.0
+
+
+def test_masked_lm_labels_is_a_deprecated_alias_that_wins():
+    cfg = tiny_config()
+    oracle, ours, d = _pretraining(cfg)
+    rng = np.random.default_rng(8)
+    x = random_inputs(rng, cfg, 2, 4, 3, dict(embeds=False, mask=True, vmask=False, types=False))
+    good, other = _ids(rng, (2, 4), cfg["vocab_size"]), _ids(rng, (2, 4), cfg["vocab_size"])
+    with pytest.warns(FutureWarning, match="masked_lm_labels"):
+        out = ours(**x, labels=other, masked_lm_labels=good)
+    with pytest.warns(FutureWarning):
+        ref = _oracle_out(oracle, x, labels=torch.from_numpy(other), masked_lm_labels=torch.from_numpy(good))
+    compare(ref, out, "float64")
+    assert float(out.loss) == float(ours(**x, labels=good).loss)
+
+
+def test_obj_labels_with_inputs_embeds():
+    """The oracle crashes (``input_ids.device`` on None); we compute what it computes from the ids."""
+    cfg = tiny_config()
+    oracle, ours, d = _pretraining(cfg)
+    rng = np.random.default_rng(9)
+    x = random_inputs(rng, cfg, 2, 4, 3, dict(embeds=False, mask=True, vmask=True, types=True))
+    y = random_labels(
+        rng, "LxmertForPreTraining", cfg, 2, 4, 3, dict(labels=True, matched=True, ans=True, obj=True)
+    )
+    emb = {**x, "inputs_embeds": ours.params["lxmert.embeddings.word_embeddings.weight"][x["input_ids"]]}
+    del emb["input_ids"]
+    with pytest.raises(AttributeError):
+        _oracle_out(oracle, emb, y)
+    ref = _oracle_out(oracle, x, y)
+    compare(ref, ours(**emb, **y), "float64")
+
+
+def test_missing_obj_labels_key_is_named():
+    cfg = tiny_config(visual_attr_loss=True)
+    oracle, ours, d = _pretraining(cfg)
+    rng = np.random.default_rng(10)
+    x = random_inputs(rng, cfg, 2, 4, 3, dict(embeds=False, mask=False, vmask=False, types=False))
+    y = random_labels(
+        rng, "LxmertForPreTraining", cfg, 2, 4, 3, dict(labels=False, matched=False, ans=False, obj=True)
+    )
+    del y["obj_labels"]["attr"]
+    with pytest.raises(KeyError):
+        _oracle_out(oracle, x, y)
+    with pytest.raises(ValueError, match=r"obj_labels\['attr'\] is missing"):
+        ours(**x, **y)
+
+
+def test_extra_obj_labels_keys_are_ignored():
+    cfg = tiny_config(visual_obj_loss=False, visual_feat_loss=False)
+    oracle, ours, d = _pretraining(cfg)
+    rng = np.random.default_rng(11)
+    x = random_inputs(rng, cfg, 2, 4, 3, dict(embeds=False, mask=False, vmask=True, types=False))
+    y = random_labels(
+        rng, "LxmertForPreTraining", cfg, 2, 4, 3, dict(labels=False, matched=False, ans=False, obj=True)
+    )
+    compare(_oracle_out(oracle, x, y), ours(**x, **y), "float64")
+
+
+@pytest.mark.parametrize("l_layers,x_layers,r_layers", [(0, 0, 0), (0, 0, 2), (2, 0, 0)])
+def test_zero_layer_combos_without_an_output_stream(l_layers, x_layers, r_layers):
+    """x_layers = 0 needs both l_layers and r_layers: the oracle fails with IndexError, we say why."""
+    cfg = tiny_config(l_layers=l_layers, x_layers=x_layers, r_layers=r_layers)
+    oracle, d = checkpoint("LxmertModel", cfg)
+    x = random_inputs(
+        np.random.default_rng(12), cfg, 2, 4, 3, dict(embeds=False, mask=False, vmask=False, types=False)
+    )
+    with pytest.raises(IndexError):
+        _oracle_out(oracle, x)
+    with pytest.raises(ValueError, match="x_layers = 0"):
+        refimpl.from_pretrained(d)(**x)
+
+
+def test_output_flags_default_to_the_config():
+    cfg = tiny_config(output_attentions=True, output_hidden_states=True)
+    oracle, d = checkpoint("LxmertForQuestionAnswering", cfg)
+    ours = refimpl.from_pretrained(d, dtype="float64")
+    x = random_inputs(
+        np.random.default_rng(13), cfg, 2, 4, 3, dict(embeds=False, mask=True, vmask=True, types=False)
+    )
+    ref, out = _oracle_out(oracle, x), ours(**x)
+    assert out.language_attentions is not None and out.vision_hidden_states is not None
+    compare(ref, out, "float64")
+
+
+def test_zero_boxes():
+    """No regions: the oracle runs (empty softmax rows), the visual losses are NaN."""
+    cfg = tiny_config(r_layers=2)
+    oracle, ours, d = _pretraining(cfg)
+    rng = np.random.default_rng(14)
+    x = random_inputs(rng, cfg, 2, 4, 0, dict(embeds=False, mask=True, vmask=True, types=False))
+    y = random_labels(
+        rng, "LxmertForPreTraining", cfg, 2, 4, 0, dict(labels=True, matched=True, ans=True, obj=True)
+    )
+    ref, out = _oracle_out(oracle, x, y, output_attentions=True), ours(**x, **y, output_attentions=True)
+    assert np.isnan(out.loss)
+    compare(ref, out, "float64")
+
+
+def test_tracing_off_records_nothing():
+    cfg = tiny_config()
+    _, ours, _ = _pretraining(cfg)
+    x = random_inputs(
+        np.random.default_rng(15), cfg, 1, 3, 2, dict(embeds=False, mask=False, vmask=False, types=False)
+    )
+    ours(**x)
+    assert trace.active() is None
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: ValueError naming the argument
+# ---------------------------------------------------------------------------------------------
+
+_ERR_CFG = tiny_config(max_position_embeddings=8)
+
+
+def _valid(rng=None):
+    rng = rng or np.random.default_rng(20)
+    x = random_inputs(rng, _ERR_CFG, 2, 4, 3, dict(embeds=False, mask=True, vmask=True, types=True))
+    y = random_labels(
+        rng, "LxmertForPreTraining", _ERR_CFG, 2, 4, 3, dict(labels=True, matched=True, ans=True, obj=True)
+    )
+    return {**x, **y}
+
+
+def _with(**changes):
+    def f(kw):
+        kw = dict(kw)
+        for k, v in changes.items():
+            if v is _DROP:
+                kw.pop(k)
+            else:
+                kw[k] = v(kw) if callable(v) else v
+        return kw
+
+    return f
+
+
+_DROP = object()
+_nan = np.full((2, 3, 6), np.nan)
+BAD = {
+    "no visual_feats": (_with(visual_feats=_DROP), "visual_feats"),
+    "no visual_pos": (_with(visual_pos=_DROP), "visual_pos"),
+    "no text": (_with(input_ids=_DROP), "input_ids or inputs_embeds"),
+    "ids and embeds": (_with(inputs_embeds=np.zeros((2, 4, 12))), "both input_ids and inputs_embeds"),
+    "feats rank": (_with(visual_feats=np.zeros((2, 18))), "visual_feats must have shape"),
+    "feats size": (
+        _with(visual_feats=np.zeros((2, 3, 7))),
+        r"visual_feats must have shape \[batch, boxes, visual_feat_dim=6\]",
+    ),
+    "pos size": (_with(visual_pos=np.zeros((2, 3, 3))), "visual_pos_dim=4"),
+    "feats batch": (
+        _with(visual_feats=np.zeros((3, 3, 6))),
+        "visual_feats has batch size 3 but input_ids has 2",
+    ),
+    "box count": (_with(visual_pos=np.zeros((2, 2, 4))), "visual_pos has 2 boxes but visual_feats has 3"),
+    "feats nan": (_with(visual_feats=_nan), r"visual_feats\[0, 0, 0\] = .*not finite"),
+    "pos inf": (
+        _with(visual_pos=lambda kw: np.where(np.arange(4) == 2, np.inf, kw["visual_pos"])),
+        r"visual_pos\[0, 0, 2\]",
+    ),
+    "embeds nan": (_with(input_ids=_DROP, inputs_embeds=np.full((2, 4, 12), np.nan)), "inputs_embeds"),
+    "embeds size": (_with(input_ids=_DROP, inputs_embeds=np.zeros((2, 4, 5))), "hidden_size=12"),
+    "id too big": (
+        _with(input_ids=lambda kw: np.where(np.arange(4) == 3, 50, kw["input_ids"])),
+        r"input_ids\[0, 3\] = 50 .*\[0, 49\]",
+    ),
+    "id negative": (_with(input_ids=lambda kw: -np.ones_like(kw["input_ids"])), r"input_ids\[0, 0\] = -1"),
+    "float ids": (_with(input_ids=np.zeros((2, 4))), "input_ids must hold integers"),
+    "ids rank": (_with(input_ids=np.zeros(4, dtype=int)), r"input_ids must have shape \[batch, seq\]"),
+    "too long": (_with(input_ids=np.zeros((2, 9), dtype=int)), "max_position_embeddings = 8"),
+    "token type": (_with(token_type_ids=np.full((2, 4), 2)), r"token_type_ids\[0, 0\] = 2 .*\[0, 1\]"),
+    "token type shape": (_with(token_type_ids=np.zeros((2, 5), dtype=int)), "token_type_ids has shape"),
+    "mask shape": (_with(attention_mask=np.ones((2, 5))), r"attention_mask has shape \(2, 5\)"),
+    "mask rank": (_with(attention_mask=np.ones((2, 4, 4))), "attention_mask has shape"),
+    "visual mask shape": (_with(visual_attention_mask=np.ones((2, 4))), "visual_attention_mask has shape"),
+    "mlm label": (_with(labels=np.full((2, 4), 50)), r"labels\[0, 0\] = 50 .*\[0, 49\]"),
+    "mlm label size": (_with(labels=np.zeros((2, 5), dtype=int)), "labels has shape"),
+    "matched label": (_with(matched_label=np.array([0, 2])), r"matched_label\[1\] = 2 .*\[0, 1\]"),
+    "ans": (_with(ans=np.array([4, 0])), r"ans\[0\] = 4 .*\[0, 3\]"),
+    "float ans": (_with(ans=np.eye(2, 4)), "ans must hold integers"),
+    "obj label": (
+        _with(obj_labels=lambda kw: {**kw["obj_labels"], "obj": (np.full((2, 3), 5), np.ones((2, 3)))}),
+        r"obj_labels\['obj'\]\[0\]\[0, 0\] = 5 .*\[0, 4\]",
+    ),
+    "attr label": (
+        _with(obj_labels=lambda kw: {**kw["obj_labels"], "attr": (np.full((2, 3), -2), np.ones((2, 3)))}),
+        r"obj_labels\['attr'\]\[0\]",
+    ),
+    "feat label shape": (
+        _with(obj_labels=lambda kw: {**kw["obj_labels"], "feat": (np.zeros((2, 3, 5)), np.ones((2, 3)))}),
+        r"obj_labels\['feat'\]\[0\] has shape",
+    ),
+    "conf size": (
+        _with(
+            obj_labels=lambda kw: {**kw["obj_labels"], "obj": (np.zeros((2, 3), dtype=int), np.ones((2, 2)))}
+        ),
+        r"obj_labels\['obj'\]\[1\]",
+    ),
+    "not a pair": (
+        _with(obj_labels=lambda kw: {**kw["obj_labels"], "obj": np.zeros((2, 3), dtype=int)}),
+        "pair",
+    ),
+    "not a dict": (_with(obj_labels=[1, 2]), "obj_labels must be a dict"),
+}
+
+
+@pytest.fixture(scope="module")
+def err_model():
+    _, d = checkpoint("LxmertForPreTraining", _ERR_CFG)
+    return refimpl.from_pretrained(d, dtype="float64")
+
+
+def test_valid_error_case_base_runs(err_model):
+    out = err_model(**_valid())
+    assert np.isfinite(out.loss)
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_a_value_error_naming_the_argument(err_model, case):
+    mutate, match = BAD[case]
+    with pytest.raises(ValueError, match=match):
+        err_model(**mutate(_valid()))
+
+
+def test_unknown_keyword_is_a_type_error(err_model):
+    with pytest.raises(TypeError):
+        err_model(**_valid(), head_mask=np.ones(3))
+
+
+def test_empty_text_is_rejected(err_model):
+    with pytest.raises(ValueError, match="at least one"):
+        err_model(**_with(input_ids=np.zeros((2, 0), dtype=int), labels=_DROP)(_valid()))
+
+
+def test_broadcast_masks_and_types_are_accepted_like_the_oracle():
+    """Size-1 mask / token-type axes broadcast in the oracle, so they are valid input here too."""
+    cfg = tiny_config()
+    oracle, ours, d = _pretraining(cfg)
+    x = random_inputs(
+        np.random.default_rng(21), cfg, 2, 4, 3, dict(embeds=False, mask=False, vmask=False, types=False)
+    )
+    x.update(
+        attention_mask=np.array([[1, 1, 1, 0]]),
+        visual_attention_mask=np.array([[1], [0]]),
+        token_type_ids=np.array([0, 1, 1, 0]),
+    )
+    compare(_oracle_out(oracle, x, output_attentions=True), ours(**x, output_attentions=True), "float64")
+
+
+# ---------------------------------------------------------------------------------------------
+# base size, once
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_base_size_pretraining_float32():
+    """The published LXMERT shape (9/5/5 layers, hidden 768, 2048-d regions, vocab 30522):
+    batch 2, 20 tokens, 36 boxes, float32, every output within 1e-4 of the oracle."""
+    cfg = dict(num_qa_labels=9500)  # transformers' defaults are the base model
+    oracle = build(transformers.LxmertForPreTraining, transformers.LxmertConfig(**cfg), dtype=torch.float32)
+    d = save(oracle, os.path.join(_TMP.name, "base"), safe=True)
+    ours = refimpl.from_pretrained(d, dtype="float32")
+    rng = np.random.default_rng(30)
+    full = dict(vocab_size=30522, type_vocab_size=2, visual_feat_dim=2048, visual_pos_dim=4, hidden_size=768)
+    x = random_inputs(rng, full, 2, 20, 36, dict(embeds=False, mask=True, vmask=True, types=True))
+    x = cast(x, "float32")
+    with torch.no_grad():
+        ref = oracle(**to_torch(x, torch.float32), output_attentions=True, output_hidden_states=True)
+    out = ours(**x, output_attentions=True, output_hidden_states=True)
+    for k in ref.keys():
+        a, b = ref[k], getattr(out, k)
+        for i, (ai, bi) in enumerate(zip(a, b, strict=True) if isinstance(a, tuple) else [(a, b)]):
+            assert_close(f"{k}[{i}]", bi, to_numpy(ai), 1e-4)
