@@ -40,10 +40,10 @@ __all__ = [
     "LN_EPS",
     "embeddings",
     "visual_feature_encoder",
-    "attention",
+    "mha",
     "attention_output",
     "attention_layer",
-    "intermediate",
+    "ffn_intermediate",
     "bert_layer",
     "cross_layer",
     "encoder",
@@ -86,20 +86,17 @@ def embeddings(
     xp = get_namespace(position_embeddings["weight"])
     # word vectors: look the ids up unless the caller gave the vectors
     if inputs_embeds is None:
-        inputs_embeds = record(
-            "word_embeddings", embedding(input_ids, word_embeddings["weight"], "input_ids")
-        )  # [b, L, h]
+        inputs_embeds = embedding(input_ids, word_embeddings["weight"], "input_ids")  # [b, L] -> [b, L, h]
+        record("word_embeddings", inputs_embeds)
     seq_length = inputs_embeds.shape[1]
     # absolute positions 0..L-1, the same for every row
     position_ids = xp.arange(seq_length)  # [L]
     pos = embedding(position_ids, position_embeddings["weight"], "position_ids")  # [L, h]
-    pos = record(
-        "position_embeddings", xp.broadcast_to(pos, inputs_embeds.shape)
-    )  # [b, L, h], as the oracle's expanded ids
+    pos = xp.broadcast_to(pos, inputs_embeds.shape)  # [b, L, h], as the oracle's expanded ids
+    record("position_embeddings", pos)
     # segment vectors
-    tok = record(
-        "token_type_embeddings", embedding(token_type_ids, token_type_embeddings["weight"], "token_type_ids")
-    )  # [b, L, h]
+    tok = embedding(token_type_ids, token_type_embeddings["weight"], "token_type_ids")  # [b, L] -> [b, L, h]
+    record("token_type_embeddings", tok)
     # sum, then LayerNorm
     x = inputs_embeds + pos + tok  # [b, L, h]
     return record("LayerNorm", layer_norm(x, **LayerNorm, eps=LN_EPS))  # [b, L, h]
@@ -130,7 +127,7 @@ def visual_feature_encoder(visual_feats, visual_pos, *, visn_fc, visn_layer_norm
 # ------------------------------------------------------------------------------------------
 
 
-def attention(hidden, context, mask, *, query, key, value, n_head: int, sfx: str = ""):
+def mha(hidden, context, mask, *, query, key, value, n_head: int, sfx: str = ""):
     """LxmertAttention: multi-head attention, queries from ``hidden``, keys and values from ``context``.
 
     Args:
@@ -191,14 +188,14 @@ def attention_layer(x, context, mask, att, output, *, n_head: int, att_name: str
     """
     # multi-head attention
     with scope(att_name):
-        ctx, probs = attention(x, context, mask, **att, n_head=n_head, sfx=sfx)  # [b, lq, h]
+        ctx, probs = mha(x, context, mask, **att, n_head=n_head, sfx=sfx)  # [b, lq, h]
     # output projection, residual, LayerNorm
     with scope("output"):
         out = attention_output(ctx, x, **output, sfx=sfx)  # [b, lq, h]
     return record("output" + sfx, out), probs
 
 
-def intermediate(x, *, dense, act: str):
+def ffn_intermediate(x, *, dense, act: str):
     """LxmertIntermediate: ``act(dense(x))``, ``[batch, len, hidden] -> [batch, len, intermediate]``.
 
     The activation module is recorded as ``intermediate_act_fn``.
@@ -210,7 +207,7 @@ def intermediate(x, *, dense, act: str):
 def _ffn(x, inter, out, *, act: str, inter_name: str, out_name: str):
     """Feed-forward sub-block: ``inter_name`` (dense + act) then ``out_name`` (dense + residual + LN)."""
     with scope(inter_name):
-        h = intermediate(x, **inter, act=act)  # [b, l, i]
+        h = ffn_intermediate(x, **inter, act=act)  # [b, l, i]
     record(inter_name, h)
     with scope(out_name):
         y = attention_output(h, x, **out)  # [b, l, h]

@@ -130,9 +130,9 @@ def _shape(x) -> tuple[int, ...]:
     return tuple(int(d) for d in x.shape)
 
 
-def _first_bad(xp, bad) -> str:
-    pos = tuple(int(i) for i in xp.argwhere(bad)[0])
-    return "[" + ", ".join(map(str, pos)) + "]"
+def _first(xp, bad) -> tuple[int, ...]:
+    """Index of the first True entry of ``bad``."""
+    return tuple(int(i) for i in xp.argwhere(bad)[0])
 
 
 def _float_input(xp, x, name: str, dtype):
@@ -143,10 +143,8 @@ def _float_input(xp, x, name: str, dtype):
     x = x.astype(dtype, copy=False)
     finite = xp.isfinite(x)
     if not bool(finite.all()):
-        where = _first_bad(xp, ~finite)
-        raise ValueError(
-            f"{name}{where} = {x[tuple(int(i) for i in xp.argwhere(~finite)[0])]!r} is not finite (NaN or inf)"
-        )
+        pos = _first(xp, ~finite)
+        raise ValueError(f"{name}[{', '.join(map(str, pos))}] = {float(x[pos])} is not finite (NaN or inf)")
     return x
 
 
@@ -184,7 +182,7 @@ def _labels(xp, labels, name: str, n_items: int, n_classes: int):
     flat = labels.reshape(-1)
     bad = (flat != -100) & ((flat < 0) | (flat >= n_classes))
     if bool(bad.any()):
-        idx = tuple(int(i) for i in xp.argwhere(bad.reshape(labels.shape))[0])
+        idx = _first(xp, bad.reshape(labels.shape))
         raise ValueError(
             f"{name}[{', '.join(map(str, idx))}] = {int(labels[idx])} is outside the allowed range "
             f"[0, {n_classes - 1}] (or -100 to ignore)"
