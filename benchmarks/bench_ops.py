@@ -45,7 +45,7 @@ def erf_accuracy(exhaustive_float32: bool) -> None:
     print("== erf accuracy (max |ours - math.erf|)")
     rng = np.random.default_rng(0)
     grid = np.linspace(-10.0, 10.0, 2_000_001)
-    edges = np.array([0.84375, 1.25, 2.8571434020996094, 6.0, 1 / 0.35])
+    edges = np.array([0.84375, 4.0, 6.0])
     near = np.concatenate([np.nextafter(edges, -np.inf), edges, np.nextafter(edges, np.inf)])
     special = np.array([0.0, -0.0, 5e-324, -5e-324, 1e-300, 2.0**-28, 1e-8, 27.9, 28.0, 1e300, 1.7e308])
     wide = np.concatenate([rng.standard_normal(1_000_000) * s for s in (0.5, 2.0, 5.0)])
