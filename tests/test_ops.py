@@ -376,3 +376,50 @@ def test_additive_attention_mask():
         assert m.shape == (2, 1, 1, 3) and m.dtype == dtype
         want = (1.0 - mask[:, None, None, :]) * np.finfo(dtype).min  # transformers' formula
         np.testing.assert_array_equal(m, want.astype(dtype))
+
+
+# --------------------------------------------------------------------------------------------
+# every op dispatches through the array namespace (runs unchanged on CuPy arrays)
+# --------------------------------------------------------------------------------------------
+
+
+def _dispatch_cases():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 70)) * 4
+    x[0, :5] = [np.inf, -np.inf, np.nan, -0.0, 7.0]
+    labels = np.array([1, -100, 4])
+    cases = [(f"act:{n}", fn, (x,)) for n, fn in ops.ACT2FN.items()]
+    cases += [
+        ("erf", ops.erf, (x,)),
+        ("erf_out", lambda a: ops.erf(a, out=a), (x,)),
+        ("gelu_out", lambda a: ops.gelu(a, out=a), (x,)),
+        ("prelu", ops.prelu, (x, np.array([0.25]))),
+        ("softmax_out", lambda a: ops.softmax(a, axis=0, out=a), (x[1:],)),
+        ("layer_norm_out", lambda a, w, b: ops.layer_norm(a, w, b, 1e-5, out=a), (x[1:], x[1] / 8, x[2] / 8)),
+        ("cross_entropy", ops.cross_entropy, (x[:, :6], labels)),
+        ("cross_entropy_none", lambda a, y: ops.cross_entropy(a, y, reduction="none"), (x[:, :6], labels)),
+        ("mse_loss", ops.mse_loss, (x[1:], x[1:] * 0.5)),
+        ("bce_with_logits", ops.bce_with_logits, (x[1:], (x[1:] > 0).astype(np.float64))),
+        ("smooth_l1_loss", ops.smooth_l1_loss, (x[1:], x[1:] * 0.5)),
+        ("embedding", ops.embedding, (np.array([[0, 2], [1, 1]]), x)),
+        (
+            "additive_attention_mask",
+            lambda m: ops.additive_attention_mask(m, np.float32),
+            (np.array([[1, 0]]),),
+        ),
+    ]
+    return cases
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name, fn, args", _dispatch_cases(), ids=[c[0] for c in _dispatch_cases()])
+def test_ops_dispatch_through_namespace(name, fn, args, dtype):
+    from _strict import strict_namespace, unwrap_tree, wrap_tree
+
+    args = tuple(a.astype(dtype) if a.dtype.kind == "f" else a for a in args)
+    with np.errstate(all="ignore"):  # inf/nan inputs on purpose
+        want = fn(*[a.copy() for a in args])
+        with strict_namespace() as ns:
+            got = fn(*wrap_tree([a.copy() for a in args]))
+            assert ns.violations == [], ns.violations
+    np.testing.assert_array_equal(unwrap_tree(got), want)
