@@ -406,19 +406,19 @@ def _property(arch, cfg, b, s, n, seed, flags, which, safe, outs):
         run_both(arch, oracle, ckpt, x, y, dtype, cfg, trace_on=True, output_flags=outs)
 
 
-@settings(max_examples=60)
+@settings(max_examples=100)
 @given(**_case("LxmertForPreTraining"))
 def test_pretraining_matches_oracle(cfg, b, s, n, seed, flags, which, safe, outs):
     _property("LxmertForPreTraining", cfg, b, s, n, seed, flags, which, safe, outs)
 
 
-@settings(max_examples=30)
+@settings(max_examples=40)
 @given(**_case("LxmertModel"))
 def test_model_matches_oracle(cfg, b, s, n, seed, flags, which, safe, outs):
     _property("LxmertModel", cfg, b, s, n, seed, flags, which, safe, outs)
 
 
-@settings(max_examples=30)
+@settings(max_examples=40)
 @given(**_case("LxmertForQuestionAnswering"))
 def test_question_answering_matches_oracle(cfg, b, s, n, seed, flags, which, safe, outs):
     _property("LxmertForQuestionAnswering", cfg, b, s, n, seed, flags, which, safe, outs)
