@@ -869,3 +869,20 @@ def test_explicit_output_attentions_false_beats_the_config():
     out = refimpl.from_pretrained(d, dtype="float64")(**x, output_attentions=False)
     assert out.language_attentions is None and out.cross_encoder_vision_attentions is None
     assert refimpl.from_pretrained(d, dtype="float64")(**x).language_attentions is not None
+
+
+def test_question_answering_from_a_pretraining_checkpoint():
+    """The oracle loads lxmert.* and answer_head.* and leaves out cls.* / obj_predict_head.*; so do we."""
+    cfg = tiny_config()
+    _, d = checkpoint("LxmertForPreTraining", cfg)
+    oracle = transformers.LxmertForQuestionAnswering.from_pretrained(d, dtype=torch.float64).eval()
+    ours = LxmertForQuestionAnswering.from_pretrained(d, dtype="float64")
+    x = random_inputs(
+        np.random.default_rng(17), cfg, 2, 4, 3, dict(embeds=False, mask=True, vmask=True, types=True)
+    )
+    compare(
+        _oracle_out(oracle, x, labels=torch.tensor([1, 3])), ours(**x, labels=np.array([1, 3])), "float64"
+    )
+    _, d = checkpoint("LxmertForPreTraining", tiny_config(task_qa=False))
+    with pytest.raises(refimpl.weights.CheckpointError, match="answer_head"):
+        LxmertForQuestionAnswering.from_pretrained(d)

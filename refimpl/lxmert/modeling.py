@@ -646,7 +646,13 @@ class LxmertForPreTraining(_LxmertBase):
 
 
 class LxmertForQuestionAnswering(_LxmertBase):
-    """transformers' ``LxmertForQuestionAnswering``: the base model and the answer head."""
+    """transformers' ``LxmertForQuestionAnswering``: the base model and the answer head.
+
+    It also loads an ``LxmertForPreTraining`` checkpoint that has an answer head (``task_qa``),
+    leaving out its other pre-training heads, as the oracle does (with a warning there).
+    """
+
+    ignored_unexpected = (r"^cls\.", r"^obj_predict_head\.")
 
     @classmethod
     def expected_shapes(cls, config: LxmertConfig) -> dict[str, tuple[int, ...]]:
