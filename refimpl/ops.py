@@ -541,6 +541,7 @@ def mish(x):
 def laplace(x, mu: float = 0.707107, sigma: float = 0.282095):
     """transformers' ``"laplace"`` (MEGA): ``0.5 * (1 + erf((x - mu) / (sigma * sqrt(2))))``."""
     xp = get_namespace(x)
+    mu, sigma = float(mu), float(sigma)  # a NumPy float64 scalar would upcast float32 (NEP 50)
     t = x - mu
     t /= sigma * _SQRT_2
     erf(t, out=t)
@@ -551,7 +552,7 @@ def laplace(x, mu: float = 0.707107, sigma: float = 0.282095):
 def leaky_relu(x, negative_slope: float = 0.01):
     """``"leaky_relu"`` (``nn.LeakyReLU()``, slope 0.01): ``x if x > 0 else x * negative_slope``."""
     xp = get_namespace(x)
-    return xp.where(x > 0, x, x * negative_slope)
+    return xp.where(x > 0, x, x * float(negative_slope))
 
 
 def relu(x):
@@ -806,6 +807,7 @@ def smooth_l1_loss(input, target, beta: float = 1.0, reduction: str = "none"):
     """
     xp = get_namespace(input, target)
     _check_reduction(reduction)
+    beta = float(beta)
     z = xp.abs(input - target)
     if beta == 0:
         return _reduce(xp, z, reduction)

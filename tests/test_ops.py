@@ -212,6 +212,12 @@ def test_float32_stays_float32():
         assert fn(x).dtype == np.float32, name
     assert ops.gelu(x * np.float32(2)).dtype == np.float32
     assert ops.softmax(x).dtype == np.float32
+    # NumPy float64 scalars as parameters would upcast a float32 array under NEP 50: not here
+    f64 = np.float64
+    assert ops.leaky_relu(x, f64(0.2)).dtype == np.float32
+    assert ops.laplace(x, f64(0.7), f64(0.3)).dtype == np.float32
+    assert ops.smooth_l1_loss(x, x * 0, beta=f64(0.5)).dtype == np.float32
+    assert ops.prelu(x, np.array([0.25])).dtype == np.float32
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
