@@ -6,6 +6,7 @@ realistic size stay fast). Tolerances: float64 1e-12 (absolute + relative), floa
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -226,8 +227,15 @@ def test_gelu_in_place_and_large_arrays(dtype):
     want = F.gelu(torch.from_numpy(x))
     y = x.copy()
     assert ops.gelu(y, out=y) is y
-    close("gelu", y, want, dtype)
-    close("gelu", ops.gelu(x.T), want.T, dtype)  # non-contiguous input
+    # torch's vectorized float32 GELU is itself up to ~1.2e-6 off the exact GELU (see QUIRKS):
+    # the float32 margin is the oracle's own error; float64 agrees to ~1e-15
+    close("gelu", y, want, dtype, scale=4)
+    close("gelu", ops.gelu(x.T), want.T, dtype, scale=4)  # non-contiguous input
+    # first principles: against the exact GELU in float64 (math.erf), error <= c * max(1, |x|)
+    x64 = x.astype(np.float64)
+    exact = x64 * 0.5 * (1.0 + np.vectorize(math.erf)(x64 / math.sqrt(2.0)))
+    bound = (2e-7 if dtype == np.float32 else 1e-15) * np.maximum(1.0, np.abs(x64))
+    assert np.all(np.abs(y.astype(np.float64) - exact) <= bound)
 
 
 @given(dtype=dtypes, shape=shapes, seed=seeds, channels=st.booleans())
