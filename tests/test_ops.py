@@ -140,6 +140,16 @@ def test_softmax_fully_masked_rows_are_uniform(dtype):
     close("softmax", ops.softmax(s), torch.from_numpy(want), dtype)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_minus_inf_rows_match_torch(dtype):
+    s = np.array([[-np.inf, -np.inf, -np.inf], [1.0, -np.inf, 2.0]], dtype)
+    want = torch.softmax(torch.from_numpy(s), dim=-1).numpy()
+    with np.errstate(invalid="ignore"):  # -inf - (-inf) in the first row: NaN, as torch
+        ours = ops.softmax(s)
+    assert np.isnan(want[0]).all() and np.isnan(ours[0]).all()
+    np.testing.assert_allclose(ours[1], want[1], rtol=TOL[dtype], atol=0)
+
+
 @given(
     dtype=dtypes,
     shape=st.lists(st.integers(1, 6), min_size=1, max_size=4).map(tuple),
