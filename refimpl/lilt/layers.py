@@ -85,12 +85,22 @@ def lilt_self_attention(
     key_layer = split_heads(record("key", linear(hidden_states, **key)), num_heads)
     value_layer = split_heads(record("value", linear(hidden_states, **value)), num_heads)
 
-    # raw dot products of each stream: [b, n, s, s]
-    scores = attention_scores(query_layer, key_layer)
+    # Each stream's scores are scaled by its own head size. The oracle divides the
+    # [b, n, s, s] scores; we divide the [b, n, s, d] queries first, s/d times less work and
+    # the same numbers when sqrt(d) is a power of two (64 and 16 at base size; otherwise
+    # they differ by rounding only). Relative position scores are added before the scaling, so with them
+    # the text scores are divided afterwards, as in the oracle.
+    head_size = query_layer.shape[-1]
+    relative = position_embedding_type in ("relative_key", "relative_key_query")
+    layout_query_layer = layout_query_layer / math.sqrt(head_size // channel_shrink_ratio)
+    scaled_query = query_layer if relative else query_layer / math.sqrt(head_size)
+
+    # scaled dot products of each stream: [b, n, s, d] @ [b, n, d, s] -> [b, n, s, s]
+    scores = attention_scores(scaled_query, key_layer)
     layout_scores = attention_scores(layout_query_layer, layout_key_layer)
 
     # relative positions add to the text scores only, before scaling: [b, n, s, s]
-    if position_embedding_type in ("relative_key", "relative_key_query"):
+    if relative:
         # [s, s, d] embeddings of the distances l - r
         positional = record(
             "distance_embedding",
@@ -109,12 +119,8 @@ def lilt_self_attention(
                 "relative_position_scores_key", relative_position_scores_key(key_layer, positional)
             )
             scores = scores + rel_q + rel_k
-
-    # each stream scaled by its own head size (in place: both are fresh arrays): [b, n, s, s]
-    head_size = query_layer.shape[-1]
-    scores /= math.sqrt(head_size)
+        scores /= math.sqrt(head_size)
     record("tmp_attention_scores", scores)
-    layout_scores /= math.sqrt(head_size // channel_shrink_ratio)
     record("tmp_layout_attention_scores", layout_scores)
     # the shared scores, tmp + tmp_layout (the oracle's tmp_layout + tmp is the same number,
     # as float addition commutes), in place: [b, n, s, s]

@@ -356,6 +356,9 @@ def lilt_model(
         mask = causal[None, :, :] * mask[:, None, :]
     # additive mask over keys: [b, 1, 1|s, s]
     additive_mask = extended_attention_mask(mask, dtype)
+    # a mask that keeps every key adds only zeros: skip that [b, n, s, s] add in every layer
+    if not bool(additive_mask.any()):
+        additive_mask = None
     # both streams through every layer
     with trace.scope("encoder"):
         enc = lilt_encoder(
