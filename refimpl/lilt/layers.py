@@ -27,7 +27,7 @@ from ..attention import (
     split_heads,
 )
 from ..backend import get_namespace
-from ..ops import get_activation, layer_norm, linear, softmax
+from ..ops import gelu, get_activation, layer_norm, linear, softmax
 
 __all__ = [
     "lilt_self_attention",
@@ -133,7 +133,7 @@ def lilt_self_attention(
     # identical sums separately and gets identical probabilities: [b, n, s, s]
     if additive_mask is not None:
         scores += additive_mask  # broadcast over heads (and queries for a 2-d mask)
-    probs = apply_head_mask(softmax(scores, axis=-1), layer_head_mask)
+    probs = apply_head_mask(softmax(scores, axis=-1, out=scores), layer_head_mask)
     # layout stream: weighted layout values: [b, n, s, s] @ [b, n, s, d/r] -> [b, s, h/r]
     record("layout_attention_probs", probs)
     layout_context = record("layout_context", merge_heads(xp.matmul(probs, layout_value_layer)))
@@ -159,8 +159,9 @@ def add_and_norm(hidden_states, input_tensor, dense, LayerNorm, *, eps: float):
     """
     # [b, s, in] -> [b, s, f]
     h = trace.record("dense", linear(hidden_states, **dense))
-    # residual, then normalise: [b, s, f]
-    return trace.record("LayerNorm", layer_norm(h + input_tensor, **LayerNorm, eps=eps))
+    # residual, then normalise, both in place on the fresh dense output: [b, s, f]
+    h += input_tensor
+    return trace.record("LayerNorm", layer_norm(h, **LayerNorm, eps=eps, out=h))
 
 
 def intermediate_act(hidden_states, dense, *, hidden_act: str):
@@ -176,8 +177,10 @@ def intermediate_act(hidden_states, dense, *, hidden_act: str):
     """
     # [b, s, f] -> [b, s, inner]
     h = trace.record("dense", linear(hidden_states, **dense))
-    # recorded under the block's own name, as a hook on the module sees it
-    return trace.record("", get_activation(hidden_act)(h))
+    # the activation; exact GELU (every released LiLT) in place on the fresh dense output.
+    # Recorded under the block's own name, as a hook on the module sees it.
+    act = get_activation(hidden_act)
+    return trace.record("", act(h, out=h) if act is gelu else act(h))
 
 
 def lilt_attention(
