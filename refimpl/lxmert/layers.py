@@ -34,7 +34,7 @@ import math
 from .. import trace
 from ..attention import attention_probs, attention_scores, merge_heads, split_heads
 from ..backend import get_namespace
-from ..ops import embedding, get_activation, layer_norm, linear
+from ..ops import embedding, gelu, get_activation, layer_norm, linear
 
 __all__ = [
     "LN_EPS",
@@ -148,7 +148,8 @@ def mha(hidden, context, mask, *, query, key, value, n_head: int, sfx: str = "")
     k = split_heads(record("key" + sfx, linear(context, **key)), n_head)  # [b, lk, h] -> [b, nh, lk, d]
     v = split_heads(record("value" + sfx, linear(context, **value)), n_head)  # [b, lk, h] -> [b, nh, lk, d]
     # scaled dot products
-    scores = attention_scores(q, k) / math.sqrt(q.shape[-1])  # [b, nh, lq, lk]
+    scores = attention_scores(q, k)  # [b, nh, lq, lk]
+    scores /= math.sqrt(q.shape[-1])  # in place on the fresh scores
     record("attention_scores" + sfx, scores)
     # masked keys get finfo.min, then softmax over the keys
     if scores.shape[-1] == 0:  # no keys (zero boxes): torch's softmax returns the empty scores
@@ -171,7 +172,9 @@ def attention_output(hidden, input_tensor, *, dense, LayerNorm, sfx: str = ""):
         ``[batch, len, hidden]``.
     """
     x = record("dense" + sfx, linear(hidden, **dense))  # [b, l, in] -> [b, l, h]
-    return record("LayerNorm" + sfx, layer_norm(x + input_tensor, **LayerNorm, eps=LN_EPS))  # [b, l, h]
+    # residual, then LayerNorm, both in place on the fresh dense output
+    x += input_tensor  # [b, l, h]
+    return record("LayerNorm" + sfx, layer_norm(x, **LayerNorm, eps=LN_EPS, out=x))  # [b, l, h]
 
 
 def attention_layer(x, context, mask, att, output, *, n_head: int, att_name: str, sfx: str = ""):
@@ -201,7 +204,9 @@ def ffn_intermediate(x, *, dense, act: str):
     The activation module is recorded as ``intermediate_act_fn``.
     """
     h = record("dense", linear(x, **dense))  # [b, l, h] -> [b, l, i]
-    return record("intermediate_act_fn", get_activation(act)(h))  # [b, l, i]
+    # exact GELU (LXMERT's default) in place on the fresh dense output
+    fn = get_activation(act)
+    return record("intermediate_act_fn", fn(h, out=h) if fn is gelu else fn(h))  # [b, l, i]
 
 
 def _ffn(x, inter, out, *, act: str, inter_name: str, out_name: str):
