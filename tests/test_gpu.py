@@ -105,6 +105,19 @@ def test_lilt_gpu_equals_cpu(lilt_dir, dtype):
     _compare(want, got, TOL[dtype])
 
 
+def test_lilt_to_cuda_and_back(lilt_dir):
+    import refimpl
+
+    inputs = _lilt_inputs(np.random.default_rng(1))
+    model = refimpl.from_pretrained(lilt_dir, dtype="float64")
+    want = model(**inputs)
+    got = model.to("cuda")(**inputs)  # host inputs are moved to the model's device
+    _compare(want, got, TOL["float64"])
+    back = model.to("cpu")(**inputs)
+    assert not backend.is_device_array(back.logits)
+    np.testing.assert_allclose(back.logits, want.logits, rtol=0, atol=TOL["float64"])
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_lxmert_gpu_equals_cpu(lxmert_dir, dtype):
     import refimpl

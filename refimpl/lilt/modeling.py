@@ -397,6 +397,12 @@ class _LiltBase(PreTrainedModel):
         super().__init__(config, params, dtype=dtype, device=device)
         self.weights = nest(params)
 
+    def to(self, device: str):
+        """Move every weight to ``device`` ("cpu" or "cuda") and return ``self``."""
+        super().to(device)
+        self.weights = nest(self.params)  # the nested view must hold the moved arrays
+        return self
+
     def _array(self, x):
         """Lists/scalars -> arrays; host arrays -> the model's device. Arrays already there pass through."""
         if x is None:
