@@ -736,6 +736,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     func: Callable[[argparse.Namespace], int] = args.func
+    # the command owns its process: keep freed memory for the next forward (backend.tune_allocator)
+    from .backend import tune_allocator
+
+    tune_allocator()
     try:
         return int(func(args) or 0)
     except KeyboardInterrupt:
