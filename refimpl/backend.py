@@ -132,6 +132,12 @@ def tune_allocator(mmap_threshold: int = _MAX_MMAP_THRESHOLD, trim_threshold: in
     This changes process-wide malloc settings, so the library never calls it on import:
     the CLI and the benchmarks call it, and an application may call it once at start-up.
 
+    A related setting that only the environment can make (OpenBLAS reads it when NumPy is
+    imported): ``OPENBLAS_THREAD_TIMEOUT=4`` lets NumPy's idle BLAS threads sleep right after
+    each matrix product instead of spinning, so they do not compete with the single-threaded
+    elementwise work between products (about 10% of a LiLT-base forward on 2 cores; see
+    ``benchmarks/run.py``).
+
     Args:
         mmap_threshold: allocations at least this large (bytes) still use ``mmap``; at most
             32 MiB on 64-bit glibc.

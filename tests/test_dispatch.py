@@ -9,6 +9,8 @@ strict run must equal the plain run exactly (the same NumPy kernels underneath).
 
 from __future__ import annotations
 
+import platform
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -259,3 +261,24 @@ def test_a_hidden_numpy_call_in_a_model_is_caught(lilt_base_dir, monkeypatch):
     monkeypatch.setitem(ops.ACT2FN, "gelu", lambda x: gelu(x) + np.zeros(x.shape[-1]))
     with pytest.raises(DispatchViolation, match="mixed with a device array"):
         _model_strict_equals_plain(model, _lilt_inputs(model.config, np.random.default_rng(0)))
+
+
+# --------------------------------------------------------------------------------------------
+# backend helpers
+# --------------------------------------------------------------------------------------------
+
+
+def test_tune_allocator_validates_and_applies():
+    with pytest.raises(ValueError, match="mmap_threshold"):
+        backend.tune_allocator(mmap_threshold=64 * 1024 * 1024)  # above glibc's 32 MiB limit
+    with pytest.raises(ValueError, match="trim_threshold"):
+        backend.tune_allocator(trim_threshold=-1)
+    applied = backend.tune_allocator()
+    assert applied is (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc")
+    # the allocator still works: a large array round-trips
+    x = np.arange(5_000_000, dtype=np.float64)
+    assert float(x.sum()) == 5_000_000 * 4_999_999 / 2
+
+
+def test_cuda_available_is_a_bool_without_raising():
+    assert backend.cuda_available() in (True, False)
