@@ -1,29 +1,39 @@
 """Side-by-side benchmarks against the oracle (transformers 4.56.2, torch eager) on this machine.
 
-One command runs every case and writes ``benchmarks/results.json`` and ``benchmarks/results.md``::
+One command runs every case and writes ``benchmarks/results.json`` and ``benchmarks/results.md``
+(the table the docs site publishes)::
 
-    .venv/bin/python benchmarks/run.py            # full: more repeats
-    .venv/bin/python benchmarks/run.py --quick    # fewer repeats, same cases
+    .venv/bin/python benchmarks/run.py            # 10 timed forwards per variant, torch float64 too
+    .venv/bin/python benchmarks/run.py --quick    # 3 timed forwards, no torch float64
 
-Cases (random-weight checkpoints at real base sizes, built with the oracle's classes and
-saved with ``save_pretrained`` into a temporary directory):
+Cases, on random-weight checkpoints at real base sizes built with the oracle's classes and
+saved with ``save_pretrained`` (float32 safetensors) into a temporary directory:
 
-* LiLT base (lilt-roberta-en-base shape), batch 1 x 512 tokens: ours vs torch, float32;
-  ours float64.
-* LXMERT base (9/5/5 layers, 768, 2048-d features), batch 32, 20 tokens, 36 boxes: ours vs
-  torch, float32; ours float64.
-* Loading LiLT's ``model.safetensors`` (zero-copy memory map), warm.
-* GPU rows (CuPy vs torch CUDA) when both see a GPU; otherwise marked "not run".
+* LiLT base (lilt-roberta-en-base shape), batch 1 x 512 tokens: ours vs torch in float32;
+  ours (and torch, full run) in float64.
+* LXMERT base (9/5/5 layers, 768, 2048-d features), batch 32, 20 tokens, 36 boxes: the same.
+* Loading LiLT's ``model.safetensors`` (zero-copy memory map), first and warm.
+* GPU rows (LiLT 8 x 512, LXMERT 32; CuPy vs torch CUDA, float32) when both see a GPU;
+  otherwise the table says "not run".
 
-Every case runs in its own subprocess, so peak memory is measured per case: the worker loads
-the model, runs one warm-up forward (which also faults in memory-mapped weights), reads
-``VmRSS`` as the baseline, resets the high-water mark (``echo 5 > /proc/self/clear_refs``),
-runs one forward and reads ``VmHWM``: the peak *extra* memory of one forward. It then times
-``repeats`` forwards. Both libraries use the same thread count: ``OMP_NUM_THREADS``,
-``OPENBLAS_NUM_THREADS`` and ``MKL_NUM_THREADS`` are set before NumPy / torch are imported, and
-``torch.set_num_threads`` gets the same number. Both workers call
-``refimpl.backend.tune_allocator()`` (process-wide glibc malloc settings), so neither pays for
-page faults that the other avoids.
+How it measures:
+
+* **Threads**: each thread count in ``--threads`` (default: every core, then 1) is used by both
+  libraries: ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` and ``MKL_NUM_THREADS`` are set
+  before NumPy / torch are imported, and ``torch.set_num_threads`` gets the same number.
+* **Time**: one process per (case, thread count) loads every variant (ours / torch, float32 /
+  float64), warms each up twice, then runs them in turn, ``ours, torch, ours, torch, ...``,
+  so background load on a shared machine hits both alike. Medians are reported.
+* **Peak memory**: one process per (case, implementation, dtype): load, read one value per
+  page of every weight (memory-mapped weights become resident, as torch's are), read
+  ``VmRSS``, reset the high-water mark (``echo 5 > /proc/self/clear_refs``), run one
+  forward, read ``VmHWM``: the extra memory one forward needs.
+* Every worker calls ``refimpl.backend.tune_allocator()`` (glibc keeps freed memory instead
+  of unmapping it), so neither library pays page faults the other avoids.
+* NumPy's OpenBLAS gets ``OPENBLAS_THREAD_TIMEOUT=4`` (unless already set): its idle threads
+  sleep right after a GEMM instead of spinning, which would steal the second core from the
+  elementwise work that follows (about 10% of a LiLT forward at 2 threads). Only OpenBLAS
+  reads it; torch runs at its defaults.
 """
 
 from __future__ import annotations
@@ -49,6 +59,9 @@ LILT_BASE = dict(
 LXMERT_BASE = dict(
     l_layers=9, x_layers=5, r_layers=5, hidden_size=768, visual_feat_dim=2048, visual_pos_dim=4
 )
+
+#: OpenBLAS parks idle threads after 2^4 cycles (its minimum) instead of 2^28 (default).
+OPENBLAS_THREAD_TIMEOUT = "4"
 
 CASES = {
     # name: (model, batch, seq, boxes)
@@ -128,21 +141,14 @@ def _main_output(out, model: str):
     return out.last_hidden_state if model == "lilt" else out.language_output
 
 
-def worker(spec: dict) -> dict:
-    """Run one case (``spec``: impl, case, dtype, device, path, repeats, out) and return its numbers."""
-    import numpy as np
-
-    sys.path.insert(0, ROOT)
+def load_model(impl: str, case: str, dtype: str, device: str, path: str, threads: int):
+    """Load one implementation and return ``(model, forward)``; ``forward()`` runs the case's
+    inputs and returns the main output (LiLT ``last_hidden_state``, LXMERT ``language_output``)
+    as a host NumPy array, synchronising the device first."""
     from refimpl import backend
 
-    backend.tune_allocator()
-    model_name, batch, seq, boxes = CASES[spec["case"]]
-    impl, dtype, device, threads = spec["impl"], spec["dtype"], spec["device"], spec["threads"]
+    model_name, batch, seq, boxes = CASES[case]
     inputs = make_inputs(model_name, batch, seq, boxes)
-    result = dict(spec)
-    rss0 = _status_kib("VmRSS")
-
-    t0 = time.perf_counter()
     if impl == "torch":
         import torch
         import transformers
@@ -150,57 +156,94 @@ def worker(spec: dict) -> dict:
         torch.set_num_threads(threads)
         cls = transformers.LiltModel if model_name == "lilt" else transformers.LxmertModel
         tdtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
-        model = cls.from_pretrained(spec["path"], torch_dtype=tdtype).eval().to(device)
+        model = cls.from_pretrained(path, dtype=tdtype).eval().to(device)
         tin = {k: torch.from_numpy(v).to(device) for k, v in inputs.items()}
-        if dtype == "float64" and "visual_feats" in tin:
-            tin = {k: (v.double() if v.is_floating_point() else v) for k, v in tin.items()}
+        tin = {k: (v.to(tdtype) if v.is_floating_point() else v) for k, v in tin.items()}
         sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
         def forward():
             with torch.inference_mode():
                 out = _main_output(model(**tin), model_name)
             sync()
-            return out.float().cpu().numpy() if dtype == "float32" else out.cpu().numpy()
+            return out.cpu().numpy()
 
-        result["torch_threads"] = torch.get_num_threads()
-    else:
-        import refimpl
+        return model, forward
 
-        model = refimpl.from_pretrained(spec["path"], dtype=dtype, device=device)
-        rin = {k: (v.astype(dtype) if v.dtype.kind == "f" else v) for k, v in inputs.items()}
-        rin = {k: backend.to_device(v, device) for k, v in rin.items()}
-        if device == "cuda":
-            cp = backend.cupy()
-            sync = cp.cuda.Device().synchronize
-        else:
-            sync = lambda: None  # noqa: E731
+    import refimpl
 
-        def forward():
-            out = _main_output(model(**rin), model_name)
-            sync()
-            return backend.to_numpy(out)
+    model = refimpl.from_pretrained(path, dtype=dtype, device=device)
+    rin = {k: (v.astype(dtype) if v.dtype.kind == "f" else v) for k, v in inputs.items()}
+    rin = {k: backend.to_device(v, device) for k, v in rin.items()}
+    sync = backend.cupy().cuda.Device().synchronize if device == "cuda" else (lambda: None)
 
+    def forward():
+        out = _main_output(model(**rin), model_name)
+        sync()
+        return backend.to_numpy(out)
+
+    return model, forward
+
+
+def memory_worker(spec: dict) -> dict:
+    """Peak extra memory of one forward of one implementation (its own process), and its output."""
+    import numpy as np
+
+    from refimpl import backend
+
+    backend.tune_allocator()
+    result = dict(spec)
+    rss0 = _status_kib("VmRSS")
+    t0 = time.perf_counter()
+    model, forward = load_model(
+        spec["impl"], spec["case"], spec["dtype"], spec["device"], spec["path"], spec["threads"]
+    )
     result["load_s"] = time.perf_counter() - t0
     result["rss_after_load_mib"] = (_status_kib("VmRSS") - rss0) / 1024
-
     # peak memory of the first forward over the loaded model, its weights resident
-    _touch_weights(model, impl)
+    _touch_weights(model, spec["impl"])
     rss_base = _status_kib("VmRSS")
     result["hwm_reset"] = _reset_peak()
     out = forward()
     result["peak_extra_mib"] = (_status_kib("VmHWM") - rss_base) / 1024
     result["peak_total_mib"] = _status_kib("VmHWM") / 1024
-    forward()  # one more warm-up before timing
-
-    times = []
-    for _ in range(spec["repeats"]):
-        t = time.perf_counter()
-        forward()
-        times.append(time.perf_counter() - t)
-    result["times_s"] = times
-    result["median_s"] = float(np.median(times))
-    result["min_s"] = float(np.min(times))
     np.save(spec["out"], out.astype(np.float64))
+    return result
+
+
+def timing_worker(spec: dict) -> dict:
+    """Time every implementation of one case in one process, alternating forwards.
+
+    On a shared machine the background load drifts; alternating ``ours, torch, ours, torch,
+    ...`` gives both the same conditions, so the ratio of medians is fair even when the
+    absolute times are not repeatable.
+    """
+    import numpy as np
+
+    from refimpl import backend
+
+    backend.tune_allocator()
+    runs = []
+    for impl, dtype in spec["variants"]:
+        _, forward = load_model(impl, spec["case"], dtype, spec["device"], spec["path"], spec["threads"])
+        forward()
+        forward()  # warm-up: BLAS threads started, heap grown
+        runs.append((impl, dtype, forward, []))
+    for _ in range(spec["repeats"]):
+        for _, _, forward, times in runs:
+            t = time.perf_counter()
+            forward()
+            times.append(time.perf_counter() - t)
+    result = dict(spec, load_average=os.getloadavg())
+    result["timings"] = [
+        {
+            "impl": impl,
+            "dtype": dtype,
+            "times_s": times,
+            "median_s": float(np.median(times)),
+            "min_s": min(times),
+        }
+        for impl, dtype, _, times in runs
+    ]
     return result
 
 
@@ -269,16 +312,21 @@ def build_checkpoints(tmp: str) -> dict:
     return paths
 
 
-def run_case(spec: dict, env: dict) -> dict:
+def run_worker(spec: dict, env: dict) -> dict:
     """Run one worker subprocess and return its JSON result (or the error)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
+    t = time.perf_counter()
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if p.returncode != 0:
-        return dict(spec, error=(p.stderr or p.stdout).strip().splitlines()[-1:] or ["failed"])
-    return json.loads(p.stdout.strip().splitlines()[-1])
+        result = dict(spec, error=((p.stderr or p.stdout).strip().splitlines() or ["failed"])[-1])
+    else:
+        result = json.loads(p.stdout.strip().splitlines()[-1])
+    result["wall_s"] = time.perf_counter() - t
+    print(_one_line(result), flush=True)
+    return result
 
 
-def machine_info(threads: int) -> dict:
+def machine_info(threads: list[int]) -> dict:
     import numpy
     import torch
     import transformers
@@ -317,70 +365,77 @@ def machine_info(threads: int) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "platform": platform.platform(),
         "load_average_at_start": os.getloadavg(),
+        "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT", OPENBLAS_THREAD_TIMEOUT),
     }
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats (3 instead of 10)")
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="threads for both")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer repeats (3 instead of 10), no torch float64"
+    )
+    cores = len(os.sched_getaffinity(0))
+    parser.add_argument(
+        "--threads",
+        default=f"{cores},1" if cores > 1 else "1",
+        help="comma-separated thread counts, each used by both libraries (default: all cores, then 1)",
+    )
     parser.add_argument("--out", default=HERE, help="directory for results.json / results.md")
     parser.add_argument("--checkpoints", help="keep (and reuse) the built checkpoints in this directory")
-    parser.add_argument("--only", help="comma-separated cases to run (lilt, lxmert, load); default all")
+    parser.add_argument("--only", help="comma-separated subset of: lilt, lxmert, load")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
+        sys.path.insert(0, ROOT)
         spec = json.loads(args.worker)
-        result = load_worker(spec) if spec["impl"] == "load" else worker(spec)
-        print(json.dumps(result))
+        run = {"load": load_worker, "memory": memory_worker, "timing": timing_worker}[spec["kind"]]
+        print(json.dumps(run(spec)))
         return 0
 
     repeats = 3 if args.quick else 10
-    env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = str(args.threads)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    thread_counts = [int(t) for t in args.threads.split(",")]
+    only = set(args.only.split(",")) if args.only else {"lilt", "lxmert", "load"}
 
     sys.path.insert(0, ROOT)
     from refimpl import backend
 
     gpu = backend.cuda_available()
-    results = {"machine": machine_info(args.threads), "quick": args.quick, "repeats": repeats, "cases": []}
+    results = {
+        "machine": machine_info(thread_counts),
+        "quick": args.quick,
+        "repeats": repeats,
+        "gpu": gpu,
+        "memory": [],
+        "timing": [],
+        "load": None,
+    }
+    variants = [("ours", "float32"), ("torch", "float32"), ("ours", "float64")]
+    if not args.quick:
+        variants.append(("torch", "float64"))
     with tempfile.TemporaryDirectory(prefix="refimpl-bench-") as tmp:
         paths = build_checkpoints(args.checkpoints or tmp)
-        specs = []
         for case in ("lilt", "lxmert"):
-            for impl, dtype in (
-                ("ours", "float32"),
-                ("torch", "float32"),
-                ("ours", "float64"),
-                ("torch", "float64"),
-            ):
-                if dtype == "float64" and impl == "torch" and args.quick:
-                    continue
-                specs.append(dict(impl=impl, case=case, dtype=dtype, device="cpu"))
-        if gpu:
-            for case in ("lilt_gpu", "lxmert_gpu"):
-                for impl in ("ours", "torch"):
-                    specs.append(dict(impl=impl, case=case, dtype="float32", device="cuda"))
-        specs.append(dict(impl="load", case="lilt", dtype="float32", device="cpu", repeats=11))
-        if args.only:
-            keep = set(args.only.split(","))
-            specs = [s for s in specs if s["case"].split("_")[0] in keep or s["impl"] in keep]
-        for i, spec in enumerate(specs):
-            spec.setdefault("repeats", repeats)
-            spec.update(
-                threads=args.threads, path=paths[CASES[spec["case"]][0]], out=os.path.join(tmp, f"{i}.npy")
-            )
-            t = time.perf_counter()
-            res = run_case(spec, env)
-            res["wall_s"] = time.perf_counter() - t
-            print(_one_line(res), flush=True)
-            results["cases"].append(res)
-        _add_ratios_and_diffs(results)
-    results["gpu"] = gpu
-    for r in results["cases"]:
+            if case not in only:
+                continue
+            env = _env(thread_counts[0])
+            common = dict(threads=thread_counts[0], device="cpu", case=case, path=paths[case])
+            for impl, dtype in variants:
+                out = os.path.join(tmp, f"{case}-{impl}-{dtype}.npy")
+                spec = dict(common, kind="memory", impl=impl, dtype=dtype, out=out)
+                results["memory"].append(run_worker(spec, env))
+            for threads in thread_counts:
+                spec = dict(common, kind="timing", threads=threads, variants=variants, repeats=repeats)
+                results["timing"].append(run_worker(spec, _env(threads)))
+            if gpu:
+                gpu_variants = [("ours", "float32"), ("torch", "float32")]
+                spec = dict(common, kind="timing", case=case + "_gpu", device="cuda", variants=gpu_variants)
+                results["timing"].append(run_worker(dict(spec, repeats=repeats), env))
+        if "load" in only:
+            spec = dict(kind="load", case="lilt", threads=thread_counts[0], path=paths["lilt"], repeats=11)
+            results["load"] = run_worker(spec, _env(thread_counts[0]))
+        results["rows"] = summarize(results)
+    for r in results["memory"] + results["timing"] + [results["load"] or {}]:
         r.pop("path", None)
         r.pop("out", None)
     with open(os.path.join(args.out, "results.json"), "w") as f:
@@ -391,146 +446,171 @@ def main(argv=None) -> int:
     return 0
 
 
+def _env(threads: int) -> dict:
+    """The worker environment: ``threads`` for every BLAS / OpenMP pool, the repo importable."""
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    # NumPy's OpenBLAS: idle worker threads sleep at once instead of spinning for ~2^28 cycles
+    # after every GEMM (they would compete with the single-threaded elementwise work between
+    # GEMMs). Only OpenBLAS reads it; torch (MKL + OpenMP) keeps its defaults, which were its
+    # fastest here (OMP_WAIT_POLICY=PASSIVE was not faster).
+    env.setdefault("OPENBLAS_THREAD_TIMEOUT", OPENBLAS_THREAD_TIMEOUT)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
 def _one_line(r: dict) -> str:
     if "error" in r:
-        return f"{r['impl']:>5} {r['case']:<10} {r['dtype']}: ERROR {r['error']}"
-    if r["impl"] == "load":
-        return f" load {r['case']:<10}: first {r['first_ms']:.1f} ms, warm {r['warm_ms']:.2f} ms"
-    return (
-        f"{r['impl']:>5} {r['case']:<10} {r['dtype']} {r['device']}: median {r['median_s']:.3f} s "
-        f"(min {r['min_s']:.3f}), peak +{r['peak_extra_mib']:.0f} MiB"
+        return f"{r['kind']:>7} {r['case']}: ERROR {r['error']}"
+    if r["kind"] == "load":
+        return f"   load {r['case']}: first {r['first_ms']:.1f} ms, warm {r['warm_ms']:.2f} ms"
+    if r["kind"] == "memory":
+        return f" memory {r['case']} {r['impl']} {r['dtype']}: peak +{r['peak_extra_mib']:.0f} MiB"
+    return f" timing {r['case']} {r['threads']} thread(s): " + ", ".join(
+        f"{t['impl']} {t['dtype']} {t['median_s']:.3f} s" for t in r["timings"]
     )
 
 
-def _find(results, impl, case, dtype, device):
-    for r in results["cases"]:
-        if (r["impl"], r["case"], r["dtype"], r["device"]) == (
-            impl,
-            case,
-            dtype,
-            device,
-        ) and "error" not in r:
-            return r
-    return None
-
-
-def _add_ratios_and_diffs(results: dict) -> None:
-    """Ratios ours/torch (time, peak memory) and max |ours - torch| of the main output."""
+def summarize(results: dict) -> list[dict]:
+    """One row per (case, dtype): medians, ours/torch time and peak-memory ratios, max |ours - torch|."""
     import numpy as np
 
-    for r in results["cases"]:
-        if r["impl"] != "ours" or "error" in r:
+    mem = {(m["case"], m["impl"], m["dtype"]): m for m in results["memory"] if "error" not in m}
+    rows = []
+    for timing in results["timing"]:
+        if "error" in timing:
             continue
-        t = _find(results, "torch", r["case"], r["dtype"], r["device"])
-        if t is not None:
-            r["time_ratio"] = r["median_s"] / t["median_s"]
-            r["peak_ratio"] = r["peak_extra_mib"] / max(t["peak_extra_mib"], 1e-9)
-            r["max_abs_diff_vs_torch"] = float(np.max(np.abs(np.load(r["out"]) - np.load(t["out"]))))
-        if r["dtype"] == "float64":
-            f32 = _find(results, "ours", r["case"], "float32", r["device"])
-            if f32 is not None:
-                r["f64_over_f32"] = r["median_s"] / f32["median_s"]
+        t = {(x["impl"], x["dtype"]): x["median_s"] for x in timing["timings"]}
+        for dtype in ("float32", "float64"):
+            if ("ours", dtype) not in t:
+                continue
+            row = {
+                "case": timing["case"],
+                "device": timing["device"],
+                "dtype": dtype,
+                "threads": timing["threads"],
+                "ours_s": t["ours", dtype],
+            }
+            if ("torch", dtype) in t:
+                row["torch_s"] = t["torch", dtype]
+                row["time_ratio"] = row["ours_s"] / row["torch_s"]
+            if dtype == "float64" and ("ours", "float32") in t:
+                row["f64_over_f32"] = t["ours", "float64"] / t["ours", "float32"]
+            ours_m, torch_m = (
+                mem.get((timing["case"], "ours", dtype)),
+                mem.get((timing["case"], "torch", dtype)),
+            )
+            if ours_m:
+                row["ours_peak_mib"] = ours_m["peak_extra_mib"]
+            if torch_m:
+                row["torch_peak_mib"] = torch_m["peak_extra_mib"]
+            if ours_m and torch_m:
+                row["peak_ratio"] = ours_m["peak_extra_mib"] / max(torch_m["peak_extra_mib"], 1e-9)
+                diff = np.abs(np.load(ours_m["out"]) - np.load(torch_m["out"]))
+                row["max_abs_diff_vs_torch"] = float(diff.max())
+            rows.append(row)
+    return rows
 
 
 TARGETS = {
-    ("lilt", "float32"): "time ratio <= 1.0",
-    ("lxmert", "float32"): "time ratio <= 1.1",
-    ("lilt", "float64"): "<= 2.5x our float32",
-    ("lxmert", "float64"): "<= 2.5x our float32",
+    ("lilt", "float32"): "time ratio <= 1.0, peak ratio <= 1",
+    ("lxmert", "float32"): "time ratio <= 1.1, peak ratio <= 1",
+    ("lilt", "float64"): "ours f64 <= 2.5x ours f32",
+    ("lxmert", "float64"): "ours f64 <= 2.5x ours f32",
+}
+SHAPES = {
+    "lilt": "1 x 512",
+    "lxmert": "32 x 20 tokens, 36 boxes",
+    "lilt_gpu": "8 x 512",
+    "lxmert_gpu": "32 x 20, 36",
 }
 
 
 def to_markdown(results: dict) -> str:
+    """The published table (docs/benchmarks includes this file)."""
     m = results["machine"]
+    load_avg = ", ".join(f"{x:.1f}" for x in m["load_average_at_start"])
     lines = [
         "# Benchmarks: refimpl (NumPy) vs transformers 4.56.2 (torch eager)",
         "",
-        f"Generated by `benchmarks/run.py{' --quick' if results['quick'] else ''}` on {m['date']}; "
-        f"median of {results['repeats']} forwards after one warm-up, each case in its own process.",
+        f"Generated by `benchmarks/run.py{' --quick' if results['quick'] else ''}` on {m['date']}. "
+        "Random-weight checkpoints at real base sizes, float32 on disk.",
         "",
         "| machine | |",
         "|---|---|",
         f"| CPU | {m['cpu']} ({m['cores']} cores available) |",
-        f"| threads | {m['threads']} for both (OMP/OpenBLAS/MKL env vars and `torch.set_num_threads`) |",
+        f"| threads | {', '.join(map(str, m['threads']))}: each count used by both "
+        "(`OMP/OPENBLAS/MKL_NUM_THREADS` and `torch.set_num_threads`) |",
         f"| BLAS (NumPy) | {m['blas']} |",
         f"| versions | Python {m['python']}, NumPy {m['numpy']}, torch {m['torch']}, transformers {m['transformers']} |",
+        f"| NumPy's OpenBLAS | `OPENBLAS_THREAD_TIMEOUT={m['openblas_thread_timeout']}` (idle BLAS threads sleep "
+        "instead of spinning between GEMMs); torch at its defaults |",
         f"| platform | {m['platform']} |",
+        f"| load average at start | {load_avg} |",
         "",
-        "Peak memory is the extra resident memory of one forward over the resident set after loading "
-        "and one warm-up forward (`VmHWM` after `clear_refs` minus `VmRSS`), in a separate process per case. "
-        "Both workers call `refimpl.backend.tune_allocator()`. Random-weight base-size checkpoints, float32 on disk.",
+        f"**Time**: median of {results['repeats']} forwards per variant after two warm-ups, ours and "
+        "torch loaded in one process and run alternately, so both see the same background load. "
+        "**Peak**: extra resident memory of one forward (`VmHWM` after `clear_refs` minus `VmRSS` with the "
+        f"weights resident), each implementation in its own process, at {m['threads'][0]} thread(s). "
+        "Both call `refimpl.backend.tune_allocator()`. "
+        "**Diff**: max |ours - torch| of the main output (LiLT `last_hidden_state`, LXMERT `language_output`).",
         "",
         "## CPU",
         "",
-        "| model | input | dtype | ours (s) | torch (s) | ours / torch | ours peak (MiB) | torch peak (MiB) "
-        "| peak ratio | max abs diff | target |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | input | dtype | threads | ours (s) | torch (s) | ours / torch | ours peak (MiB) "
+        "| torch peak (MiB) | peak ratio | diff | target |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    shapes = {
-        "lilt": "1 x 512",
-        "lxmert": "32 x 20 tok, 36 boxes",
-        "lilt_gpu": "8 x 512",
-        "lxmert_gpu": "32 x 20, 36",
-    }
-    for case in ("lilt", "lxmert"):
-        for dtype in ("float32", "float64"):
-            o = _find(results, "ours", case, dtype, "cpu")
-            t = _find(results, "torch", case, dtype, "cpu")
-            if o is None and t is None:
-                continue
-            target = TARGETS.get((case, dtype), "")
-            if dtype == "float64" and o is not None and "f64_over_f32" in o:
-                target += f" (is {o['f64_over_f32']:.2f}x)"
-            lines.append(
-                f"| {case} base | {shapes[case]} | {dtype} | {_s(o, 'median_s')} | {_s(t, 'median_s')} "
-                f"| {_r(o, 'time_ratio')} | {_s(o, 'peak_extra_mib', 0)} | {_s(t, 'peak_extra_mib', 0)} "
-                f"| {_r(o, 'peak_ratio')} | {_e(o, 'max_abs_diff_vs_torch')} | {target} |"
-            )
-    load = next((r for r in results["cases"] if r["impl"] == "load" and "error" not in r), None)
+    for row in results.get("rows", []):
+        if row["device"] != "cpu":
+            continue
+        target = TARGETS.get((row["case"], row["dtype"]), "")
+        if "f64_over_f32" in row:
+            target += f" (is {row['f64_over_f32']:.2f}x)"
+        lines.append(
+            f"| {row['case']} base | {SHAPES[row['case']]} | {row['dtype']} | {row['threads']} | {_f(row, 'ours_s', 3)} "
+            f"| {_f(row, 'torch_s', 3)} | {_f(row, 'time_ratio', 2)} | {_f(row, 'ours_peak_mib', 0)} "
+            f"| {_f(row, 'torch_peak_mib', 0)} | {_f(row, 'peak_ratio', 2)} | {_e(row, 'max_abs_diff_vs_torch')} "
+            f"| {target} |"
+        )
+    load = results.get("load")
     lines += ["", "## Loading LiLT base `model.safetensors`", ""]
-    if load:
+    if load and "error" not in load:
         lines += [
-            "| file | first load | warm load (median) | zero-copy | RSS after load | `from_pretrained` | target |",
+            "| file | first load | warm load (median) | zero-copy | RSS after load | `from_pretrained` (float32) | target |",
             "|---|---|---|---|---|---|---|",
             f"| {load['file_mib']:.0f} MiB | {load['first_ms']:.1f} ms | {load['warm_ms']:.2f} ms | "
             f"{'yes' if load['zero_copy'] else 'no'} | {load['rss_after_first_load_mib']:.0f} MiB | "
             f"{load['from_pretrained_ms']:.1f} ms | warm <= 10 ms, zero-copy |",
         ]
     else:
-        lines.append("load benchmark failed: see results.json")
+        lines.append(f"not run{': ' + load['error'] if load else ''}")
     lines += ["", "## GPU (float32, CuPy vs torch CUDA)", ""]
+    gpu_rows = [r for r in results.get("rows", []) if r["device"] == "cuda"]
     if not results.get("gpu"):
         lines.append("not run: no GPU in this environment")
     else:
-        lines += [
-            "| model | input | ours (s) | torch (s) | ours / torch | max abs diff |",
-            "|---|---|---|---|---|---|",
-        ]
-        for case in ("lilt_gpu", "lxmert_gpu"):
-            o = _find(results, "ours", case, "float32", "cuda")
-            t = _find(results, "torch", case, "float32", "cuda")
+        lines += ["| model | input | ours (s) | torch (s) | ours / torch |", "|---|---|---|---|---|"]
+        for row in gpu_rows:
             lines.append(
-                f"| {case[:-4]} base | {shapes[case]} | {_s(o, 'median_s', 4)} | {_s(t, 'median_s', 4)} "
-                f"| {_r(o, 'time_ratio')} | {_e(o, 'max_abs_diff_vs_torch')} |"
+                f"| {row['case'][:-4]} base | {SHAPES[row['case']]} | {_f(row, 'ours_s', 4)} "
+                f"| {_f(row, 'torch_s', 4)} | {_f(row, 'time_ratio', 2)} |"
             )
-    errors = [r for r in results["cases"] if "error" in r]
+    errors = [r for r in results["memory"] + results["timing"] + [load or {}] if "error" in r]
     if errors:
         lines += ["", "## Errors", ""] + [
-            f"- {r['impl']} {r['case']} {r['dtype']}: {r['error']}" for r in errors
+            f"- {r['kind']} {r['case']} {r.get('impl', '')}: {r['error']}" for r in errors
         ]
     return "\n".join(lines) + "\n"
 
 
-def _s(r, key, digits=3):
-    return "n/a" if r is None or key not in r else f"{r[key]:.{digits}f}"
+def _f(row, key, digits):
+    return "n/a" if key not in row else f"{row[key]:.{digits}f}"
 
 
-def _r(r, key):
-    return "n/a" if r is None or key not in r else f"{r[key]:.2f}"
-
-
-def _e(r, key):
-    return "n/a" if r is None or key not in r else f"{r[key]:.1e}"
+def _e(row, key):
+    return "n/a" if key not in row else f"{row[key]:.1e}"
 
 
 if __name__ == "__main__":
