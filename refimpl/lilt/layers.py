@@ -85,22 +85,13 @@ def lilt_self_attention(
     key_layer = split_heads(record("key", linear(hidden_states, **key)), num_heads)
     value_layer = split_heads(record("value", linear(hidden_states, **value)), num_heads)
 
-    # Each stream's scores are scaled by its own head size. The oracle divides the
-    # [b, n, s, s] scores; we divide the [b, n, s, d] queries first, s/d times less work and
-    # the same numbers when sqrt(d) is a power of two (64 and 16 at base size; otherwise
-    # they differ by rounding only). Relative position scores are added before the scaling, so with them
-    # the text scores are divided afterwards, as in the oracle.
-    head_size = query_layer.shape[-1]
-    relative = position_embedding_type in ("relative_key", "relative_key_query")
-    layout_query_layer = layout_query_layer / math.sqrt(head_size // channel_shrink_ratio)
-    scaled_query = query_layer if relative else query_layer / math.sqrt(head_size)
-
-    # scaled dot products of each stream: [b, n, s, d] @ [b, n, d, s] -> [b, n, s, s]
-    scores = attention_scores(scaled_query, key_layer)
-    layout_scores = attention_scores(layout_query_layer, layout_key_layer)
+    head_size = query_layer.shape[-1]  # d
+    text_scale = math.sqrt(head_size)
+    layout_scale = math.sqrt(head_size // channel_shrink_ratio)  # the oracle's sqrt(d // r)
 
     # relative positions add to the text scores only, before scaling: [b, n, s, s]
-    if relative:
+    rel = None
+    if position_embedding_type in ("relative_key", "relative_key_query"):
         # [s, s, d] embeddings of the distances l - r
         positional = record(
             "distance_embedding",
@@ -110,7 +101,6 @@ def lilt_self_attention(
         )
         if position_embedding_type == "relative_key":
             rel = record("relative_position_scores", relative_position_scores_query(query_layer, positional))
-            scores = scores + rel
         else:
             rel_q = record(
                 "relative_position_scores_query", relative_position_scores_query(query_layer, positional)
@@ -118,14 +108,30 @@ def lilt_self_attention(
             rel_k = record(
                 "relative_position_scores_key", relative_position_scores_key(key_layer, positional)
             )
-            scores = scores + rel_q + rel_k
-        scores /= math.sqrt(head_size)
-    record("tmp_attention_scores", scores)
-    record("tmp_layout_attention_scores", layout_scores)
-    # the shared scores, tmp + tmp_layout (the oracle's tmp_layout + tmp is the same number,
-    # as float addition commutes), in place: [b, n, s, s]
-    scores += layout_scores
-    del layout_scores
+            rel = rel_q + rel_k
+
+    # The shared scores, tmp_attention_scores + tmp_layout_attention_scores in the oracle,
+    # come from one product per head, since
+    #     [q / sqrt(d) | lq / sqrt(d/r)] @ [k | lk]^T = q k^T / sqrt(d) + lq lk^T / sqrt(d/r).
+    # It differs from the oracle's sum by rounding only (the oracle scales the [s, s] scores;
+    # scaling the [s, d] queries is exact when the square roots are powers of two, as at
+    # base size: 8 and 4). [b, n, s, d + d/r] each:
+    queries = xp.concatenate([query_layer / text_scale, layout_query_layer / layout_scale], axis=-1)
+    keys = xp.concatenate([key_layer, layout_key_layer], axis=-1)
+    scores = attention_scores(queries, keys)  # [b, n, s, s]
+    del queries, keys
+    if rel is not None:
+        scores += rel / text_scale
+    if trace.active() is not None:  # golden files also get the oracle's two summands
+        text_scores = attention_scores(query_layer, key_layer)  # [b, n, s, s]
+        if rel is not None:
+            text_scores += rel
+        record("tmp_attention_scores", text_scores / text_scale)
+        record(
+            "tmp_layout_attention_scores",
+            attention_scores(layout_query_layer, layout_key_layer) / layout_scale,
+        )
+    # the oracle's tmp + tmp_layout and tmp_layout + tmp are the same numbers
     record("attention_scores", scores)
     record("layout_attention_scores", scores)
 
@@ -134,12 +140,15 @@ def lilt_self_attention(
     if additive_mask is not None:
         scores += additive_mask  # broadcast over heads (and queries for a 2-d mask)
     probs = apply_head_mask(softmax(scores, axis=-1, out=scores), layer_head_mask)
-    # layout stream: weighted layout values: [b, n, s, s] @ [b, n, s, d/r] -> [b, s, h/r]
     record("layout_attention_probs", probs)
-    layout_context = record("layout_context", merge_heads(xp.matmul(probs, layout_value_layer)))
-    # text stream: the same probabilities on the text values: [b, n, s, s] @ [b, n, s, d] -> [b, s, h]
     record("attention_probs", probs)
-    context = record("context", merge_heads(xp.matmul(probs, value_layer)))
+
+    # both streams' values weighted by the shared probabilities in one product per head:
+    # [b, n, s, s] @ [b, n, s, d + d/r] -> [b, n, s, d + d/r]
+    contexts = xp.matmul(probs, xp.concatenate([value_layer, layout_value_layer], axis=-1))
+    # split the streams and merge the heads: [b, s, h/r] and [b, s, h]
+    layout_context = record("layout_context", merge_heads(contexts[..., head_size:]))
+    context = record("context", merge_heads(contexts[..., :head_size]))
     layout_probs = probs
     return context, layout_context, probs, layout_probs
 
