@@ -12,10 +12,15 @@ CuPy is imported only when a caller asks for ``device="cuda"`` or hands us a CuP
 
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import ctypes.util
 import importlib
+import os
 import sys
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -28,6 +33,9 @@ __all__ = [
     "cupy",
     "cuda_available",
     "tune_allocator",
+    "num_threads",
+    "set_num_threads",
+    "host_map",
     "DEVICES",
 ]
 
@@ -166,3 +174,81 @@ def tune_allocator(mmap_threshold: int = _MAX_MMAP_THRESHOLD, trim_threshold: in
     ok_mmap = mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)) == 1
     ok_trim = mallopt(_M_TRIM_THRESHOLD, int(min(trim_threshold, 2**31 - 1))) == 1
     return ok_mmap and ok_trim
+
+
+# --------------------------------------------------------------------------------------------
+# host threads for elementwise work
+# --------------------------------------------------------------------------------------------
+
+_threads: int | None = None
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def num_threads() -> int:
+    """Host threads for large elementwise steps (GELU, erf, ...) on NumPy arrays.
+
+    NumPy runs each elementwise loop on one thread (only its BLAS is threaded); refimpl
+    splits large elementwise steps into cache-sized chunks and shares them out over this many
+    threads (NumPy releases the GIL inside its loops).
+
+    Returns:
+        ``set_num_threads(n)``'s ``n`` if set; else the first positive integer among the
+        environment variables ``REFIMPL_NUM_THREADS``, ``OMP_NUM_THREADS``,
+        ``OPENBLAS_NUM_THREADS``; else the number of CPUs this process may run on.
+    """
+    if _threads is not None:
+        return _threads
+    for var in ("REFIMPL_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        value = os.environ.get(var, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
+def set_num_threads(n: int | None) -> None:
+    """Set the host threads of :func:`num_threads`; ``None`` goes back to the default.
+
+    Raises:
+        ValueError: ``n`` is neither ``None`` nor a positive integer.
+    """
+    global _threads, _pool
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"n must be a positive integer or None, got {n!r}")
+    with _pool_lock:
+        _threads = n
+        if _pool is not None:
+            _pool.shutdown(wait=True)
+            _pool = None
+
+
+def host_map(fn: Callable[[Any], Any], items: Iterable[Any]) -> list:
+    """``[fn(item) for item in items]``, shared out over :func:`num_threads` host threads.
+
+    ``fn`` must write only memory that no other item writes (one chunk of an output array,
+    say). Each call runs in a copy of the caller's context, so ``numpy.errstate`` applies.
+    With one thread or one item everything runs in the calling thread, in order.
+
+    Args:
+        fn: called once per item.
+        items: finite iterable.
+
+    Returns:
+        the results, in the order of ``items``.
+    """
+    global _pool
+    items = list(items)
+    n = num_threads()
+    if n <= 1 or len(items) <= 1:
+        return [fn(item) for item in items]
+    with _pool_lock:
+        if _pool is None or _pool._max_workers != n:
+            if _pool is not None:
+                _pool.shutdown(wait=True)
+            _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="refimpl")
+        pool = _pool
+    context = contextvars.copy_context()  # NumPy's errstate (a context variable) travels along
+    return list(pool.map(lambda item: context.copy().run(fn, item), items))

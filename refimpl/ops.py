@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from .backend import get_namespace, is_device_array
+from .backend import get_namespace, host_map, is_device_array
 
 __all__ = [
     "linear",
@@ -70,7 +70,8 @@ def _float_dtype(xp, x):
 
 
 def _elementwise(block, x, out):
-    """Run ``block(xp, x_chunk, out_chunk)`` over cache-sized 1-D chunks of ``x``.
+    """Run ``block(xp, x_chunk, out_chunk)`` over cache-sized 1-D chunks of ``x``, shared out
+    over ``backend.num_threads()`` host threads (NumPy releases the GIL in its loops).
 
     ``block`` must allow ``out_chunk`` to be the same memory as ``x_chunk`` (every step reads
     its inputs before the positions it writes), so ``out=x`` works in place.
@@ -100,8 +101,11 @@ def _elementwise(block, x, out):
     flat_out = out.reshape(-1)  # a view: out is C-contiguous
     n = flat_x.shape[0]
     step = n if is_device_array(x) else max(1, _CHUNK_BYTES // x.dtype.itemsize)
-    for start in range(0, n, step):
+
+    def run(start):  # one chunk; chunks touch disjoint ranges of x and out
         block(xp, flat_x[start : start + step], flat_out[start : start + step])
+
+    host_map(run, range(0, n, step))  # chunks in parallel over backend.num_threads() threads
     return out
 
 

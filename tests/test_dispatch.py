@@ -282,3 +282,36 @@ def test_tune_allocator_validates_and_applies():
 
 def test_cuda_available_is_a_bool_without_raising():
     assert backend.cuda_available() in (True, False)
+
+
+@pytest.fixture
+def two_threads():
+    backend.set_num_threads(2)
+    yield
+    backend.set_num_threads(None)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["gelu", "erf", "gelu_new", "silu"])
+def test_threaded_elementwise_equals_serial(two_threads, name, dtype):
+    """Chunks shared out over threads give bit-identical results (each chunk is independent)."""
+    fn = getattr(ops, name) if hasattr(ops, name) else ops.get_activation(name)
+    x = np.random.default_rng(5).standard_normal((300, 3072)).astype(dtype) * 3  # many chunks
+    threaded = fn(x.copy())
+    backend.set_num_threads(1)
+    serial = fn(x.copy())
+    np.testing.assert_array_equal(threaded, serial)
+
+
+def test_host_map_order_and_thread_settings(two_threads):
+    assert backend.num_threads() == 2
+    assert backend.host_map(lambda i: i * i, range(7)) == [i * i for i in range(7)]
+    with pytest.raises(ValueError, match="positive integer"):
+        backend.set_num_threads(0)
+    backend.set_num_threads(None)
+    assert backend.num_threads() >= 1
+
+
+def test_host_map_keeps_the_callers_errstate(two_threads):
+    with np.errstate(over="raise"):
+        assert backend.host_map(lambda _: np.geterr()["over"], range(4)) == ["raise"] * 4
