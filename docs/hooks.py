@@ -46,7 +46,10 @@ def on_page_markdown(markdown, page, config, files):
             return f'!!! note "Not generated yet"\n    `{rel}` does not exist in this checkout yet.\n'
         with open(path, encoding="utf-8") as f:
             text = f.read()
-        # Demote headings one level so the included file nests under the page's title.
-        return re.sub(r"^(#{1,5}) ", r"#\1 ", text, flags=re.M)
+        # Nest the included file under the heading that precedes the marker: its "#" becomes
+        # one level below that heading.
+        above = re.findall(r"^(#{1,6}) ", markdown[: m.start()], flags=re.M)
+        shift = len(above[-1]) if above else 1
+        return re.sub(r"^(#{1,6}) ", lambda h: "#" * min(6, len(h.group(1)) + shift) + " ", text, flags=re.M)
 
     return _INCLUDE.sub(splice, markdown)
