@@ -185,6 +185,23 @@ def softmax(x, axis: int = -1, out=None):
         same shape as ``x``, non-negative, summing to 1 over ``axis``.
     """
     xp = get_namespace(x)
+    in_place_rows = out is x and axis in (-1, x.ndim - 1) and x.ndim > 1 and x.flags.c_contiguous
+    if in_place_rows and not is_device_array(x) and x.nbytes > 2 * _CHUNK_BYTES:
+        # large host array in place over its last axis: cache-sized blocks of rows (each row
+        # computed exactly as below), shared over the host threads
+        rows = x.reshape(-1, x.shape[-1])  # [r, n], a view
+        per = max(1, _CHUNK_BYTES // (x.shape[-1] * x.itemsize))  # rows per block
+
+        def block(start):  # rows [start, start + per), in place
+            _softmax(xp, rows[start : start + per], -1, rows[start : start + per])
+
+        host_map(block, range(0, rows.shape[0], per))
+        return x
+    return _softmax(xp, x, axis, out)
+
+
+def _softmax(xp, x, axis, out):
+    """:func:`softmax`'s arithmetic on one array (``out`` may be ``x`` or ``None``)."""
     row_max = x.max(axis=axis, keepdims=True)  # [..., 1, ...]
     e = xp.subtract(x, row_max, out=out)  # [...]
     xp.exp(e, out=e)
