@@ -140,14 +140,15 @@ def lilt_self_attention(
     if additive_mask is not None:
         scores += additive_mask  # broadcast over heads (and queries for a 2-d mask)
     probs = apply_head_mask(softmax(scores, axis=-1, out=scores), layer_head_mask)
-    record("layout_attention_probs", probs)
-    record("attention_probs", probs)
 
     # both streams' values weighted by the shared probabilities in one product per head:
     # [b, n, s, s] @ [b, n, s, d + d/r] -> [b, n, s, d + d/r]
     contexts = xp.matmul(probs, xp.concatenate([value_layer, layout_value_layer], axis=-1))
-    # split the streams and merge the heads: [b, s, h/r] and [b, s, h]
+    # split the streams and merge the heads: [b, s, h/r] and [b, s, h] (recorded in the
+    # oracle's order: the layout stream first)
+    record("layout_attention_probs", probs)
     layout_context = record("layout_context", merge_heads(contexts[..., head_size:]))
+    record("attention_probs", probs)
     context = record("context", merge_heads(contexts[..., :head_size]))
     layout_probs = probs
     return context, layout_context, probs, layout_probs
