@@ -209,3 +209,36 @@ def test_label_errors():
 def test_question_answering_needs_two_labels():
     with pytest.raises(ValueError, match=r"num_labels == 2"):
         LiltForQuestionAnswering.expected_shapes(config(num_labels=3))
+
+
+def test_unset_output_flags_take_the_configs_value_as_the_oracle(tmp_path):
+    """config.json may set output_attentions / output_hidden_states; an unset keyword follows it."""
+    import torch
+    import transformers
+    from _oracle import build, save, to_numpy
+
+    import refimpl
+
+    cfg = transformers.LiltConfig(
+        vocab_size=30,
+        hidden_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=40,
+        max_2d_position_embeddings=50,
+        channel_shrink_ratio=2,
+        output_attentions=True,
+        output_hidden_states=True,
+    )
+    oracle = build(transformers.LiltModel, cfg, seed=3)
+    model = refimpl.from_pretrained(save(oracle, tmp_path), dtype="float64")
+    ids = np.array([[0, 5, 7, 9, 2]])
+    with torch.no_grad():
+        theirs = oracle(input_ids=torch.tensor(ids))
+    ours = model(input_ids=ids)
+    assert len(ours.attentions) == len(theirs.attentions) == 2
+    assert len(ours.hidden_states) == len(theirs.hidden_states) == 3
+    np.testing.assert_allclose(ours.hidden_states[1], to_numpy(theirs.hidden_states[1]), atol=1e-10, rtol=0)
+    quiet = model(input_ids=ids, output_attentions=False, output_hidden_states=False)
+    assert quiet.attentions is None and quiet.hidden_states is None

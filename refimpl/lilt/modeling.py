@@ -413,7 +413,12 @@ class _LiltBase(PreTrainedModel):
             x = backend.to_device(x, self.device)
         return x
 
-    def _base(self, w, kw, add_pooling_layer: bool, output_attentions: bool, output_hidden_states: bool):
+    def _base(self, w, kw, add_pooling_layer: bool, output_attentions, output_hidden_states):
+        # as the oracle: an unset flag takes the config's value (config.json may set it)
+        if output_attentions is None:
+            output_attentions = bool(self.config.output_attentions)
+        if output_hidden_states is None:
+            output_hidden_states = bool(self.config.output_hidden_states)
         names = (
             "input_ids",
             "bbox",
@@ -457,8 +462,8 @@ class LiltModel(_LiltBase):
         position_ids=None,
         head_mask=None,
         inputs_embeds=None,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> LiltModelOutput:
         """Run the encoder.
 
@@ -470,7 +475,7 @@ class LiltModel(_LiltBase):
             position_ids: integer ``[batch, seq]`` (default: RoBERTa's, from ``pad_token_id + 1``).
             head_mask: ``[heads]`` or ``[layers, heads]``, 1 = keep.
             inputs_embeds: ``[batch, seq, hidden]`` instead of ``input_ids``.
-            output_attentions, output_hidden_states: add the per-layer tuples.
+            output_attentions, output_hidden_states: add the per-layer tuples (``None``: the config's value).
         """
         kw = dict(locals())
         return self._base(self.weights, kw, True, output_attentions, output_hidden_states)
@@ -503,8 +508,8 @@ class LiltForSequenceClassification(_LiltBase):
         head_mask=None,
         inputs_embeds=None,
         labels=None,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> SequenceClassifierOutput:
         """LiltModel's inputs plus ``labels``: integer ``[batch]`` (single-label), float
         ``[batch, num_labels]`` (multi-label) or float ``[batch]`` (regression, ``num_labels == 1``).
@@ -561,8 +566,8 @@ class LiltForTokenClassification(_LiltBase):
         head_mask=None,
         inputs_embeds=None,
         labels=None,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> TokenClassifierOutput:
         """LiltModel's inputs plus ``labels``: integer ``[batch, seq]`` in ``[0, num_labels - 1]``
         or -100 (ignored). The loss is the mean cross entropy over the non-ignored tokens."""
@@ -614,8 +619,8 @@ class LiltForQuestionAnswering(_LiltBase):
         inputs_embeds=None,
         start_positions=None,
         end_positions=None,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> QuestionAnsweringModelOutput:
         """LiltModel's inputs plus ``start_positions`` / ``end_positions``: integer ``[batch]``.
         Positions outside ``[0, seq - 1]`` are ignored in the loss (clamped to ``seq``, as the oracle)."""
