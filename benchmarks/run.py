@@ -490,6 +490,7 @@ def summarize(results: dict) -> list[dict]:
                 "device": timing["device"],
                 "dtype": dtype,
                 "threads": timing["threads"],
+                "load_average": timing.get("load_average", [float("nan")])[0],
                 "ours_s": t["ours", dtype],
             }
             if ("torch", dtype) in t:
@@ -554,13 +555,15 @@ def to_markdown(results: dict) -> str:
         "**Peak**: extra resident memory of one forward (`VmHWM` after `clear_refs` minus `VmRSS` with the "
         f"weights resident), each implementation in its own process, at {m['threads'][0]} thread(s). "
         "Both call `refimpl.backend.tune_allocator()`. "
-        "**Diff**: max |ours - torch| of the main output (LiLT `last_hidden_state`, LXMERT `language_output`).",
+        "**Diff**: max |ours - torch| of the main output (LiLT `last_hidden_state`, LXMERT `language_output`). "
+        "**Load**: the machine's 1-minute load average when that timing ended: other work on the machine "
+        "(with fewer free cores than threads) moves the 2-thread ratio by several percent either way.",
         "",
         "## CPU",
         "",
-        "| model | input | dtype | threads | ours (s) | torch (s) | ours / torch | ours peak (MiB) "
+        "| model | input | dtype | threads | ours (s) | torch (s) | ours / torch | load | ours peak (MiB) "
         "| torch peak (MiB) | peak ratio | diff | target |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results.get("rows", []):
         if row["device"] != "cpu":
@@ -570,7 +573,8 @@ def to_markdown(results: dict) -> str:
             target += f" (is {row['f64_over_f32']:.2f}x)"
         lines.append(
             f"| {row['case']} base | {SHAPES[row['case']]} | {row['dtype']} | {row['threads']} | {_f(row, 'ours_s', 3)} "
-            f"| {_f(row, 'torch_s', 3)} | {_f(row, 'time_ratio', 2)} | {_f(row, 'ours_peak_mib', 0)} "
+            f"| {_f(row, 'torch_s', 3)} | {_f(row, 'time_ratio', 2)} | {_f(row, 'load_average', 1)} "
+            f"| {_f(row, 'ours_peak_mib', 0)} "
             f"| {_f(row, 'torch_peak_mib', 0)} | {_f(row, 'peak_ratio', 2)} | {_e(row, 'max_abs_diff_vs_torch')} "
             f"| {target} |"
         )
