@@ -54,7 +54,8 @@ def build(path: str) -> str:
     nb = jupytext.read(path)
     t = time.perf_counter()
     execute(nb)
-    for cell in nb.cells:  # keep diffs small: no per-run execution metadata
+    for i, cell in enumerate(nb.cells):  # keep diffs small: stable ids, no per-run metadata
+        cell["id"] = f"cell-{i:03d}"
         cell.get("metadata", {}).pop("execution", None)
     out = os.path.splitext(path)[0] + ".ipynb"
     jupytext.write(nb, out, fmt="ipynb")
