@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
+from tokenizers import AddedToken
 
 # transformers: VERY_LARGE_INTEGER = int(1e30) is "no limit"; anything above LARGE_INTEGER = int(1e20) counts as none.
 VERY_LARGE_INTEGER = int(1e30)
@@ -345,3 +346,65 @@ def check_side(name: str, value: str) -> str:
     if value not in ("right", "left"):
         raise ValueError(f"{name}={value!r} must be 'right' or 'left'")
     return value
+
+
+def added_token(entry: dict, normalized: bool) -> AddedToken:
+    """An AddedToken from a tokenizer_config.json "added_tokens_decoder" entry.
+
+    Args:
+        entry: the entry (``content`` and optional flags).
+        normalized: the flag's default when the entry leaves it out (the two tokenizer
+            families of transformers differ here).
+    """
+    return AddedToken(
+        entry["content"],
+        single_word=entry.get("single_word", False),
+        lstrip=entry.get("lstrip", False),
+        rstrip=entry.get("rstrip", False),
+        normalized=entry.get("normalized", normalized),
+        special=entry.get("special", False),
+    )
+
+
+class TokenizerVocabulary:
+    """Vocabulary look-ups both tokenizers share; they hold a ``tokenizers.Tokenizer`` as ``backend``
+    and special-token strings as ``cls_token``, ``sep_token``, ``pad_token`` (and ``mask_token``)."""
+
+    backend = None
+    cls_token = sep_token = pad_token = mask_token = None
+
+    def token_to_id(self, token: str | None) -> int | None:
+        """Id of a token string (None if absent)."""
+        return None if token is None else self.backend.token_to_id(token)
+
+    @property
+    def cls_token_id(self) -> int | None:
+        """Id of the classification token (``<s>`` / ``[CLS]``)."""
+        return self.token_to_id(self.cls_token)
+
+    @property
+    def sep_token_id(self) -> int | None:
+        """Id of the separator token (``</s>`` / ``[SEP]``)."""
+        return self.token_to_id(self.sep_token)
+
+    @property
+    def pad_token_id(self) -> int | None:
+        """Id of the padding token."""
+        return self.token_to_id(self.pad_token)
+
+    @property
+    def mask_token_id(self) -> int | None:
+        """Id of the mask token (None if the tokenizer has none)."""
+        return self.token_to_id(self.mask_token)
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the base vocabulary (without added tokens)."""
+        return self.backend.get_vocab_size(with_added_tokens=False)
+
+    def __len__(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        """Token ids (a sequence of ints) -> text, through the backend's decoder."""
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)

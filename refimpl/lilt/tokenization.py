@@ -35,6 +35,8 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from ..tokenization_utils import (
     VERY_LARGE_INTEGER,
     BatchEncoding,
+    TokenizerVocabulary,
+    added_token,
     check_side,
     encode_rows,
     pad_rows,
@@ -124,18 +126,6 @@ def build_bpe_backend(
     return backend
 
 
-def _added_token(entry: dict) -> AddedToken:
-    """An AddedToken from a tokenizer_config.json "added_tokens_decoder" entry."""
-    return AddedToken(
-        entry["content"],
-        single_word=entry.get("single_word", False),
-        lstrip=entry.get("lstrip", False),
-        rstrip=entry.get("rstrip", False),
-        normalized=entry.get("normalized", True),
-        special=entry.get("special", False),
-    )
-
-
 def _rebuild_component(component, module, **changes):
     """Re-create a tokenizers component (pre-tokenizer / post-processor) with some fields changed.
 
@@ -194,7 +184,7 @@ def check_words_boxes_labels(words, boxes, labels, where: str) -> None:
             )
 
 
-class LiltTokenizer:
+class LiltTokenizer(TokenizerVocabulary):
     """Tokenizer for LiLT checkpoints; equal to transformers' ``LayoutLMv3TokenizerFast``.
 
     Build it with ``LiltTokenizer.from_pretrained(checkpoint_dir)`` (reads tokenizer.json, or
@@ -306,7 +296,7 @@ class LiltTokenizer:
         # Flags of the added tokens: tokenizer_config.json's "added_tokens_decoder" if present,
         # else LayoutLMv3Tokenizer's defaults (mask_token strips the space on its left).
         decoder = config.get("added_tokens_decoder", {})
-        added = [_added_token(decoder[k]) for k in sorted(decoder, key=int)]
+        added = [added_token(decoder[k], normalized=True) for k in sorted(decoder, key=int)]
         known = {t.content for t in added}
         for name in SPECIAL_TOKEN_NAMES:
             content = specials[name]
@@ -366,34 +356,6 @@ class LiltTokenizer:
         )
 
     # ------------------------------------------------------------------------------------ vocabulary
-    def token_to_id(self, token: str | None) -> int | None:
-        """Id of a token string (None if absent)."""
-        return None if token is None else self.backend.token_to_id(token)
-
-    @property
-    def cls_token_id(self):
-        return self.token_to_id(self.cls_token)
-
-    @property
-    def sep_token_id(self):
-        return self.token_to_id(self.sep_token)
-
-    @property
-    def pad_token_id(self):
-        return self.token_to_id(self.pad_token)
-
-    @property
-    def vocab_size(self) -> int:
-        """Size of the base vocabulary (without added tokens)."""
-        return self.backend.get_vocab_size(with_added_tokens=False)
-
-    def __len__(self) -> int:
-        return self.backend.get_vocab_size(with_added_tokens=True)
-
-    def decode(self, ids, skip_special_tokens: bool = False) -> str:
-        """Token ids -> text (byte-level decoding)."""
-        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
-
     # ------------------------------------------------------------------------------------- encoding
     def __call__(
         self,

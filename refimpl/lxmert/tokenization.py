@@ -24,6 +24,8 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre
 from ..tokenization_utils import (
     VERY_LARGE_INTEGER,
     BatchEncoding,
+    TokenizerVocabulary,
+    added_token,
     check_side,
     encode_rows,
     pad_rows,
@@ -97,18 +99,6 @@ def build_wordpiece_backend(
     return backend
 
 
-def _added_token(entry: dict) -> AddedToken:
-    """An AddedToken from a tokenizer_config.json "added_tokens_decoder" entry."""
-    return AddedToken(
-        entry["content"],
-        single_word=entry.get("single_word", False),
-        lstrip=entry.get("lstrip", False),
-        rstrip=entry.get("rstrip", False),
-        normalized=entry.get("normalized", False),
-        special=entry.get("special", False),
-    )
-
-
 def _is_text_input(t) -> bool:
     """transformers' accepted shapes: str, list[str], list[list[str]] (empty lists too)."""
     if isinstance(t, str):
@@ -133,7 +123,7 @@ def _check_strings(value, name: str, depth: int) -> None:
         _check_strings(v, f"{name}[{i}]", depth - 1)
 
 
-class LxmertTokenizer:
+class LxmertTokenizer(TokenizerVocabulary):
     """Tokenizer for LXMERT checkpoints; equal to transformers' ``LxmertTokenizerFast``.
 
     ::
@@ -205,7 +195,7 @@ class LxmertTokenizer:
             for name in SPECIAL_TOKEN_NAMES
         }
         decoder = config.get("added_tokens_decoder", {})
-        added = [_added_token(decoder[k]) for k in sorted(decoder, key=int)]
+        added = [added_token(decoder[k], normalized=False) for k in sorted(decoder, key=int)]
         known = {t.content for t in added}
         for name in SPECIAL_TOKEN_NAMES:
             content = specials[name]
@@ -249,38 +239,6 @@ class LxmertTokenizer:
         )
 
     # ------------------------------------------------------------------------------------ vocabulary
-    def token_to_id(self, token: str | None) -> int | None:
-        """Id of a token string (None if absent)."""
-        return None if token is None else self.backend.token_to_id(token)
-
-    @property
-    def pad_token_id(self):
-        return self.token_to_id(self.pad_token)
-
-    @property
-    def cls_token_id(self):
-        return self.token_to_id(self.cls_token)
-
-    @property
-    def sep_token_id(self):
-        return self.token_to_id(self.sep_token)
-
-    @property
-    def mask_token_id(self):
-        return self.token_to_id(self.mask_token)
-
-    @property
-    def vocab_size(self) -> int:
-        """Size of the base vocabulary (without added tokens)."""
-        return self.backend.get_vocab_size(with_added_tokens=False)
-
-    def __len__(self) -> int:
-        return self.backend.get_vocab_size(with_added_tokens=True)
-
-    def decode(self, ids, skip_special_tokens: bool = False) -> str:
-        """Token ids -> text (WordPiece decoding, "##" pieces glued)."""
-        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
-
     # ------------------------------------------------------------------------------------- encoding
     def __call__(
         self,
