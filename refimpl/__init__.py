@@ -32,7 +32,9 @@ BASE_MODELS = {"lilt": "LiltModel", "lxmert": "LxmertModel"}
 def model_class(name: str):
     """Import and return the class for an architecture name (see ``SUPPORTED_ARCHITECTURES``)."""
     if name not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(f"architecture {name!r} is not supported; supported: {sorted(SUPPORTED_ARCHITECTURES)}")
+        raise ValueError(
+            f"architecture {name!r} is not supported; supported: {sorted(SUPPORTED_ARCHITECTURES)}"
+        )
     module, cls = SUPPORTED_ARCHITECTURES[name].split(":")
     return getattr(importlib.import_module(module), cls)
 

@@ -46,7 +46,9 @@ class PreTrainedModel:
     tied_keys: ClassVar[dict[str, str]] = {}
     ignored_unexpected: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, config: PretrainedConfig, params: dict[str, Any], dtype="float32", device: str = "cpu"):
+    def __init__(
+        self, config: PretrainedConfig, params: dict[str, Any], dtype="float32", device: str = "cpu"
+    ):
         self.config = config
         self.dtype = resolve_dtype(dtype)
         self.device = device

@@ -16,7 +16,11 @@ def randomize_(model: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torc
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=g, dtype=torch.float64) * std
-            if name.endswith("LayerNorm.weight") or name.endswith("layer_norm.weight") or "norm.weight" in name:
+            if (
+                name.endswith("LayerNorm.weight")
+                or name.endswith("layer_norm.weight")
+                or "norm.weight" in name
+            ):
                 noise = noise + 1.0
             p.copy_(noise.to(p.dtype))
     return model

@@ -19,5 +19,7 @@ settings.register_profile(
     max_examples=25,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-settings.register_profile("thorough", deadline=None, max_examples=300, suppress_health_check=list(HealthCheck))
+settings.register_profile(
+    "thorough", deadline=None, max_examples=300, suppress_health_check=list(HealthCheck)
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))

@@ -80,7 +80,9 @@ def test_lxmert_config_keeps_unknown_keys_and_derives_layers():
 
 
 def test_from_pretrained_names_unknown_architectures(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "lilt", "architectures": ["LiltForMagic"]}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "lilt", "architectures": ["LiltForMagic"]})
+    )
     with pytest.raises(ValueError, match="LiltForMagic"):
         refimpl.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
