@@ -506,21 +506,27 @@ def gelu_10(x):
     return xp.clip(y, -10.0, 10.0, out=y)
 
 
-def gelu_new(x):
-    """transformers' ``"gelu_new"``: ``0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))``.
-
-    The tanh GELU of the Google BERT / GPT-2 repos; ``torch.pow(x, 3.0)`` is ``x * x * x``.
-    """
+def _tanh_gelu(x, beta: float):
+    """``0.5 * x * (1 + tanh(beta * (x + 0.044715 * x^3)))``, the tanh GELU; ``beta`` is
+    ``sqrt(2/pi)`` spelled as each source spells it (the spellings differ in the last bit)."""
     xp = get_namespace(x)
     inner = x * x * x  # torch.pow(x, 3.0)
     inner *= 0.044715
     inner += x
-    inner *= _SQRT_2_OVER_PI
+    inner *= beta
     xp.tanh(inner, out=inner)
     inner += 1.0
     y = 0.5 * x
     y *= inner
     return y
+
+
+def gelu_new(x):
+    """transformers' ``"gelu_new"``: ``0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))``.
+
+    The tanh GELU of the Google BERT / GPT-2 repos; ``torch.pow(x, 3.0)`` is ``x * x * x``.
+    """
+    return _tanh_gelu(x, _SQRT_2_OVER_PI)
 
 
 def gelu_accurate(x):
@@ -534,16 +540,7 @@ def gelu_pytorch_tanh(x):
     torch's kernel: ``0.5 * x * (1 + tanh(kBeta * (x + 0.044715 * x^3)))`` with
     ``kBeta = M_SQRT2 * M_2_SQRTPI * 0.5``.
     """
-    xp = get_namespace(x)
-    inner = x * x * x
-    inner *= 0.044715
-    inner += x
-    inner *= _GELU_TANH_BETA
-    xp.tanh(inner, out=inner)
-    inner += 1.0
-    y = 0.5 * x
-    y *= inner
-    return y
+    return _tanh_gelu(x, _GELU_TANH_BETA)
 
 
 def gelu_fast(x):
