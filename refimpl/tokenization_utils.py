@@ -366,9 +366,13 @@ def added_token(entry: dict, normalized: bool) -> AddedToken:
     )
 
 
-class TokenizerVocabulary:
-    """Vocabulary look-ups both tokenizers share; they hold a ``tokenizers.Tokenizer`` as ``backend``
-    and special-token strings as ``cls_token``, ``sep_token``, ``pad_token`` (and ``mask_token``)."""
+class TokenizerBase:
+    """What both tokenizers share: vocabulary look-ups, and steps 2-3 of the pipeline above.
+
+    A subclass holds a ``tokenizers.Tokenizer`` as ``backend``, special-token strings as
+    ``cls_token``, ``sep_token``, ``pad_token`` (and ``mask_token``), and ``pad_token_type_id``,
+    ``padding_side``, ``truncation_side``.
+    """
 
     backend = None
     cls_token = sep_token = pad_token = mask_token = None
@@ -408,3 +412,50 @@ class TokenizerVocabulary:
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         """Token ids (a sequence of ints) -> text, through the backend's decoder."""
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def encode_and_pad(
+        self,
+        inputs: list,
+        *,
+        is_pretokenized: bool,
+        add_special_tokens: bool,
+        truncation_strategy: str,
+        padding_strategy: str,
+        max_length: int | None,
+        stride: int,
+        pad_to_multiple_of: int | None,
+        padding_side: str | None,
+        return_overflowing_tokens: bool,
+    ) -> list[Row]:
+        """Run the backend on ``inputs`` (:func:`encode_rows`), then pad the rows (:func:`pad_rows`).
+
+        Args:
+            inputs: one entry per sample: a sequence, or a ``(first, second)`` pair.
+            padding_side: ``None`` for the tokenizer's own.
+            the rest: as resolved by :func:`resolve_strategies` and the call's keywords.
+
+        Returns:
+            one :class:`Row` per model input sequence (overflow windows included), padded.
+        """
+        rows = encode_rows(
+            self.backend,
+            inputs,
+            is_pretokenized=is_pretokenized,
+            add_special_tokens=add_special_tokens,
+            truncation_strategy=truncation_strategy,
+            max_length=max_length,
+            stride=stride,
+            truncation_side=self.truncation_side,
+            return_overflowing_tokens=return_overflowing_tokens,
+        )
+        pad_rows(
+            rows,
+            padding_strategy=padding_strategy,
+            max_length=max_length,
+            pad_to_multiple_of=pad_to_multiple_of,
+            padding_side=check_side("padding_side", padding_side or self.padding_side),
+            pad_token_id=self.pad_token_id,
+            pad_token=self.pad_token,
+            pad_token_type_id=self.pad_token_type_id,
+        )
+        return rows

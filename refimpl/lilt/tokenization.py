@@ -35,11 +35,9 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from ..tokenization_utils import (
     VERY_LARGE_INTEGER,
     BatchEncoding,
-    TokenizerVocabulary,
+    TokenizerBase,
     added_token,
     check_side,
-    encode_rows,
-    pad_rows,
     read_json,
     resolve_strategies,
     strip_batch_axis,
@@ -184,7 +182,7 @@ def check_words_boxes_labels(words, boxes, labels, where: str) -> None:
             )
 
 
-class LiltTokenizer(TokenizerVocabulary):
+class LiltTokenizer(TokenizerBase):
     """Tokenizer for LiLT checkpoints; equal to transformers' ``LayoutLMv3TokenizerFast``.
 
     Build it with ``LiltTokenizer.from_pretrained(checkpoint_dir)`` (reads tokenizer.json, or
@@ -462,26 +460,17 @@ class LiltTokenizer(TokenizerVocabulary):
             inputs = [(q.split(), list(w)) for q, w in zip(questions, batch_words, strict=True)]
         else:
             inputs = [list(w) for w in batch_words]
-        rows = encode_rows(
-            self.backend,
+        rows = self.encode_and_pad(
             inputs,
             is_pretokenized=True,
             add_special_tokens=add_special_tokens,
             truncation_strategy=truncation_strategy,
-            max_length=max_length,
-            stride=stride,
-            truncation_side=self.truncation_side,
-            return_overflowing_tokens=return_overflowing_tokens,
-        )
-        pad_rows(
-            rows,
             padding_strategy=padding_strategy,
             max_length=max_length,
+            stride=stride,
             pad_to_multiple_of=pad_to_multiple_of,
-            padding_side=check_side("padding_side", padding_side or self.padding_side),
-            pad_token_id=self.pad_token_id,
-            pad_token=self.pad_token,
-            pad_token_type_id=self.pad_token_type_id,
+            padding_side=padding_side,
+            return_overflowing_tokens=return_overflowing_tokens,
         )
 
         # ---- token-level boxes and labels

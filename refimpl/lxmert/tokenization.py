@@ -24,11 +24,9 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre
 from ..tokenization_utils import (
     VERY_LARGE_INTEGER,
     BatchEncoding,
-    TokenizerVocabulary,
+    TokenizerBase,
     added_token,
     check_side,
-    encode_rows,
-    pad_rows,
     read_json,
     resolve_strategies,
     strip_batch_axis,
@@ -123,7 +121,7 @@ def _check_strings(value, name: str, depth: int) -> None:
         _check_strings(v, f"{name}[{i}]", depth - 1)
 
 
-class LxmertTokenizer(TokenizerVocabulary):
+class LxmertTokenizer(TokenizerBase):
     """Tokenizer for LXMERT checkpoints; equal to transformers' ``LxmertTokenizerFast``.
 
     ::
@@ -314,26 +312,17 @@ class LxmertTokenizer(TokenizerVocabulary):
         padding_strategy, truncation_strategy, max_length = resolve_strategies(
             padding, truncation, max_length, pad_to_multiple_of, self.model_max_length, self.pad_token_id
         )
-        rows = encode_rows(
-            self.backend,
+        rows = self.encode_and_pad(
             inputs,
             is_pretokenized=is_split_into_words,
             add_special_tokens=add_special_tokens,
             truncation_strategy=truncation_strategy,
-            max_length=max_length,
-            stride=stride,
-            truncation_side=self.truncation_side,
-            return_overflowing_tokens=return_overflowing_tokens,
-        )
-        pad_rows(
-            rows,
             padding_strategy=padding_strategy,
             max_length=max_length,
+            stride=stride,
             pad_to_multiple_of=pad_to_multiple_of,
-            padding_side=check_side("padding_side", padding_side or self.padding_side),
-            pad_token_id=self.pad_token_id,
-            pad_token=self.pad_token,
-            pad_token_type_id=self.pad_token_type_id,
+            padding_side=padding_side,
+            return_overflowing_tokens=return_overflowing_tokens,
         )
 
         if return_token_type_ids is None:
