@@ -116,6 +116,18 @@ def token_content(value) -> str | None:
     raise ValueError(f"special token {value!r} is neither a string nor a {{'content': ...}} object")
 
 
+def _strategy(name: str, value, if_true: str, if_false: str, allowed: tuple[str, ...]) -> str:
+    """``True`` / ``False`` / ``None`` / a strategy name (or transformers' enum) -> a strategy name."""
+    if value is True:
+        return if_true
+    if value is False or value is None:
+        return if_false
+    strategy = getattr(value, "value", value)
+    if strategy not in allowed:
+        raise ValueError(f"{name}={value!r} is not one of True, False, {', '.join(map(repr, allowed))}")
+    return strategy
+
+
 def resolve_strategies(padding, truncation, max_length, pad_to_multiple_of, model_max_length, pad_token_id):
     """Turn the user's ``padding`` / ``truncation`` / ``max_length`` into strategies.
 
@@ -132,27 +144,10 @@ def resolve_strategies(padding, truncation, max_length, pad_to_multiple_of, mode
     if max_length is not None and padding is False and truncation is None:
         truncation = "longest_first"
 
-    if padding is True:
-        padding_strategy = "longest"
-    elif padding is False or padding is None:
-        padding_strategy = "do_not_pad"
-    else:
-        padding_strategy = getattr(padding, "value", padding)
-        if padding_strategy not in PADDING_STRATEGIES:
-            raise ValueError(
-                f"padding={padding!r} is not one of True, False, {', '.join(map(repr, PADDING_STRATEGIES))}"
-            )
-
-    if truncation is True:
-        truncation_strategy = "longest_first"
-    elif truncation is False or truncation is None:
-        truncation_strategy = "do_not_truncate"
-    else:
-        truncation_strategy = getattr(truncation, "value", truncation)
-        if truncation_strategy not in TRUNCATION_STRATEGIES:
-            raise ValueError(
-                f"truncation={truncation!r} is not one of True, False, {', '.join(map(repr, TRUNCATION_STRATEGIES))}"
-            )
+    padding_strategy = _strategy("padding", padding, "longest", "do_not_pad", PADDING_STRATEGIES)
+    truncation_strategy = _strategy(
+        "truncation", truncation, "longest_first", "do_not_truncate", TRUNCATION_STRATEGIES
+    )
 
     if max_length is None:
         if padding_strategy == "max_length":
