@@ -514,27 +514,36 @@ def _stat_row(label: str, x: np.ndarray, keep: np.ndarray) -> str:
     return f"  {label:<22} {shape:<12} mean {rows.mean():+.4f}  norm {np.linalg.norm(rows):8.4f}"
 
 
-def _demo_lilt(out_dir: str, dtype: str, say: Callable[[str], None]) -> str:
+def _demo_case(kind: str, example: str, out_dir: str, dtype: str, description: str):
+    """Load the bundled ``<kind>-tiny`` model, encode ``example/<example>`` with its tokenizer and
+    write the golden file ``<kind>-<example stem>.safetensors``.
+
+    Returns:
+        ``(model, case, inputs, tokenizer, path, golden case)``.
+    """
     import refimpl
 
     from . import golden
 
-    ckpt, form = bundled_path("lilt-tiny"), bundled_path("example", "form.json")
+    ckpt, case_file = bundled_path(f"{kind}-tiny"), bundled_path("example", example)
     model = refimpl.from_pretrained(ckpt, dtype=dtype)
-    with open(form, encoding="utf-8") as f:
+    with open(case_file, encoding="utf-8") as f:
         case = json.load(f)
-    inputs, tok = encode_case(case, ckpt, "lilt", os.path.dirname(form))
-    path = os.path.join(out_dir, "lilt-form.safetensors")
+    inputs, tok = encode_case(case, ckpt, kind, os.path.dirname(case_file))
+    path = os.path.join(out_dir, f"{kind}-{os.path.splitext(example)[0]}.safetensors")
     g = golden.write_case(
         path,
         model,
         inputs,
         checkpoint=ckpt,
-        inputs_source={
-            "kind": "json",
-            "path": "example/form.json",
-            "description": "bundled example form page, lilt-tiny tokenizer",
-        },
+        inputs_source={"kind": "json", "path": f"example/{example}", "description": description},
+    )
+    return model, case, inputs, tok, path, g
+
+
+def _demo_lilt(out_dir: str, dtype: str, say: Callable[[str], None]) -> str:
+    model, case, inputs, tok, path, g = _demo_case(
+        "lilt", "form.json", out_dir, dtype, "bundled example form page, lilt-tiny tokenizer"
     )
     t = g.tensors
     ids = inputs["input_ids"][0]
@@ -565,26 +574,12 @@ def _demo_lilt(out_dir: str, dtype: str, say: Callable[[str], None]) -> str:
 
 
 def _demo_lxmert(out_dir: str, dtype: str, say: Callable[[str], None]) -> str:
-    import refimpl
-
-    from . import golden
-
-    ckpt, qfile = bundled_path("lxmert-tiny"), bundled_path("example", "question.json")
-    model = refimpl.from_pretrained(ckpt, dtype=dtype)
-    with open(qfile, encoding="utf-8") as f:
-        case = json.load(f)
-    inputs, tok = encode_case(case, ckpt, "lxmert", os.path.dirname(qfile))
-    path = os.path.join(out_dir, "lxmert-question.safetensors")
-    g = golden.write_case(
-        path,
-        model,
-        inputs,
-        checkpoint=ckpt,
-        inputs_source={
-            "kind": "json",
-            "path": "example/question.json",
-            "description": "bundled example question + region features, lxmert-tiny tokenizer",
-        },
+    model, case, inputs, tok, path, g = _demo_case(
+        "lxmert",
+        "question.json",
+        out_dir,
+        dtype,
+        "bundled example question + region features, lxmert-tiny tokenizer",
     )
     t = g.tensors
     ids = inputs["input_ids"][0]
