@@ -41,6 +41,7 @@ __all__ = [
     "weight_files",
     "load_state_dict",
     "read_state_dict",
+    "read_safetensors",
     "load_raw_state_dict",
     "save_safetensors",
     "convert_bin_to_safetensors",
@@ -192,13 +193,26 @@ def _is_int(v: Any) -> bool:
 
 
 def _read_safetensors(path: str) -> dict[str, RawTensor]:
+    """The tensors of :func:`read_safetensors` (without the metadata)."""
+    return read_safetensors(path)[1]
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, RawTensor]]:
     """Parse and validate a safetensors file; every array is a read-only view of its memory map.
+
+    The one safetensors parser of refimpl: the loader, ``inspect``, ``convert`` and golden
+    files all read through it.
+
+    Returns:
+        ``(metadata, tensors)``: the header's ``__metadata__`` (``{}`` when absent) and
+        name -> :class:`RawTensor`, in the header's order.
 
     Layout: ``u64 little-endian N | N bytes of JSON header | data``. The header maps each
     name to ``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets relative to the
     data), plus an optional ``"__metadata__"`` of strings. As the safetensors library does,
     the tensors must tile the data exactly: no overlap, no gap, nothing after the last.
     """
+    path = os.fspath(path)
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size < 8:
@@ -279,7 +293,7 @@ def _read_safetensors(path: str) -> dict[str, RawTensor]:
         raise CheckpointError(
             f"{path}: corrupt safetensors file: {data_len - pos} bytes after the last tensor's data"
         )
-    return out
+    return dict(meta or {}), out
 
 
 def save_safetensors(
