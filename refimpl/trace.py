@@ -1,34 +1,53 @@
-"""Named-intermediate recorder for golden outputs. Off by default, and then nearly free.
+"""Named-intermediate recorder for golden outputs: a quiet observer of the forward pass.
 
-Layer functions call :func:`record` with a name relative to the current :func:`scope`.
-Names follow the checkpoint's module paths, so ``lilt.encoder.layer.3.attention.self.query``
-in a golden file is exactly what a PyTorch forward hook on that module of the oracle sees::
+Off by default, and then nearly free: every verb below looks up one context variable and
+returns. Names follow the checkpoint's module paths, so
+``lilt.encoder.layer.3.attention.self.query`` in a golden file is exactly what a PyTorch
+forward hook on that module of the oracle sees::
 
     with trace.tracing() as rec:
         out = model(input_ids=ids, bbox=boxes)
     rec.tensors["lilt.encoder.layer.0.attention.self.query"]   # [batch, seq, hidden]
 
-Inside the model::
+Inside the model, recording is a statement of its own, never wrapped around an expression::
 
     with trace.scope("encoder.layer.0"):
         with trace.scope("attention.self"):
-            q = trace.record("query", linear(x, **w["query"]))
+            query = linear(hidden_states, **query_weights)        # [b, s, h]
+            trace.record("query", query)
+        ...
+        trace.output(layer_output)                                # the module's own output
 
-When tracing is off, :func:`scope` returns a shared no-op context and :func:`record` returns
-its argument after one global check.
+Four verbs:
+
+* :func:`scope` prefixes every name recorded inside it (``call="lang"`` also appends the
+  per-call suffix ``@lang`` to those names, for a module the oracle calls more than once);
+* :func:`record` stores one value under ``<scope>.<name>`` (``also=`` names the same value
+  under the oracle's other names for it);
+* :func:`output` stores a module's own output under the scope's name;
+* :func:`observed_by` decorates a fused op with a function that computes, only while
+  tracing, the oracle's intermediates the fusion skips.
+
+The active recorder and the scope live in one :class:`contextvars.ContextVar`, so threads and
+nested runs each see their own.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Any
+import contextvars
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
-__all__ = ["Recorder", "tracing", "scope", "record", "active", "current_name"]
+__all__ = ["Recorder", "tracing", "scope", "record", "output", "observed_by", "active", "current_name"]
 
 
 class Recorder:
     """Collects named arrays in forward order.
+
+    Subclass it and override :meth:`store` to send each value elsewhere as it is recorded
+    (a streaming file writer, say); :meth:`add` checks the name first.
 
     Attributes:
         tensors: name -> array, in the order they were recorded.
@@ -38,74 +57,133 @@ class Recorder:
     def __init__(self, copy: bool = True):
         self.tensors: dict[str, Any] = {}
         self.copy = copy
-        self._prefix: list[str] = []
+        self._names: set[str] = set()
 
-    def name(self, name: str) -> str:
-        """The full dotted name ``name`` gets under the current scopes."""
-        return ".".join([*self._prefix, name]) if name else ".".join(self._prefix)
+    def add(self, name: str, value: Any, aliases: tuple[str, ...] = ()) -> None:
+        """Record ``value`` (an array of any shape, or a scalar) under the full ``name`` and
+        every full name in ``aliases``; a name recorded twice is a ``KeyError``."""
+        for n in (name, *aliases):
+            if n in self._names:
+                raise KeyError(
+                    f"trace name {n!r} recorded twice: a module called more than once needs a "
+                    f"per-call scope (trace.scope(name, call=...))"
+                )
+            self._names.add(n)
+        self.store(name, value, aliases)
 
-    def add(self, name: str, value: Any) -> None:
-        """Store ``value`` (an array of any shape, or a scalar) under its full name; a repeated name is a ``KeyError``."""
-        full = self.name(name)
-        if full in self.tensors:
-            raise KeyError(
-                f"trace name {full!r} recorded twice: a module called more than once needs a per-call suffix"
-            )
-        self.tensors[full] = value.copy() if (self.copy and hasattr(value, "copy")) else value
+    def store(self, name: str, value: Any, aliases: tuple[str, ...] = ()) -> None:
+        """Keep ``value`` under ``name`` and its ``aliases`` (all full names, already checked)."""
+        kept = value.copy() if (self.copy and hasattr(value, "copy")) else value
+        for n in (name, *aliases):
+            self.tensors[n] = kept
 
 
-_active: Recorder | None = None
+class _State(NamedTuple):
+    recorder: Recorder
+    prefix: tuple[str, ...]  # scope names, outermost first
+    suffix: str  # per-call suffix ("@lang"), "" outside per-call scopes
+
+
+_state: contextvars.ContextVar[_State | None] = contextvars.ContextVar("refimpl_trace", default=None)
 _null = contextlib.nullcontext()
 
 
 def active() -> Recorder | None:
     """The recorder in use, or ``None`` when tracing is off."""
-    return _active
+    st = _state.get()
+    return None if st is None else st.recorder
+
+
+def _full(st: _State, name: str) -> str:
+    return ".".join([*st.prefix, name] if name else st.prefix) + st.suffix
 
 
 @contextlib.contextmanager
-def tracing(copy: bool = True) -> Iterator[Recorder]:
-    """Turn tracing on for the ``with`` block and yield the :class:`Recorder`."""
-    global _active
-    previous = _active
-    _active = Recorder(copy=copy)
+def tracing(copy: bool = True, recorder: Recorder | None = None) -> Iterator[Recorder]:
+    """Turn tracing on for the ``with`` block and yield the :class:`Recorder`.
+
+    Args:
+        copy: store copies of the recorded arrays (ignored when ``recorder`` is given).
+        recorder: a recorder to use (a streaming subclass, say); default a new one.
+    """
+    rec = Recorder(copy=copy) if recorder is None else recorder
+    token = _state.set(_State(rec, (), ""))
     try:
-        yield _active
+        yield rec
     finally:
-        _active = previous
+        _state.reset(token)
 
 
 @contextlib.contextmanager
-def _scope(rec: Recorder, name: str) -> Iterator[None]:
-    rec._prefix.append(name)
+def _scope(st: _State, name: str, call: str | None) -> Iterator[None]:
+    prefix = (*st.prefix, name) if name else st.prefix
+    token = _state.set(_State(st.recorder, prefix, f"@{call}" if call else st.suffix))
     try:
         yield
     finally:
-        rec._prefix.pop()
+        _state.reset(token)
 
 
-def scope(name: str):
-    """Prefix every name recorded inside the ``with`` block by ``name`` (joined with '.')."""
-    rec = _active
-    if rec is None or not name:
-        return _null
-    return _scope(rec, name)
-
-
-def record(name: str, value: Any) -> Any:
-    """Record ``value`` under ``<scope>.<name>`` when tracing is on; return ``value`` unchanged.
+def scope(name: str, call: str | None = None):
+    """Prefix every name recorded inside the ``with`` block by ``name`` (joined with '.').
 
     Args:
-        name: module-path suffix, e.g. ``"attention.self.query"`` or ``"attention_probs"``.
-        value: an array (any shape) or a scalar (losses).
+        name: module path relative to the enclosing scope, e.g. ``"encoder.layer.0"``.
+        call: for a module the oracle calls several times with the same weights: every name
+            recorded inside ends in ``@<call>`` (``...visual_attention.att.query@lang``).
     """
-    rec = _active
-    if rec is not None:
-        rec.add(name, value)
-    return value
+    st = _state.get()
+    if st is None or (not name and not call):
+        return _null
+    return _scope(st, name, call)
+
+
+def record(name: str, value: Any, also: tuple[str, ...] | str = ()) -> Any:
+    """Record ``value`` under ``<scope>.<name>`` when tracing is on.
+
+    Args:
+        name: module-path suffix, e.g. ``"query"`` or ``"attention_probs"``.
+        value: an array (any shape) or a scalar (losses).
+        also: other names (same scope) under which the oracle computes the same numbers,
+            e.g. LiLT's ``layout_attention_probs``, equal to ``attention_probs``.
+    """
+    st = _state.get()
+    if st is not None:
+        aliases = (also,) if isinstance(also, str) else tuple(also)
+        st.recorder.add(_full(st, name), value, tuple(_full(st, a) for a in aliases))
+    return value  # TRANSITION: callers still wrap expressions; becomes a pure statement
+
+
+def output(value: Any) -> None:
+    """Record ``value`` as the current module's own output: under the scope's full name."""
+    st = _state.get()
+    if st is not None:
+        st.recorder.add(_full(st, ""), value)
+
+
+def observed_by(observer: Callable[..., dict[str, Any]]):
+    """Decorate a fused op with the oracle's intermediates it skips.
+
+    While tracing, ``observer(*args, **kwargs)`` (the op's own arguments) is called before the
+    op and returns ``{name: array}``, recorded in the current scope in that order. Untraced,
+    the op runs alone: the observer costs nothing.
+    """
+
+    def wrap(op: Callable) -> Callable:
+        @functools.wraps(op)
+        def observed(*args, **kwargs):
+            if _state.get() is not None:
+                for name, value in observer(*args, **kwargs).items():
+                    record(name, value)
+            return op(*args, **kwargs)
+
+        observed.observer = observer  # type: ignore[attr-defined]
+        return observed
+
+    return wrap
 
 
 def current_name(name: str = "") -> str:
-    """The full name ``name`` would get now (empty prefix when tracing is off)."""
-    rec = _active
-    return rec.name(name) if rec is not None else name
+    """The full name ``name`` would get now (``name`` itself when tracing is off)."""
+    st = _state.get()
+    return _full(st, name) if st is not None else name
