@@ -12,7 +12,27 @@ import os
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "from_pretrained", "SUPPORTED_ARCHITECTURES", "BASE_MODELS"]
+__all__ = [
+    "__version__",
+    "from_pretrained",
+    "SUPPORTED_ARCHITECTURES",
+    "BASE_MODELS",
+    "lilt",
+    "lxmert",
+    "data",
+]
+
+#: Subpackages reachable as attributes after a bare ``import refimpl``, imported on first use
+#: (``refimpl.lilt.LiltModel``), so that ``import refimpl`` itself stays cheap.
+_LAZY_SUBMODULES = ("lilt", "lxmert", "data", "golden", "trace", "ops", "weights", "config")
+
+
+def __getattr__(name: str):
+    """Import a subpackage of :data:`_LAZY_SUBMODULES` when it is first used as an attribute."""
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 #: architecture name (``config.json``'s ``architectures[0]``) -> "module:Class".
 SUPPORTED_ARCHITECTURES = {

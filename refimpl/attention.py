@@ -1,32 +1,40 @@
-"""Multi-head attention building blocks shared by LiLT and LXMERT.
+"""Multi-head attention, one step per function, shared by LiLT and LXMERT.
 
-Each function is one step of transformers' BERT-family self-attention, in the oracle's
-order of operations (so float64 results agree to the last few bits)::
+Each function is one step of transformers' BERT-family self-attention, in the oracle's order
+of operations (so float64 results agree to the last few bits)::
 
-    q = split_heads(linear(x, **query), n)              # [b, n, s, d]
-    k = split_heads(linear(x, **key), n)                # [b, n, s, d]
-    v = split_heads(linear(x, **value), n)              # [b, n, s, d]
-    scores = attention_scores(q, k) / math.sqrt(d)      # [b, n, s, s]
-    probs = attention_probs(scores, additive_mask)      # [b, n, s, s]
-    probs = apply_head_mask(probs, layer_head_mask)     # [b, n, s, s]
-    context = merge_heads(probs @ v)                    # [b, s, n*d]
+    q = split_heads(linear(x, **query), n)                          # [b, n, s, d]
+    k = split_heads(linear(x, **key), n)                            # [b, n, s, d]
+    v = split_heads(linear(x, **value), n)                          # [b, n, s, d]
+    context, probs = scaled_dot_product_attention(q, k, v, mask)    # [b, s, n*d], [b, n, s, s]
 
-or in one call, ``scaled_dot_product_attention(q, k, v, additive_mask, layer_head_mask)``.
+where :func:`scaled_dot_product_attention` is ``softmax(q k^T / sqrt(d) + mask) @ v``, written
+out step by step with :func:`attention_scores`, :func:`attention_probs` and
+:func:`apply_head_mask`.
 
 Masks follow ``PreTrainedModel.get_extended_attention_mask`` / ``get_head_mask``:
 :func:`extended_attention_mask` makes the additive ``(1 - mask) * finfo(dtype).min`` mask,
-:func:`head_masks` makes one multiplicative head mask per layer. Relative position scores
+:func:`head_masks` one multiplicative head mask per layer. Relative position scores
 (``position_embedding_type`` ``relative_key`` / ``relative_key_query``) come from
 :func:`relative_position_embeddings` + :func:`relative_position_scores_query` /
 :func:`relative_position_scores_key`.
 
-Nothing here records traces or reads files: callers name the intermediates.
+LiLT's bi-directional attention (BiACM) shares one score between its text and layout streams:
+
+    S = Q K^T / sqrt(d) + Q_l K_l^T / sqrt(d // r)
+
+:func:`bi_acm_scores` computes ``S`` and :func:`bi_acm_contexts` both streams' contexts from the
+shared probabilities. Each is a fused op that pays for itself at base size, written beside
+its plain twin (:func:`bi_acm_scores_plain`, :func:`bi_acm_contexts_plain`), which is the
+formula as the paper and the oracle write it; ``tests/test_attention.py`` checks that they
+agree.
 """
 
 from __future__ import annotations
 
 import math
 
+from . import trace
 from .backend import get_namespace
 from .ops import embedding, softmax
 
@@ -42,6 +50,12 @@ __all__ = [
     "relative_position_embeddings",
     "relative_position_scores_query",
     "relative_position_scores_key",
+    "text_attention_scores",
+    "layout_attention_scores",
+    "bi_acm_scores_plain",
+    "bi_acm_scores",
+    "bi_acm_contexts_plain",
+    "bi_acm_contexts",
 ]
 
 
@@ -175,9 +189,10 @@ def attention_probs(scores, additive_mask=None):
         ``[batch, heads, q_len, k_len]``, rows summing to 1. A fully masked row is uniform,
         as in the oracle.
     """
-    if additive_mask is not None:
-        scores = scores + additive_mask  # [b, n, l, r]
-    return softmax(scores, axis=-1)
+    if additive_mask is None:
+        return softmax(scores, axis=-1)
+    masked = scores + additive_mask  # [b, n, l, r], fresh
+    return softmax(masked, axis=-1, out=masked)
 
 
 def apply_head_mask(probs, layer_head_mask=None):
@@ -195,7 +210,9 @@ def apply_head_mask(probs, layer_head_mask=None):
 def scaled_dot_product_attention(query, key, value, additive_mask=None, layer_head_mask=None):
     """BERT attention on split heads: ``softmax(q k^T / sqrt(d) + mask) * head_mask @ v``.
 
-    The scale is a division by ``math.sqrt(head_size)``, as the oracle does.
+    The scale is a division by ``math.sqrt(head_size)``, as the oracle does. Records
+    ``attention_scores`` (scaled, before the mask), ``attention_probs`` (after the head mask)
+    and ``context`` (heads merged) in the current trace scope.
 
     Args:
         query: ``[batch, heads, q_len, head_size]``.
@@ -208,12 +225,15 @@ def scaled_dot_product_attention(query, key, value, additive_mask=None, layer_he
         probabilities ``[batch, heads, q_len, k_len]`` after the head mask.
     """
     xp = get_namespace(query, key, value)
-    # [b, n, l, r] scores, scaled by the head size
+    # scaled dot products: [b, n, l, d] @ [b, n, d, r] -> [b, n, l, r]
     scores = attention_scores(query, key) / math.sqrt(query.shape[-1])
-    # [b, n, l, r] probabilities over keys, then head mask
+    trace.record("attention_scores", scores)
+    # masked keys get finfo.min, softmax over the keys, then the head mask: [b, n, l, r]
     probs = apply_head_mask(attention_probs(scores, additive_mask), layer_head_mask)
-    # [b, n, l, r] @ [b, n, r, d] -> [b, n, l, d] -> [b, l, n*d]
+    trace.record("attention_probs", probs)
+    # weighted sum of the values, heads merged back: [b, n, l, d] -> [b, l, n*d]
     context = merge_heads(xp.matmul(probs, value))
+    trace.record("context", context)
     return context, probs
 
 
@@ -282,3 +302,142 @@ def relative_position_scores_key(key, positional_embedding):
     out = xp.matmul(k, positional_embedding.transpose(1, 2, 0))
     # [r, b*n, l] -> [b, n, l, r]
     return out.reshape(s, b, n, s).transpose(1, 2, 3, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# LiLT's BiACM: one score for both streams
+# --------------------------------------------------------------------------------------------
+
+
+def text_attention_scores(query, key, relative_scores=None):
+    """The text stream's share of the score: ``(Q K^T + R) / sqrt(d)``.
+
+    Args:
+        query, key: ``[batch, heads, s, d]``.
+        relative_scores: ``None`` or ``[batch, heads, s, s]`` relative position scores ``R``.
+
+    Returns:
+        ``[batch, heads, s, s]`` (the oracle's ``tmp_attention_scores``).
+    """
+    scores = attention_scores(query, key)  # [b, n, s, s]
+    if relative_scores is not None:
+        scores = scores + relative_scores
+    return scores / math.sqrt(query.shape[-1])
+
+
+def layout_attention_scores(layout_query, layout_key, channel_shrink_ratio: int):
+    """The layout stream's share of the score: ``Q_l K_l^T / sqrt(d // r)``.
+
+    The scale is the square root of the *text* head size floor-divided by
+    ``r = channel_shrink_ratio``, as the oracle computes it.
+
+    Args:
+        layout_query, layout_key: ``[batch, heads, s, d / r]``.
+        channel_shrink_ratio: ``r``.
+
+    Returns:
+        ``[batch, heads, s, s]`` (the oracle's ``tmp_layout_attention_scores``).
+    """
+    head_size = layout_query.shape[-1] * channel_shrink_ratio  # d
+    return attention_scores(layout_query, layout_key) / math.sqrt(head_size // channel_shrink_ratio)
+
+
+def bi_acm_scores_plain(
+    query, key, layout_query, layout_key, channel_shrink_ratio: int, relative_scores=None
+):
+    """BiACM's shared score as the paper and the oracle write it (the plain twin of :func:`bi_acm_scores`):
+
+        S = (Q K^T + R) / sqrt(d) + Q_l K_l^T / sqrt(d // r)
+
+    Args:
+        query, key: text ``[batch, heads, s, d]``.
+        layout_query, layout_key: layout ``[batch, heads, s, d / r]``.
+        channel_shrink_ratio: ``r``.
+        relative_scores: ``None`` or ``[batch, heads, s, s]``.
+
+    Returns:
+        ``[batch, heads, s, s]``.
+    """
+    return text_attention_scores(query, key, relative_scores) + layout_attention_scores(
+        layout_query, layout_key, channel_shrink_ratio
+    )
+
+
+def _bi_acm_summands(query, key, layout_query, layout_key, channel_shrink_ratio, relative_scores=None):
+    """The oracle's two summands of ``S``, recorded while tracing (the fusion never forms them)."""
+    return {
+        "tmp_attention_scores": text_attention_scores(query, key, relative_scores),
+        "tmp_layout_attention_scores": layout_attention_scores(
+            layout_query, layout_key, channel_shrink_ratio
+        ),
+    }
+
+
+@trace.observed_by(_bi_acm_summands)
+def bi_acm_scores(query, key, layout_query, layout_key, channel_shrink_ratio: int, relative_scores=None):
+    """BiACM's shared score ``S`` in one product per head (fused; see :func:`bi_acm_scores_plain`).
+
+    Scaling the queries instead of the scores turns the two products and the sum into one::
+
+        [Q / sqrt(d) | Q_l / sqrt(d // r)] [K | K_l]^T = Q K^T / sqrt(d) + Q_l K_l^T / sqrt(d // r)
+
+    which saves one ``[batch, heads, s, s]`` array and a pass over it. The result differs from
+    the plain twin by rounding only (none when the square roots are powers of two, as at base
+    size: 8 and 4). While tracing, the oracle's two summands are recorded as
+    ``tmp_attention_scores`` and ``tmp_layout_attention_scores``.
+
+    Args:
+        query, key: text ``[batch, heads, s, d]``.
+        layout_query, layout_key: layout ``[batch, heads, s, d / r]``.
+        channel_shrink_ratio: ``r``.
+        relative_scores: ``None`` or ``[batch, heads, s, s]`` (added to the text share).
+
+    Returns:
+        ``[batch, heads, s, s]``, a fresh array.
+    """
+    xp = get_namespace(query, key, layout_query, layout_key)
+    text_scale = math.sqrt(query.shape[-1])
+    layout_scale = math.sqrt(query.shape[-1] // channel_shrink_ratio)
+    # [b, n, s, d + d/r] each
+    queries = xp.concatenate([query / text_scale, layout_query / layout_scale], axis=-1)
+    keys = xp.concatenate([key, layout_key], axis=-1)
+    scores = attention_scores(queries, keys)  # [b, n, s, s]
+    if relative_scores is not None:
+        scores += relative_scores / text_scale
+    return scores
+
+
+def bi_acm_contexts_plain(probs, value, layout_value):
+    """Both streams' contexts from the shared probabilities (the plain twin of :func:`bi_acm_contexts`):
+    ``merge_heads(P V)`` and ``merge_heads(P V_l)``.
+
+    Args:
+        probs: ``[batch, heads, s, s]``.
+        value: text ``[batch, heads, s, d]``.
+        layout_value: layout ``[batch, heads, s, d / r]``.
+
+    Returns:
+        ``(context [batch, s, heads * d], layout_context [batch, s, heads * d / r])``.
+    """
+    xp = get_namespace(probs, value, layout_value)
+    return merge_heads(xp.matmul(probs, value)), merge_heads(xp.matmul(probs, layout_value))
+
+
+def bi_acm_contexts(probs, value, layout_value):
+    """Both streams' contexts in one product per head (fused; see :func:`bi_acm_contexts_plain`):
+    ``P [V | V_l]``, split back into the two streams. Equal to the plain twin to the last bit
+    (each output element is the same dot product).
+
+    Args:
+        probs: ``[batch, heads, s, s]``.
+        value: text ``[batch, heads, s, d]``.
+        layout_value: layout ``[batch, heads, s, d / r]``.
+
+    Returns:
+        ``(context [batch, s, heads * d], layout_context [batch, s, heads * d / r])``.
+    """
+    xp = get_namespace(probs, value, layout_value)
+    d = value.shape[-1]
+    # [b, n, s, s] @ [b, n, s, d + d/r] -> [b, n, s, d + d/r]
+    both = xp.matmul(probs, xp.concatenate([value, layout_value], axis=-1))
+    return merge_heads(both[..., :d]), merge_heads(both[..., d:])

@@ -36,9 +36,12 @@ __all__ = [
     "num_threads",
     "set_num_threads",
     "host_map",
+    "DTYPES",
     "DEVICES",
 ]
 
+#: The compute dtypes and devices a model runs in.
+DTYPES = ("float32", "float64")
 DEVICES = ("cpu", "cuda")
 
 # A test may install a stand-in namespace (e.g. one that records every call) through

@@ -28,10 +28,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["main", "build_parser", "read_cases", "encode_case", "CliError", "bundled_path"]
+from . import backend, data
 
-DTYPES = ("float32", "float64")
-DEVICES = ("cpu", "cuda")
+__all__ = ["main", "build_parser", "read_cases", "encode_case", "CliError"]
 
 
 class CliError(Exception):
@@ -44,11 +43,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
         sys.exit(2)
-
-
-def bundled_path(*parts: str) -> str:
-    """Path of a file or directory under the package's bundled ``data/``."""
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", *parts)
 
 
 def _one_line(e: BaseException) -> str:
@@ -381,7 +375,7 @@ def _checkpoint_shapes(path: str) -> dict[str, tuple[tuple[int, ...], str]] | No
         bins = [n for n in sorted(os.listdir(path)) if n.endswith(".bin")]
         if not bins:
             return None
-        from .fuse import read_raw_state_dict
+        from .weights import load_raw_state_dict as read_raw_state_dict
 
         sd = read_raw_state_dict(path)
         return {k: (tuple(v.array.shape), v.dtype) for k, v in sd.items()}
@@ -466,7 +460,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_fuse_lilt(args: argparse.Namespace) -> int:
-    from .fuse import fuse_lilt
+    from .lilt.merge_checkpoints import fuse_lilt
 
     _need_file(args.text, "text checkpoint")
     _need_file(args.layout, "layout checkpoint")
@@ -525,7 +519,7 @@ def _demo_case(kind: str, example: str, out_dir: str, dtype: str, description: s
 
     from . import golden
 
-    ckpt, case_file = bundled_path(f"{kind}-tiny"), bundled_path("example", example)
+    ckpt, case_file = data.path(f"{kind}-tiny"), data.path("example", example)
     model = refimpl.from_pretrained(ckpt, dtype=dtype)
     with open(case_file, encoding="utf-8") as f:
         case = json.load(f)
@@ -680,8 +674,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--out", required=True, help="output .safetensors (for .jsonl: a dir or a pattern with {index})"
     )
-    g.add_argument("--dtype", choices=DTYPES, default="float64", help="compute dtype (default float64)")
-    g.add_argument("--device", choices=DEVICES, default="cpu")
+    g.add_argument(
+        "--dtype", choices=backend.DTYPES, default="float64", help="compute dtype (default float64)"
+    )
+    g.add_argument("--device", choices=backend.DEVICES, default="cpu")
     g.add_argument("-q", "--quiet", action="store_true")
     g.set_defaults(func=cmd_golden)
 
@@ -714,7 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--out", default="refimpl-demo", help="where to write the golden files (default ./refimpl-demo)"
     )
-    d.add_argument("--dtype", choices=DTYPES, default="float64")
+    d.add_argument("--dtype", choices=backend.DTYPES, default="float64")
     d.add_argument("-q", "--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
 

@@ -24,21 +24,35 @@ import numpy as np
 from . import backend
 from .config import PretrainedConfig
 
-__all__ = ["PreTrainedModel", "DTYPES"]
-
-DTYPES = {"float32": np.float32, "float64": np.float64}
+__all__ = ["PreTrainedModel", "nest", "resolve_dtype"]
 
 
 def resolve_dtype(dtype: Any) -> np.dtype:
     """Map ``"float32"``/``"float64"`` (or the NumPy types) to a NumPy dtype; anything else is an error."""
     key = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
-    if key not in DTYPES:
+    if key not in backend.DTYPES:
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-    return np.dtype(DTYPES[key])
+    return np.dtype(key)
+
+
+def nest(params: dict[str, Any]) -> dict[str, Any]:
+    """Turn flat checkpoint keys into nested dicts: ``"a.b.weight"`` -> ``{"a": {"b": {"weight": ...}}}``.
+
+    The arrays are shared, not copied; a model nests its weights once, at load.
+    """
+    tree: dict[str, Any] = {}
+    for key, value in params.items():
+        node = tree
+        *path, leaf = key.split(".")
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
 
 
 class PreTrainedModel:
-    """Base of every model class. Holds ``config``, ``params`` (checkpoint key -> array), ``dtype``, ``device``."""
+    """Base of every model class. Holds ``config``, ``params`` (checkpoint key -> array),
+    ``weights`` (the same arrays nested by key path, see :func:`nest`), ``dtype``, ``device``."""
 
     config_class: ClassVar[type[PretrainedConfig]] = PretrainedConfig
     base_model_prefix: ClassVar[str] = ""
@@ -53,6 +67,7 @@ class PreTrainedModel:
         self.dtype = resolve_dtype(dtype)
         self.device = device
         self.params = params
+        self.weights = nest(params)
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -103,8 +118,28 @@ class PreTrainedModel:
     def to(self, device: str):
         """Move every weight to ``device`` ("cpu" or "cuda") and return ``self``."""
         self.params = {k: backend.to_device(v, device) for k, v in self.params.items()}
+        self.weights = nest(self.params)  # the nested view must hold the moved arrays
         self.device = device
         return self
+
+    def _array(self, x):
+        """Lists/scalars -> arrays; host arrays -> the model's device. Arrays already there pass through."""
+        if x is None:
+            return None
+        if not hasattr(x, "shape"):
+            x = np.asarray(x)
+        if self.device != "cpu" and not backend.is_device_array(x):
+            x = backend.to_device(x, self.device)
+        return x
+
+    def _flags(self, output_attentions, output_hidden_states) -> tuple[bool, bool]:
+        """The output flags, an unset one taking the config's value (config.json may set it), as the oracle."""
+        c = self.config
+        if output_attentions is None:
+            output_attentions = getattr(c, "output_attentions", False)
+        if output_hidden_states is None:
+            output_hidden_states = getattr(c, "output_hidden_states", False)
+        return bool(output_attentions), bool(output_hidden_states)
 
     def num_parameters(self) -> int:
         """Number of scalar weights (tied weights counted once)."""

@@ -72,7 +72,8 @@ class Recorder:
         self.store(name, value, aliases)
 
     def store(self, name: str, value: Any, aliases: tuple[str, ...] = ()) -> None:
-        """Keep ``value`` under ``name`` and its ``aliases`` (all full names, already checked)."""
+        """Keep ``value`` (an array of any shape, or a scalar) under ``name`` and its ``aliases``
+        (all full names, already checked)."""
         kept = value.copy() if (self.copy and hasattr(value, "copy")) else value
         for n in (name, *aliases):
             self.tensors[n] = kept
@@ -138,7 +139,7 @@ def scope(name: str, call: str | None = None):
     return _scope(st, name, call)
 
 
-def record(name: str, value: Any, also: tuple[str, ...] | str = ()) -> Any:
+def record(name: str, value: Any, also: tuple[str, ...] | str = ()) -> None:
     """Record ``value`` under ``<scope>.<name>`` when tracing is on.
 
     Args:
@@ -151,14 +152,22 @@ def record(name: str, value: Any, also: tuple[str, ...] | str = ()) -> Any:
     if st is not None:
         aliases = (also,) if isinstance(also, str) else tuple(also)
         st.recorder.add(_full(st, name), value, tuple(_full(st, a) for a in aliases))
-    return value  # TRANSITION: callers still wrap expressions; becomes a pure statement
 
 
-def output(value: Any) -> None:
-    """Record ``value`` as the current module's own output: under the scope's full name."""
+def output(value: Any, also: tuple[str, ...] | str = ()) -> None:
+    """Record ``value`` as the current module's own output: under the scope's full name.
+
+    Args:
+        value: the module's output array (any shape).
+        also: submodules (relative names) whose output is the same array, e.g. LXMERT's
+            ``intermediate_act_fn``, the last step of its ``intermediate`` block.
+    """
     st = _state.get()
     if st is not None:
-        st.recorder.add(_full(st, ""), value)
+        inner = (also,) if isinstance(also, str) else tuple(also)
+        # forward order: the submodules' outputs come first, then the module's own
+        names = [_full(st, a) for a in inner] + [_full(st, "")]
+        st.recorder.add(names[0], value, tuple(names[1:]))
 
 
 def observed_by(observer: Callable[..., dict[str, Any]]):

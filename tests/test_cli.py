@@ -18,7 +18,8 @@ from transformers import LiltConfig, LiltForTokenClassification
 
 import refimpl
 from refimpl import golden
-from refimpl.cli import bundled_path, main
+from refimpl.cli import main
+from refimpl.data import path as bundled_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LILT_TINY = bundled_path("lilt-tiny")

@@ -11,10 +11,11 @@ from refimpl.config import LiltConfig, LxmertConfig, load_config
 from refimpl.outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
 
 
-def test_trace_off_records_nothing_and_returns_argument():
+def test_trace_off_records_nothing():
     x = np.arange(3.0)
     assert trace.active() is None
-    assert trace.record("a", x) is x
+    assert trace.record("a", x) is None  # a statement, never wrapped around an expression
+    trace.output(x)
     with trace.scope("s"):
         assert trace.current_name("a") == "a"
 
@@ -25,11 +26,67 @@ def test_trace_names_follow_scopes_and_copy_values():
         with trace.scope("encoder.layer.0"):
             with trace.scope("attention.self"):
                 trace.record("query", x)
-            trace.record("", x)
+            trace.output(x)
         x += 1  # later in-place work must not change what was recorded
     assert list(rec.tensors) == ["encoder.layer.0.attention.self.query", "encoder.layer.0"]
     assert rec.tensors["encoder.layer.0"].sum() == 0
     assert trace.active() is None
+
+
+def test_trace_per_call_scopes_and_aliases():
+    x = np.ones(2)
+    with trace.tracing() as rec:
+        with trace.scope("x_layers.0.visual_attention", call="lang"):
+            with trace.scope("att"):
+                trace.record("query", x)
+            with trace.scope("output"):
+                trace.output(x, also="LayerNorm")
+        with trace.scope("self"):
+            trace.record("attention_probs", x, also="layout_attention_probs")
+    assert list(rec.tensors) == [
+        "x_layers.0.visual_attention.att.query@lang",
+        "x_layers.0.visual_attention.output.LayerNorm@lang",
+        "x_layers.0.visual_attention.output@lang",
+        "self.attention_probs",
+        "self.layout_attention_probs",
+    ]
+
+
+def test_trace_observer_runs_only_while_tracing():
+    calls = []
+
+    def observer(a, b):
+        calls.append((a, b))
+        return {"a_plus_b": np.asarray(a + b)}
+
+    @trace.observed_by(observer)
+    def fused(a, b):
+        return a * b
+
+    assert fused(2.0, 3.0) == 6.0 and calls == []  # untraced: the observer costs nothing
+    with trace.tracing() as rec:
+        with trace.scope("m"):
+            assert fused(2.0, 3.0) == 6.0
+    assert calls == [(2.0, 3.0)] and float(rec.tensors["m.a_plus_b"]) == 5.0
+
+
+def test_trace_is_per_thread_and_nests():
+    import threading
+
+    seen = {}
+
+    def worker():
+        seen["active"] = trace.active()
+
+    with trace.tracing() as outer:
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join()
+        with trace.tracing() as inner:
+            trace.record("a", np.zeros(1))
+        assert trace.active() is outer
+    assert seen["active"] is None  # a new thread starts with tracing off
+    assert list(inner.tensors) == ["a"] and outer.tensors == {}
 
 
 def test_trace_refuses_a_name_recorded_twice():

@@ -18,7 +18,7 @@ from transformers import LiltConfig, LiltModel, RobertaConfig, RobertaForMaskedL
 
 import refimpl
 from refimpl.cli import main
-from refimpl.fuse import fuse_lilt
+from refimpl.lilt.merge_checkpoints import fuse_lilt
 
 SIZES = dict(
     vocab_size=60,

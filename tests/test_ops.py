@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers.activations import ACT2FN as HF_ACT2FN
 
-from refimpl import ops
+from refimpl import attention, ops
 
 DTYPES = {np.float32: torch.float32, np.float64: torch.float64}
 TOL = {np.float32: 1e-6, np.float64: 1e-12}
@@ -393,10 +393,10 @@ def test_embedding_rejects_non_integer_ids():
         ops.embedding(np.array([True, False]), np.zeros((10, 4)))
 
 
-def test_additive_attention_mask():
+def test_extended_attention_mask():
     mask = np.array([[1, 1, 0], [1, 0, 0]])
     for dtype in (np.float32, np.float64):
-        m = ops.additive_attention_mask(mask, dtype)
+        m = attention.extended_attention_mask(mask, dtype)
         assert m.shape == (2, 1, 1, 3) and m.dtype == dtype
         want = (1.0 - mask[:, None, None, :]) * np.finfo(dtype).min  # transformers' formula
         np.testing.assert_array_equal(m, want.astype(dtype))
@@ -427,8 +427,8 @@ def _dispatch_cases():
         ("smooth_l1_loss", ops.smooth_l1_loss, (x[1:], x[1:] * 0.5)),
         ("embedding", ops.embedding, (np.array([[0, 2], [1, 1]]), x)),
         (
-            "additive_attention_mask",
-            lambda m: ops.additive_attention_mask(m, np.float32),
+            "extended_attention_mask",
+            lambda m: attention.extended_attention_mask(m, np.float32),
             (np.array([[1, 0]]),),
         ),
     ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .. import trace
 from ..backend import get_namespace
+from ..config import LiltConfig
 from ..ops import embedding, layer_norm, linear
 
 __all__ = [
@@ -60,15 +61,14 @@ def text_embeddings(
     inputs_embeds,
     token_type_ids,
     position_ids,
+    *,
     word_embeddings,
     position_embeddings,
     token_type_embeddings,
     LayerNorm,
-    *,
-    eps: float,
-    position_embedding_type: str,
+    config: LiltConfig,
 ):
-    """``LayerNorm(word + token_type [+ position])`` (LiltTextEmbeddings).
+    """LiltTextEmbeddings: ``LayerNorm(word + token_type [+ position])``.
 
     With a relative ``position_embedding_type`` the absolute position embeddings are skipped
     (their weights still exist in the checkpoint, unused).
@@ -80,36 +80,34 @@ def text_embeddings(
         position_ids: integer ``[batch, seq]``.
         word_embeddings, position_embeddings, token_type_embeddings: ``{"weight": [n, hidden]}``.
         LayerNorm: ``{"weight": [hidden], "bias": [hidden]}``.
-        eps: ``config.layer_norm_eps``.
-        position_embedding_type: ``config.position_embedding_type``.
+        config: uses ``position_embedding_type`` and ``layer_norm_eps``.
 
     Returns:
         ``[batch, seq, hidden]``.
     """
     # word vectors, unless the caller gave them: [b, s] -> [b, s, h]
     if inputs_embeds is None:
-        inputs_embeds = trace.record(
-            "word_embeddings", embedding(input_ids, **word_embeddings, name="input_ids")
-        )
+        inputs_embeds = embedding(input_ids, **word_embeddings, name="input_ids")
+        trace.record("word_embeddings", inputs_embeds)
     # segment vectors: [b, s] -> [b, s, h]
-    token_type = trace.record(
-        "token_type_embeddings", embedding(token_type_ids, **token_type_embeddings, name="token_type_ids")
-    )
-    # [b, s, h] + [b, s, h]
+    token_type = embedding(token_type_ids, **token_type_embeddings, name="token_type_ids")
+    trace.record("token_type_embeddings", token_type)
     embeddings = inputs_embeds + token_type
     # absolute positions only: [b, s] -> [b, s, h]
-    if position_embedding_type == "absolute":
-        position = trace.record(
-            "position_embeddings", embedding(position_ids, **position_embeddings, name="position_ids")
-        )
+    if config.position_embedding_type == "absolute":
+        position = embedding(position_ids, **position_embeddings, name="position_ids")
+        trace.record("position_embeddings", position)
         embeddings = embeddings + position
-    # [b, s, h] -> [b, s, h]
-    return trace.record("LayerNorm", layer_norm(embeddings, **LayerNorm, eps=eps))
+    # normalise: [b, s, h]
+    out = layer_norm(embeddings, **LayerNorm, eps=config.layer_norm_eps)
+    trace.record("LayerNorm", out)
+    return out
 
 
 def layout_embeddings(
     bbox,
     position_ids,
+    *,
     x_position_embeddings,
     y_position_embeddings,
     h_position_embeddings,
@@ -117,10 +115,9 @@ def layout_embeddings(
     box_position_embeddings,
     box_linear_embeddings,
     LayerNorm,
-    *,
-    eps: float,
+    config: LiltConfig,
 ):
-    """The layout stream's input (LiltLayoutEmbeddings).
+    """LiltLayoutEmbeddings: the layout stream's input.
 
     Six lookups of ``hidden // 6`` each (left, upper, right, lower, height, width) are
     concatenated, projected to ``hidden // channel_shrink_ratio``, added to the box position
@@ -133,42 +130,35 @@ def layout_embeddings(
         box_position_embeddings: ``{"weight": [max_positions, hidden // r]}``.
         box_linear_embeddings: ``{"weight": [hidden // r, hidden], "bias": [hidden // r]}``.
         LayerNorm: ``{"weight", "bias"}`` of ``[hidden // r]``.
-        eps: ``config.layer_norm_eps``.
+        config: uses ``layer_norm_eps``.
 
     Returns:
         ``[batch, seq, hidden // channel_shrink_ratio]``.
     """
     xp = get_namespace(bbox)
-    record = trace.record
     # corner coordinates: [b, s] each -> [b, s, h/6] each
-    left = record(
-        "x_position_embeddings.left", embedding(bbox[:, :, 0], **x_position_embeddings, name="bbox[..., 0]")
-    )
-    upper = record(
-        "y_position_embeddings.upper", embedding(bbox[:, :, 1], **y_position_embeddings, name="bbox[..., 1]")
-    )
-    right = record(
-        "x_position_embeddings.right", embedding(bbox[:, :, 2], **x_position_embeddings, name="bbox[..., 2]")
-    )
-    lower = record(
-        "y_position_embeddings.lower", embedding(bbox[:, :, 3], **y_position_embeddings, name="bbox[..., 3]")
-    )
+    left = embedding(bbox[:, :, 0], **x_position_embeddings, name="bbox[..., 0]")
+    trace.record("x_position_embeddings.left", left)
+    upper = embedding(bbox[:, :, 1], **y_position_embeddings, name="bbox[..., 1]")
+    trace.record("y_position_embeddings.upper", upper)
+    right = embedding(bbox[:, :, 2], **x_position_embeddings, name="bbox[..., 2]")
+    trace.record("x_position_embeddings.right", right)
+    lower = embedding(bbox[:, :, 3], **y_position_embeddings, name="bbox[..., 3]")
+    trace.record("y_position_embeddings.lower", lower)
     # box height y1 - y0 and width x1 - x0: [b, s] -> [b, s, h/6]
-    height = record(
-        "h_position_embeddings",
-        embedding(bbox[:, :, 3] - bbox[:, :, 1], **h_position_embeddings, name="bbox height"),
+    height = embedding(bbox[:, :, 3] - bbox[:, :, 1], **h_position_embeddings, name="bbox height")
+    trace.record("h_position_embeddings", height)
+    width = embedding(bbox[:, :, 2] - bbox[:, :, 0], **w_position_embeddings, name="bbox width")
+    trace.record("w_position_embeddings", width)
+    # 6 x [b, s, h/6] -> [b, s, h] -> [b, s, h/r]
+    spatial = linear(
+        xp.concatenate([left, upper, right, lower, height, width], axis=-1), **box_linear_embeddings
     )
-    width = record(
-        "w_position_embeddings",
-        embedding(bbox[:, :, 2] - bbox[:, :, 0], **w_position_embeddings, name="bbox width"),
-    )
-    # 6 x [b, s, h/6] -> [b, s, h]
-    spatial = xp.concatenate([left, upper, right, lower, height, width], axis=-1)
-    # [b, s, h] -> [b, s, h/r]
-    spatial = record("box_linear_embeddings", linear(spatial, **box_linear_embeddings))
+    trace.record("box_linear_embeddings", spatial)
     # sequence positions of the boxes: [b, s] -> [b, s, h/r]
-    box_position = record(
-        "box_position_embeddings", embedding(position_ids, **box_position_embeddings, name="position_ids")
-    )
-    # [b, s, h/r] + [b, s, h/r] -> [b, s, h/r]
-    return record("LayerNorm", layer_norm(spatial + box_position, **LayerNorm, eps=eps))
+    box_position = embedding(position_ids, **box_position_embeddings, name="position_ids")
+    trace.record("box_position_embeddings", box_position)
+    # add and normalise: [b, s, h/r]
+    out = layer_norm(spatial + box_position, **LayerNorm, eps=config.layer_norm_eps)
+    trace.record("LayerNorm", out)
+    return out

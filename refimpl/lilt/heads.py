@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from .. import trace
 from ..backend import get_namespace
-from ..ops import bce_with_logits, cross_entropy, linear, mse_loss
+from ..losses import bce_with_logits, cross_entropy, mse_loss
+from ..ops import linear
 
 __all__ = [
     "classification_head",
@@ -16,7 +17,7 @@ __all__ = [
 ]
 
 
-def classification_head(sequence_output, dense, out_proj):
+def classification_head(sequence_output, *, dense, out_proj):
     """RoBERTa's sentence head on the first token: ``out_proj(tanh(dense(x[:, 0])))``.
 
     Args:
@@ -31,9 +32,13 @@ def classification_head(sequence_output, dense, out_proj):
     # the <s> token: [b, s, h] -> [b, h]
     x = sequence_output[:, 0, :]
     # [b, h] -> [b, h]
-    x = xp.tanh(trace.record("dense", linear(x, **dense)))
+    x = linear(x, **dense)
+    trace.record("dense", x)
+    x = xp.tanh(x)
     # [b, h] -> [b, labels]
-    return trace.record("out_proj", linear(x, **out_proj))
+    logits = linear(x, **out_proj)
+    trace.record("out_proj", logits)
+    return logits
 
 
 def sequence_classification_problem_type(problem_type, num_labels: int, labels) -> str:
@@ -99,7 +104,7 @@ def token_classification_loss(logits, labels):
     return cross_entropy(logits.reshape(-1, num_labels), labels.reshape(-1)).astype(logits.dtype)
 
 
-def question_answering_logits(sequence_output, weight, bias):
+def question_answering_logits(sequence_output, *, weight, bias):
     """``qa_outputs`` projection split into start and end logits.
 
     Args:
@@ -111,7 +116,8 @@ def question_answering_logits(sequence_output, weight, bias):
     """
     xp = get_namespace(sequence_output)
     # [b, s, h] -> [b, s, 2]
-    logits = trace.record("", linear(sequence_output, weight, bias))
+    logits = linear(sequence_output, weight, bias)
+    trace.output(logits)
     # [b, s, 2] -> 2 x [b, s]
     return xp.ascontiguousarray(logits[..., 0]), xp.ascontiguousarray(logits[..., 1])
 

@@ -1,23 +1,25 @@
-"""LiLT models: input checks, the full forward pass as one function, and the thin public classes.
+"""LiLT models: input checks, the forward pass as one function, and the thin public classes.
 
-    lilt_model(w, inputs, config, dtype)         # LiltModel as a pure function
+    inputs = check_inputs(config, dtype, input_ids=ids, bbox=boxes)   # checked, defaults filled
+    out = lilt_model(w, inputs, config, dtype)                        # LiltModel as a pure function
     LiltModel / LiltForSequenceClassification / LiltForTokenClassification / LiltForQuestionAnswering
 
-``w`` is the nested form of the checkpoint (``w["encoder"]["layer"]["0"]["attention"]["self"]["query"]["weight"]``),
-so each layer function receives its sub-dict with the checkpoint's names.
+Every class runs the same steps in the same order as LXMERT's: input checks, embeddings,
+encoder, heads, output record. ``w`` is the checkpoint nested once at load
+(``model.weights["encoder"]["layer"]["0"]["attention"]["self"]["query"]["weight"]``), so
+each layer function receives its sub-dict with the checkpoint's names.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from .. import backend, trace
+from .. import backend, bert, trace
 from ..attention import extended_attention_mask, head_masks
+from ..checks import broadcasts_to, check_index_range, first_bad, require_integers
 from ..config import LiltConfig
 from ..modeling import PreTrainedModel
-from ..ops import check_index_range, linear
+from ..ops import linear
 from ..outputs import (
     LiltModelOutput,
     QuestionAnsweringModelOutput,
@@ -37,7 +39,7 @@ from .heads import (
     sequence_classification_loss,
     token_classification_loss,
 )
-from .layers import lilt_encoder, pooler
+from .layers import lilt_encoder
 
 __all__ = [
     "LiltModel",
@@ -46,7 +48,7 @@ __all__ = [
     "LiltForQuestionAnswering",
     "lilt_model",
     "check_inputs",
-    "nest",
+    "lilt_attention_mask",
     "base_shapes",
 ]
 
@@ -54,18 +56,6 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # weights
 # --------------------------------------------------------------------------------------------
-
-
-def nest(params: dict[str, Any]) -> dict[str, Any]:
-    """Turn flat checkpoint keys into nested dicts: ``"a.b.weight"`` -> ``{"a": {"b": {"weight": ...}}}``."""
-    tree: dict[str, Any] = {}
-    for key, value in params.items():
-        node = tree
-        *path, leaf = key.split(".")
-        for part in path:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
 
 
 def base_shapes(
@@ -135,25 +125,6 @@ def base_shapes(
 # --------------------------------------------------------------------------------------------
 
 
-def _broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
-    """Whether an array of ``shape`` broadcasts to exactly ``target`` (NumPy/torch rules)."""
-    if len(shape) > len(target):
-        return False
-    return all(a in (1, t) for a, t in zip(shape[::-1], target[::-1], strict=False))
-
-
-def _require_integers(x, name: str) -> None:
-    if x.dtype.kind not in "iu":
-        raise ValueError(
-            f"{name} must hold integers (it indexes an embedding table), got dtype {x.dtype}; "
-            f"convert with {name}.astype('int64') if the values are whole numbers"
-        )
-
-
-def _first_bad(xp, bad) -> tuple[int, ...]:
-    return tuple(int(i) for i in xp.argwhere(bad)[0])
-
-
 def check_inputs(
     config: LiltConfig,
     dtype,
@@ -193,7 +164,7 @@ def check_inputs(
     if input_ids is not None:
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must have shape [batch, seq], got {tuple(input_ids.shape)}")
-        _require_integers(input_ids, "input_ids")
+        require_integers(input_ids, "input_ids")
         check_index_range(input_ids, config.vocab_size, "input_ids")
         b, s = input_ids.shape
     else:
@@ -213,15 +184,15 @@ def check_inputs(
     if bbox is None:
         bbox = xp.zeros((b, s, 4), dtype=xp.int64)
     else:
-        if bbox.ndim != 3 or bbox.shape[-1] != 4 or not _broadcasts_to(tuple(bbox.shape), (b, s, 4)):
+        if bbox.ndim != 3 or bbox.shape[-1] != 4 or not broadcasts_to(tuple(bbox.shape), (b, s, 4)):
             raise ValueError(f"bbox must have shape [batch, seq, 4] = [{b}, {s}, 4], got {tuple(bbox.shape)}")
-        _require_integers(bbox, "bbox")
+        require_integers(bbox, "bbox")
         check_index_range(bbox, M, "bbox")
         bbox = xp.broadcast_to(bbox, (b, s, 4))
         for lo, hi, what, table in ((0, 2, "width x1 - x0", "w"), (1, 3, "height y1 - y0", "h")):
             bad = bbox[:, :, hi] < bbox[:, :, lo]
             if bool(bad.any()):
-                i, j = _first_bad(xp, bad)
+                i, j = first_bad(bad)
                 raise ValueError(
                     f"bbox[{i}, {j}] = {[int(v) for v in bbox[i, j]]}: the {what} is negative; it indexes "
                     f"{table}_position_embeddings, allowed range [0, {M - 1}] (boxes are (x0, y0, x1, y1))"
@@ -232,7 +203,7 @@ def check_inputs(
         attention_mask = xp.ones((b, s), dtype=dtype)
     else:
         target = (b, s) if attention_mask.ndim <= 2 else (b, s, s)
-        if attention_mask.ndim not in (2, 3) or not _broadcasts_to(tuple(attention_mask.shape), target):
+        if attention_mask.ndim not in (2, 3) or not broadcasts_to(tuple(attention_mask.shape), target):
             raise ValueError(
                 f"attention_mask must have shape [batch, seq] = [{b}, {s}] or [batch, seq, seq] = [{b}, {s}, {s}], "
                 f"got {tuple(attention_mask.shape)}"
@@ -243,11 +214,11 @@ def check_inputs(
     if token_type_ids is None:
         token_type_ids = xp.zeros((b, s), dtype=xp.int64)
     else:
-        if not _broadcasts_to(tuple(token_type_ids.shape), (b, s)):
+        if not broadcasts_to(tuple(token_type_ids.shape), (b, s)):
             raise ValueError(
                 f"token_type_ids must have shape [batch, seq] = [{b}, {s}], got {tuple(token_type_ids.shape)}"
             )
-        _require_integers(token_type_ids, "token_type_ids")
+        require_integers(token_type_ids, "token_type_ids")
         token_type_ids = xp.broadcast_to(token_type_ids, (b, s))
         check_index_range(token_type_ids, config.type_vocab_size, "token_type_ids")
 
@@ -260,7 +231,7 @@ def check_inputs(
             position_ids = create_position_ids_from_inputs_embeds(b, s, config.pad_token_id, xp)
         bad = position_ids >= P
         if bool(bad.any()):
-            i, j = _first_bad(xp, bad)
+            i, j = first_bad(bad)
             raise ValueError(
                 f"the sequence is too long: token [{i}, {j}] gets position id {int(position_ids[i, j])} "
                 f"(positions start at pad_token_id + 1 = {config.pad_token_id + 1}), outside the allowed range "
@@ -268,11 +239,11 @@ def check_inputs(
                 f"non-pad tokens fit"
             )
     else:
-        if not _broadcasts_to(tuple(position_ids.shape), (b, s)):
+        if not broadcasts_to(tuple(position_ids.shape), (b, s)):
             raise ValueError(
                 f"position_ids must have shape [batch, seq] = [{b}, {s}], got {tuple(position_ids.shape)}"
             )
-        _require_integers(position_ids, "position_ids")
+        require_integers(position_ids, "position_ids")
         position_ids = xp.broadcast_to(position_ids, (b, s))
         check_index_range(position_ids, P, "position_ids")
     if config.position_embedding_type != "absolute" and s > P:
@@ -317,7 +288,7 @@ def lilt_model(
     """LiltModel's forward pass.
 
     Args:
-        w: nested weights (see :func:`nest`) with ``embeddings``, ``layout_embeddings``,
+        w: nested weights (``model.weights``, see :func:`refimpl.modeling.nest`) with ``embeddings``, ``layout_embeddings``,
             ``encoder`` and, with ``add_pooling_layer``, ``pooler``.
         inputs: the checked inputs from :func:`check_inputs`.
         config: the model config.
@@ -329,8 +300,8 @@ def lilt_model(
         LiltModelOutput: ``last_hidden_state [b, s, hidden]``, ``pooler_output [b, hidden]``,
         ``hidden_states`` / ``attentions`` tuples as transformers, and the layout stream.
     """
-    eps = config.layer_norm_eps
-    position_ids = trace.record("embeddings.position_ids", inputs["position_ids"])
+    position_ids = inputs["position_ids"]
+    trace.record("embeddings.position_ids", position_ids)
     # text stream input: [b, s] -> [b, s, h]
     with trace.scope("embeddings"):
         embedding_output = text_embeddings(
@@ -339,49 +310,58 @@ def lilt_model(
             inputs["token_type_ids"],
             position_ids,
             **w["embeddings"],
-            eps=eps,
-            position_embedding_type=config.position_embedding_type,
+            config=config,
         )
     # layout stream input: [b, s, 4] -> [b, s, h/r]
     with trace.scope("layout_embeddings"):
         layout_embedding_output = layout_embeddings(
-            inputs["bbox"], position_ids, **w["layout_embeddings"], eps=eps
+            inputs["bbox"], position_ids, **w["layout_embeddings"], config=config
         )
-    # a decoder config (is_decoder) also hides later keys, as get_extended_attention_mask does: [b, s] -> [b, s, s]
-    mask = inputs["attention_mask"]
-    if getattr(config, "is_decoder", False) and mask.ndim == 2:
-        xp = backend.get_namespace(mask)
-        pos = xp.arange(mask.shape[1])
-        causal = (pos[None, :] <= pos[:, None]).astype(mask.dtype)  # [s, s]: key <= query
-        mask = causal[None, :, :] * mask[:, None, :]
     # additive mask over keys: [b, 1, 1|s, s]
-    additive_mask = extended_attention_mask(mask, dtype)
-    # a mask that keeps every key adds only zeros: skip that [b, n, s, s] add in every layer
-    if not bool(additive_mask.any()):
-        additive_mask = None
+    attention_mask = lilt_attention_mask(inputs["attention_mask"], config, dtype)
     # both streams through every layer
     with trace.scope("encoder"):
         enc = lilt_encoder(
             embedding_output,
             layout_embedding_output,
-            additive_mask,
+            attention_mask,
             inputs["head_masks"],
             **w["encoder"],
+            config=config,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
-            hidden_act=config.hidden_act,
-            eps=eps,
-            num_heads=config.num_attention_heads,
-            channel_shrink_ratio=config.channel_shrink_ratio,
-            position_embedding_type=config.position_embedding_type,
-            max_position_embeddings=config.max_position_embeddings,
         )
     # first-token summary: [b, s, h] -> [b, h]
     pooled = None
     if add_pooling_layer:
         with trace.scope("pooler"):
-            pooled = pooler(enc["last_hidden_state"], **w["pooler"])
+            pooled = bert.pooler(enc["last_hidden_state"], **w["pooler"])
+            trace.output(pooled)
     return LiltModelOutput(pooler_output=pooled, **enc)
+
+
+def lilt_attention_mask(attention_mask, config: LiltConfig, dtype):
+    """The additive mask every layer adds to its scores, as ``get_extended_attention_mask``.
+
+    A decoder config (``is_decoder``) also hides later keys. A mask that keeps every key adds
+    only zeros, so it is returned as ``None`` and the layers skip the add.
+
+    Args:
+        attention_mask: ``[batch, seq]`` or ``[batch, seq, seq]``, 1 = attend.
+        config: uses ``is_decoder``.
+        dtype: the scores' float dtype.
+
+    Returns:
+        ``[batch, 1, 1|seq, seq]`` (0 keep, ``finfo(dtype).min`` drop), or ``None``.
+    """
+    mask = attention_mask
+    if getattr(config, "is_decoder", False) and mask.ndim == 2:
+        xp = backend.get_namespace(mask)
+        pos = xp.arange(mask.shape[1])
+        causal = (pos[None, :] <= pos[:, None]).astype(mask.dtype)  # [s, s]: key <= query
+        mask = causal[None, :, :] * mask[:, None, :]  # [b, s, s]
+    additive = extended_attention_mask(mask, dtype)
+    return additive if bool(additive.any()) else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -393,42 +373,13 @@ class _LiltBase(PreTrainedModel):
     config_class = LiltConfig
     base_model_prefix = "lilt"
 
-    def __init__(self, config: LiltConfig, params: dict[str, Any], dtype="float32", device: str = "cpu"):
-        super().__init__(config, params, dtype=dtype, device=device)
-        self.weights = nest(params)
+    def _check(self, **inputs) -> dict[str, Any]:
+        """:func:`check_inputs` on the caller's arrays, moved to the model's device."""
+        return check_inputs(self.config, self.dtype, **{k: self._array(v) for k, v in inputs.items()})
 
-    def to(self, device: str):
-        """Move every weight to ``device`` ("cpu" or "cuda") and return ``self``."""
-        super().to(device)
-        self.weights = nest(self.params)  # the nested view must hold the moved arrays
-        return self
-
-    def _array(self, x):
-        """Lists/scalars -> arrays; host arrays -> the model's device. Arrays already there pass through."""
-        if x is None:
-            return None
-        if not hasattr(x, "shape"):
-            x = np.asarray(x)
-        if self.device != "cpu" and not backend.is_device_array(x):
-            x = backend.to_device(x, self.device)
-        return x
-
-    def _base(self, w, kw, add_pooling_layer: bool, output_attentions, output_hidden_states):
-        # as the oracle: an unset flag takes the config's value (config.json may set it)
-        if output_attentions is None:
-            output_attentions = bool(self.config.output_attentions)
-        if output_hidden_states is None:
-            output_hidden_states = bool(self.config.output_hidden_states)
-        names = (
-            "input_ids",
-            "bbox",
-            "attention_mask",
-            "token_type_ids",
-            "position_ids",
-            "head_mask",
-            "inputs_embeds",
-        )
-        inputs = check_inputs(self.config, self.dtype, **{n: self._array(kw.get(n)) for n in names})
+    def _lilt(self, w, inputs, add_pooling_layer: bool, output_attentions, output_hidden_states):
+        """:func:`lilt_model` with the output flags defaulting to the config's, as the oracle."""
+        output_attentions, output_hidden_states = self._flags(output_attentions, output_hidden_states)
         return lilt_model(
             w,
             inputs,
@@ -477,8 +428,16 @@ class LiltModel(_LiltBase):
             inputs_embeds: ``[batch, seq, hidden]`` instead of ``input_ids``.
             output_attentions, output_hidden_states: add the per-layer tuples (``None``: the config's value).
         """
-        kw = dict(locals())
-        return self._base(self.weights, kw, True, output_attentions, output_hidden_states)
+        inputs = self._check(
+            input_ids=input_ids,
+            bbox=bbox,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            head_mask=head_mask,
+            inputs_embeds=inputs_embeds,
+        )
+        return self._lilt(self.weights, inputs, True, output_attentions, output_hidden_states)
 
 
 class LiltForSequenceClassification(_LiltBase):
@@ -511,27 +470,37 @@ class LiltForSequenceClassification(_LiltBase):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
     ) -> SequenceClassifierOutput:
-        """LiltModel's inputs plus ``labels``: integer ``[batch]`` (single-label), float
-        ``[batch, num_labels]`` (multi-label) or float ``[batch]`` (regression, ``num_labels == 1``).
-        The loss follows ``config.problem_type``, chosen as the oracle does when it is ``None``."""
-        kw = dict(locals())
+        """LiltModel's inputs plus ``labels``: ``[batch]`` of int64/int32 class ids
+        (single-label), float ``[batch, num_labels]`` (multi-label) or float ``[batch]``
+        (regression, ``num_labels == 1``). The loss follows ``config.problem_type``, chosen as
+        the oracle does when it is ``None`` (single-label only for int64/int32 labels)."""
+        inputs = self._check(
+            input_ids=input_ids,
+            bbox=bbox,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            head_mask=head_mask,
+            inputs_embeds=inputs_embeds,
+        )
+        b = inputs["bbox"].shape[0]
+        if labels is not None:
+            labels = self._array(labels)
+            if labels.ndim == 0 or labels.shape[0] != b:
+                raise ValueError(
+                    f"labels has shape {tuple(labels.shape)}; its first axis must be the batch ({b})"
+                )
         with trace.scope("lilt"):
-            out = self._base(self.weights["lilt"], kw, False, output_attentions, output_hidden_states)
+            out = self._lilt(self.weights["lilt"], inputs, False, output_attentions, output_hidden_states)
+        # [b, s, h] -> [b, labels]
         with trace.scope("classifier"):
             logits = classification_head(out.last_hidden_state, **self.weights["classifier"])
         loss = None
         if labels is not None:
-            labels = self._array(labels)
-            if labels.shape[0] != logits.shape[0]:
-                raise ValueError(
-                    f"labels has shape {tuple(labels.shape)}; its first axis must be the batch ({logits.shape[0]})"
-                )
-            loss = trace.record(
-                "loss",
-                sequence_classification_loss(
-                    logits, labels, num_labels=self.config.num_labels, problem_type=self.config.problem_type
-                ),
+            loss = sequence_classification_loss(
+                logits, labels, num_labels=self.config.num_labels, problem_type=self.config.problem_type
             )
+            trace.record("loss", loss)
         return SequenceClassifierOutput(
             loss=loss,
             logits=logits,
@@ -571,20 +540,31 @@ class LiltForTokenClassification(_LiltBase):
     ) -> TokenClassifierOutput:
         """LiltModel's inputs plus ``labels``: integer ``[batch, seq]`` in ``[0, num_labels - 1]``
         or -100 (ignored). The loss is the mean cross entropy over the non-ignored tokens."""
-        kw = dict(locals())
-        with trace.scope("lilt"):
-            out = self._base(self.weights["lilt"], kw, False, output_attentions, output_hidden_states)
-        # [b, s, h] -> [b, s, labels]
-        logits = trace.record("classifier", linear(out.last_hidden_state, **self.weights["classifier"]))
-        loss = None
+        inputs = self._check(
+            input_ids=input_ids,
+            bbox=bbox,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            head_mask=head_mask,
+            inputs_embeds=inputs_embeds,
+        )
+        b, s = inputs["bbox"].shape[:2]
         if labels is not None:
             labels = self._array(labels)
-            _require_integers(labels, "labels")
-            if labels.size != logits.shape[0] * logits.shape[1]:
-                raise ValueError(
-                    f"labels has shape {tuple(labels.shape)}; expected [batch, seq] = {list(logits.shape[:2])}"
-                )
-            loss = trace.record("loss", token_classification_loss(logits, labels))
+            require_integers(labels, "labels")
+            if labels.size != b * s:
+                raise ValueError(f"labels has shape {tuple(labels.shape)}; expected [batch, seq] = {[b, s]}")
+        with trace.scope("lilt"):
+            out = self._lilt(self.weights["lilt"], inputs, False, output_attentions, output_hidden_states)
+        # [b, s, h] -> [b, s, labels]
+        with trace.scope("classifier"):
+            logits = linear(out.last_hidden_state, **self.weights["classifier"])
+            trace.output(logits)
+        loss = None
+        if labels is not None:
+            loss = token_classification_loss(logits, labels)
+            trace.record("loss", loss)
         return TokenClassifierOutput(
             loss=loss,
             logits=logits,
@@ -624,24 +604,36 @@ class LiltForQuestionAnswering(_LiltBase):
     ) -> QuestionAnsweringModelOutput:
         """LiltModel's inputs plus ``start_positions`` / ``end_positions``: integer ``[batch]``.
         Positions outside ``[0, seq - 1]`` are ignored in the loss (clamped to ``seq``, as the oracle)."""
-        kw = dict(locals())
+        inputs = self._check(
+            input_ids=input_ids,
+            bbox=bbox,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            head_mask=head_mask,
+            inputs_embeds=inputs_embeds,
+        )
+        b = inputs["bbox"].shape[0]
+        positions = None
+        if start_positions is not None and end_positions is not None:
+            positions = []
+            for name, p in (("start_positions", start_positions), ("end_positions", end_positions)):
+                p = self._array(p)
+                require_integers(p, name)
+                if p.size != b or p.ndim > 2:
+                    raise ValueError(f"{name} has shape {tuple(p.shape)}; expected [batch] = [{b}]")
+                positions.append(p.reshape(b))
         with trace.scope("lilt"):
-            out = self._base(self.weights["lilt"], kw, False, output_attentions, output_hidden_states)
+            out = self._lilt(self.weights["lilt"], inputs, False, output_attentions, output_hidden_states)
+        # [b, s, h] -> 2 x [b, s]
         with trace.scope("qa_outputs"):
             start_logits, end_logits = question_answering_logits(
                 out.last_hidden_state, **self.weights["qa_outputs"]
             )
         loss = None
-        if start_positions is not None and end_positions is not None:
-            b = start_logits.shape[0]
-            positions = []
-            for name, p in (("start_positions", start_positions), ("end_positions", end_positions)):
-                p = self._array(p)
-                _require_integers(p, name)
-                if p.size != b or p.ndim > 2:
-                    raise ValueError(f"{name} has shape {tuple(p.shape)}; expected [batch] = [{b}]")
-                positions.append(p.reshape(b))
-            loss = trace.record("loss", question_answering_loss(start_logits, end_logits, *positions))
+        if positions is not None:
+            loss = question_answering_loss(start_logits, end_logits, *positions)
+            trace.record("loss", loss)
         return QuestionAnsweringModelOutput(
             loss=loss,
             start_logits=start_logits,

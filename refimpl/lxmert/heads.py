@@ -11,8 +11,10 @@ sum), ``loss.visual.obj``, ``loss.visual.attr``, ``loss.visual.feat`` and ``loss
 from __future__ import annotations
 
 from .. import trace
+from ..activations import gelu, get_activation
 from ..backend import get_namespace
-from ..ops import cross_entropy, gelu, get_activation, layer_norm, linear, smooth_l1_loss
+from ..losses import cross_entropy, smooth_l1_loss
+from ..ops import layer_norm, linear
 from .layers import LN_EPS
 
 __all__ = [
@@ -25,36 +27,48 @@ __all__ = [
     "accumulate_loss",
 ]
 
-record = trace.record
-scope = trace.scope
+
+def prediction_head_transform(x, *, dense, LayerNorm, hidden_act: str):
+    """LxmertPredictionHeadTransform: ``LayerNorm(act(dense(x)))``, ``[..., hidden] -> [..., hidden]``.
+
+    Args:
+        x: ``[..., hidden]``.
+        dense: Linear weights ``[hidden, hidden]``; LayerNorm: ``{"weight", "bias"}`` of ``[hidden]``.
+        hidden_act: ``config.hidden_act``.
+    """
+    # project: [..., h]
+    h = linear(x, **dense)
+    trace.record("dense", h)
+    # activation: [..., h]
+    h = get_activation(hidden_act)(h)
+    trace.record("transform_act_fn", h)
+    # normalise: [..., h]
+    h = layer_norm(h, **LayerNorm, eps=LN_EPS)
+    trace.record("LayerNorm", h)
+    return h
 
 
-def prediction_head_transform(x, *, dense, LayerNorm, act: str):
-    """LxmertPredictionHeadTransform: ``LayerNorm(act(dense(x)))``, ``[..., hidden] -> [..., hidden]``."""
-    h = record("dense", linear(x, **dense))  # [..., h]
-    h = record("transform_act_fn", get_activation(act)(h))  # [..., h]
-    return record("LayerNorm", layer_norm(h, **LayerNorm, eps=LN_EPS))  # [..., h]
-
-
-def lm_prediction_head(x, *, transform, decoder, bias, act: str):
+def lm_prediction_head(x, *, transform, decoder, bias, hidden_act: str):
     """LxmertLMPredictionHead: transform, then the decoder tied to the word embeddings, plus a bias.
 
     Args:
         x: language output ``[batch, seq, hidden]``.
         decoder: ``{"weight": [vocab, hidden]}`` (the word-embedding matrix).
         bias: ``[vocab]``.
+        hidden_act: ``config.hidden_act``.
 
     Returns:
         ``[batch, seq, vocab]`` logits.
     """
-    # transform: dense, activation, LayerNorm
-    with scope("transform"):
-        h = prediction_head_transform(x, **transform, act=act)  # [b, L, h]
-    record("transform", h)
-    # scores against every word embedding (the decoder has no bias of its own)
-    logits = record("decoder", linear(h, decoder["weight"]))  # [b, L, h] -> [b, L, V]
-    # the head's own output bias
-    return logits + bias  # [b, L, V]
+    # transform: dense, activation, LayerNorm: [b, s, h]
+    with trace.scope("transform"):
+        h = prediction_head_transform(x, **transform, hidden_act=hidden_act)
+        trace.output(h)
+    # scores against every word embedding (the decoder has no bias of its own): [b, s, V]
+    logits = linear(h, decoder["weight"])
+    trace.record("decoder", logits)
+    # the head's own output bias: [b, s, V]
+    return logits + bias
 
 
 def visual_losses(config) -> dict[str, dict]:
@@ -73,25 +87,27 @@ def visual_losses(config) -> dict[str, dict]:
     return out
 
 
-def visual_obj_head(x, *, transform, decoder_dict=None, act: str, keys):
+def visual_obj_head(x, *, transform, decoder_dict=None, hidden_act: str, keys):
     """LxmertVisualObjHead: transform, then one decoder per enabled visual loss.
 
     Args:
         x: vision output ``[batch, boxes, hidden]``.
         decoder_dict: ``{"obj": Linear, "attr": Linear, "feat": Linear}`` (enabled ones).
+        hidden_act: ``config.hidden_act``.
         keys: the enabled keys in order (see :func:`visual_losses`).
 
     Returns:
         key -> ``[batch, boxes, num]``.
     """
-    # transform: dense, activation, LayerNorm
-    with scope("transform"):
-        h = prediction_head_transform(x, **transform, act=act)  # [b, n, h]
-    record("transform", h)
-    # one linear decoder per loss
+    # transform: dense, activation, LayerNorm: [b, n, h]
+    with trace.scope("transform"):
+        h = prediction_head_transform(x, **transform, hidden_act=hidden_act)
+        trace.output(h)
+    # one linear decoder per loss: [b, n, num]
     out = {}
     for key in keys:
-        out[key] = record(f"decoder_dict.{key}", linear(h, **decoder_dict[key]))  # [b, n, num]
+        out[key] = linear(h, **decoder_dict[key])
+        trace.record(f"decoder_dict.{key}", out[key])
     return out
 
 
@@ -105,12 +121,21 @@ def answer_head(x, *, logit_fc):
     Returns:
         ``[batch, num_qa_labels]``.
     """
-    with scope("logit_fc"):
-        h = record("0", linear(x, **logit_fc["0"]))  # [b, h] -> [b, 2h]
-        h = record("1", gelu(h))  # [b, 2h]
-        h = record("2", layer_norm(h, **logit_fc["2"], eps=LN_EPS))  # [b, 2h]
-        h = record("3", linear(h, **logit_fc["3"]))  # [b, 2h] -> [b, num_qa]
-    return record("logit_fc", h)
+    with trace.scope("logit_fc"):
+        # [b, h] -> [b, 2h]
+        h = linear(x, **logit_fc["0"])
+        trace.record("0", h)
+        # exact GELU, whatever config.hidden_act says: [b, 2h]
+        h = gelu(h)
+        trace.record("1", h)
+        # [b, 2h]
+        h = layer_norm(h, **logit_fc["2"], eps=LN_EPS)
+        trace.record("2", h)
+        # [b, 2h] -> [b, num_qa]
+        h = linear(h, **logit_fc["3"])
+        trace.record("3", h)
+        trace.output(h)
+    return h
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,60 +1,49 @@
-"""LXMERT's encoder as plain functions: embeddings, visual feature encoder, attention, the
-BERT-style language / relationship layers, the cross-modality layer, the encoder and the pooler.
+"""LXMERT's encoder as plain functions, one per oracle module: embeddings, the visual feature
+encoder, the self- and cross-attention layers, the language/relationship layer (LxmertLayer),
+the cross-modality layer (LxmertXLayer) and the encoder.
 
-Every function takes arrays and the weights of one oracle module, as keyword sub-dicts named
-like the checkpoint keys (``query={"weight": ..., "bias": ...}``), and returns arrays. It records
-what it computes with :mod:`refimpl.trace` relative to the current scope, which the caller sets to
-the function's module path, so that names equal the oracle's ``named_modules()`` paths.
+Three encoders run in turn: ``l_layers`` language layers over the words, ``r_layers``
+relationship layers over the regions, then ``x_layers`` cross-modality layers, each of which
+lets the words attend to the regions and the regions to the words through ONE shared
+cross-attention module, then runs a self-attention and a feed-forward block per modality::
 
-Trace names (relative to the model, see ``refimpl.lxmert.modeling`` for the prefixes):
+    lang' = CrossAtt(lang -> visn),   visn' = CrossAtt(visn -> lang)      same weights
+    lang'' = FFN(SelfAtt(lang')),     visn'' = FFN(SelfAtt(visn'))
 
-* the output of every module whose forward returns one tensor, under its module path
-  (Linear, LayerNorm, Embedding, activation modules, and tensor-returning containers such as
-  ``encoder.layer.0.attention.output`` or ``encoder.visn_fc``); dropouts (identity at
-  inference) are not recorded;
-* inner steps of each attention module (``...attention.self``, ``...visual_attention.att``):
-  ``attention_scores`` (``q k^T / sqrt(head_size)``, before the mask), ``attention_probs``
-  (after the softmax) and ``context`` (heads merged, ``[batch, q_len, hidden]``);
-* the cross-attention module ``encoder.x_layers.<i>.visual_attention`` is called twice per cross
-  layer with the same weights: first with language queries over vision keys, then with vision
-  queries over language keys. Everything recorded inside it carries a per-call suffix at the end
-  of the name: ``@lang`` for the first call, ``@visn`` for the second, e.g.
-  ``encoder.x_layers.0.visual_attention.att.query@lang`` and
-  ``encoder.x_layers.0.visual_attention.output@visn``. Stripping the suffix gives the module
-  path; the suffix order is the order a forward hook on that module sees the calls.
+Weights arrive as keyword sub-dicts named like the checkpoint's keys; config values are read
+from ``config`` (a :class:`refimpl.config.LxmertConfig`) by name. Every LayerNorm uses
+``eps = 1e-12`` (:data:`LN_EPS`), as the oracle hard-codes it; ``config.layer_norm_eps`` is
+never read.
 
-LayerNorm eps is 1e-12 everywhere, as the oracle hard-codes it (``config.layer_norm_eps`` is
-never read).
+Trace names equal the oracle's ``named_modules()`` paths: every module whose forward returns
+one tensor is recorded under its path (Linear, LayerNorm, Embedding, activation modules, and
+tensor-returning containers such as ``encoder.layer.0.attention.output``); inside attention
+modules also ``attention_scores``, ``attention_probs`` and ``context``. The shared
+cross-attention ``encoder.x_layers.<i>.visual_attention`` is called twice per cross layer, so
+everything recorded inside it ends in ``@lang`` (language queries over vision keys, the first
+call) or ``@visn`` (the second), e.g. ``encoder.x_layers.0.visual_attention.att.query@lang``.
 """
 
 from __future__ import annotations
 
-import math
-
-from .. import trace
-from ..attention import attention_probs, attention_scores, merge_heads, split_heads
+from .. import bert, trace
 from ..backend import get_namespace
-from ..ops import embedding, gelu, get_activation, layer_norm, linear
+from ..config import LxmertConfig
+from ..ops import embedding, layer_norm, linear
 
 __all__ = [
     "LN_EPS",
-    "embeddings",
-    "visual_feature_encoder",
-    "mha",
-    "attention_output",
-    "attention_layer",
-    "ffn_intermediate",
-    "bert_layer",
-    "cross_layer",
-    "encoder",
-    "pooler",
+    "lxmert_embeddings",
+    "lxmert_visual_feature_encoder",
+    "lxmert_self_attention_layer",
+    "lxmert_cross_attention_layer",
+    "lxmert_layer",
+    "lxmert_x_layer",
+    "lxmert_encoder",
 ]
 
 #: The oracle builds every LayerNorm with ``eps=1e-12``, whatever ``config.layer_norm_eps`` says.
 LN_EPS = 1e-12
-
-record = trace.record
-scope = trace.scope
 
 
 # ------------------------------------------------------------------------------------------
@@ -62,7 +51,7 @@ scope = trace.scope
 # ------------------------------------------------------------------------------------------
 
 
-def embeddings(
+def lxmert_embeddings(
     input_ids,
     token_type_ids,
     inputs_embeds,
@@ -72,151 +61,122 @@ def embeddings(
     token_type_embeddings,
     LayerNorm,
 ):
-    """LxmertEmbeddings: word (or given) + position (0..L-1) + token-type embeddings, then LayerNorm.
+    """LxmertEmbeddings: word (or given) + position (0..seq-1) + token-type embeddings, then LayerNorm.
 
     Args:
         input_ids: integer ``[batch, seq]`` or ``None`` (then ``inputs_embeds`` is used).
         token_type_ids: integer ids broadcastable to ``[batch, seq]``.
         inputs_embeds: ``[batch, seq, hidden]`` or ``None``.
-        word_embeddings, position_embeddings, token_type_embeddings, LayerNorm: weight sub-dicts.
+        word_embeddings, position_embeddings, token_type_embeddings: ``{"weight": [n, hidden]}``.
+        LayerNorm: ``{"weight", "bias"}`` of ``[hidden]``.
 
     Returns:
         ``[batch, seq, hidden]``.
     """
     xp = get_namespace(position_embeddings["weight"])
-    # word vectors: look the ids up unless the caller gave the vectors
+    # word vectors, unless the caller gave them: [b, s] -> [b, s, h]
     if inputs_embeds is None:
-        inputs_embeds = embedding(input_ids, word_embeddings["weight"], "input_ids")  # [b, L] -> [b, L, h]
-        record("word_embeddings", inputs_embeds)
-    seq_length = inputs_embeds.shape[1]
-    # absolute positions 0..L-1, the same for every row
-    position_ids = xp.arange(seq_length)  # [L]
-    pos = embedding(position_ids, position_embeddings["weight"], "position_ids")  # [L, h]
-    pos = xp.broadcast_to(pos, inputs_embeds.shape)  # [b, L, h], as the oracle's expanded ids
-    record("position_embeddings", pos)
-    # segment vectors
-    tok = embedding(token_type_ids, token_type_embeddings["weight"], "token_type_ids")  # [b, L] -> [b, L, h]
-    record("token_type_embeddings", tok)
-    # sum, then LayerNorm
-    x = inputs_embeds + pos + tok  # [b, L, h]
-    return record("LayerNorm", layer_norm(x, **LayerNorm, eps=LN_EPS))  # [b, L, h]
+        inputs_embeds = embedding(input_ids, word_embeddings["weight"], "input_ids")
+        trace.record("word_embeddings", inputs_embeds)
+    # absolute positions 0..seq-1, the same for every row: [s] -> [b, s, h]
+    position_ids = xp.arange(inputs_embeds.shape[1])
+    position = xp.broadcast_to(
+        embedding(position_ids, position_embeddings["weight"], "position_ids"), inputs_embeds.shape
+    )
+    trace.record("position_embeddings", position)
+    # segment vectors: [b, s] -> [b, s, h]
+    token_type = embedding(token_type_ids, token_type_embeddings["weight"], "token_type_ids")
+    trace.record("token_type_embeddings", token_type)
+    # sum, then normalise: [b, s, h]
+    out = layer_norm(inputs_embeds + position + token_type, **LayerNorm, eps=LN_EPS)
+    trace.record("LayerNorm", out)
+    return out
 
 
-def visual_feature_encoder(visual_feats, visual_pos, *, visn_fc, visn_layer_norm, box_fc, box_layer_norm):
+def lxmert_visual_feature_encoder(
+    visual_feats, visual_pos, *, visn_fc, visn_layer_norm, box_fc, box_layer_norm
+):
     """LxmertVisualFeatureEncoder: ``(LayerNorm(visn_fc(feats)) + LayerNorm(box_fc(pos))) / 2``.
 
     Args:
         visual_feats: ``[batch, boxes, visual_feat_dim]`` region features.
         visual_pos: ``[batch, boxes, visual_pos_dim]`` box coordinates.
+        visn_fc, box_fc: Linear weights ``{"weight": [hidden, in], "bias": [hidden]}``.
+        visn_layer_norm, box_layer_norm: ``{"weight", "bias"}`` of ``[hidden]``.
 
     Returns:
         ``[batch, boxes, hidden]``.
     """
-    # project and normalise the region features
-    x = record("visn_fc", linear(visual_feats, **visn_fc))  # [b, n, f] -> [b, n, h]
-    x = record("visn_layer_norm", layer_norm(x, **visn_layer_norm, eps=LN_EPS))  # [b, n, h]
-    # project and normalise the box coordinates
-    y = record("box_fc", linear(visual_pos, **box_fc))  # [b, n, 4] -> [b, n, h]
-    y = record("box_layer_norm", layer_norm(y, **box_layer_norm, eps=LN_EPS))  # [b, n, h]
-    # average the two
-    return (x + y) / 2  # [b, n, h]
+    # project and normalise the region features: [b, n, f] -> [b, n, h]
+    x = linear(visual_feats, **visn_fc)
+    trace.record("visn_fc", x)
+    x = layer_norm(x, **visn_layer_norm, eps=LN_EPS)
+    trace.record("visn_layer_norm", x)
+    # project and normalise the box coordinates: [b, n, 4] -> [b, n, h]
+    y = linear(visual_pos, **box_fc)
+    trace.record("box_fc", y)
+    y = layer_norm(y, **box_layer_norm, eps=LN_EPS)
+    trace.record("box_layer_norm", y)
+    # average the two: [b, n, h]
+    return (x + y) / 2
 
 
 # ------------------------------------------------------------------------------------------
-# attention
+# attention layers
 # ------------------------------------------------------------------------------------------
 
 
-def mha(hidden, context, mask, *, query, key, value, n_head: int, sfx: str = ""):
-    """LxmertAttention: multi-head attention, queries from ``hidden``, keys and values from ``context``.
+def lxmert_self_attention_layer(hidden_states, attention_mask, *, self, output, config: LxmertConfig):
+    """LxmertSelfAttentionLayer: self-attention, then ``LayerNorm(dense(context) + hidden_states)``.
 
     Args:
-        hidden: ``[batch, q_len, hidden]``.
-        context: ``[batch, k_len, hidden]`` (``hidden`` itself for self-attention).
-        mask: additive mask broadcastable to ``[batch, 1, 1, k_len]`` (0 keep, ``finfo.min``
-            drop), or ``None``.
-        query, key, value: Linear weight sub-dicts.
-        n_head: number of heads.
-        sfx: per-call trace suffix ("" for modules called once).
+        hidden_states: ``[batch, len, hidden]``.
+        attention_mask: additive ``[batch, 1, 1, len]`` or ``None``.
+        self: ``{"query", "key", "value"}`` Linear weights.
+        output: ``{"dense", "LayerNorm"}`` weights.
+        config: uses ``num_attention_heads``.
 
     Returns:
-        ``(context [batch, q_len, hidden], probs [batch, n_head, q_len, k_len])``.
+        ``(attention_output [batch, len, hidden], attention_probs [batch, heads, len, len])``.
     """
-    xp = get_namespace(hidden)
-    # project, then split the hidden axis into heads
-    q = split_heads(record("query" + sfx, linear(hidden, **query)), n_head)  # [b, lq, h] -> [b, nh, lq, d]
-    k = split_heads(record("key" + sfx, linear(context, **key)), n_head)  # [b, lk, h] -> [b, nh, lk, d]
-    v = split_heads(record("value" + sfx, linear(context, **value)), n_head)  # [b, lk, h] -> [b, nh, lk, d]
-    # scaled dot products
-    scores = attention_scores(q, k)  # [b, nh, lq, lk]
-    scores /= math.sqrt(q.shape[-1])  # in place on the fresh scores
-    record("attention_scores" + sfx, scores)
-    # masked keys get finfo.min, then softmax over the keys
-    if scores.shape[-1] == 0:  # no keys (zero boxes): torch's softmax returns the empty scores
-        probs = record("attention_probs" + sfx, scores.copy())  # [b, nh, lq, 0]
-    else:
-        probs = record("attention_probs" + sfx, attention_probs(scores, mask))  # [b, nh, lq, lk]
-    # weighted sum of values, heads merged back
-    ctx = merge_heads(xp.matmul(probs, v))  # [b, nh, lq, d] -> [b, lq, h]
-    return record("context" + sfx, ctx), probs
+    with trace.scope("self"):
+        context, probs = bert.self_attention(
+            hidden_states,
+            hidden_states,
+            attention_mask,
+            None,
+            **self,
+            num_attention_heads=config.num_attention_heads,
+        )
+    with trace.scope("output"):
+        attention_output = bert.add_and_norm(context, hidden_states, **output, layer_norm_eps=LN_EPS)
+        trace.output(attention_output)
+    return attention_output, probs
 
 
-def attention_output(hidden, input_tensor, *, dense, LayerNorm, sfx: str = ""):
-    """LxmertAttentionOutput and LxmertOutput: ``LayerNorm(dense(hidden) + input_tensor)``.
+def lxmert_cross_attention_layer(hidden_states, context, context_mask, *, att, output, config: LxmertConfig):
+    """LxmertCrossAttentionLayer: ``hidden_states`` attend to ``context`` (the other modality),
+    then ``LayerNorm(dense(attended) + hidden_states)``.
 
     Args:
-        hidden: ``[batch, len, in]`` (``in`` = hidden or intermediate size).
-        input_tensor: the residual, ``[batch, len, hidden]``.
+        hidden_states: queries ``[batch, q_len, hidden]``.
+        context: keys and values ``[batch, k_len, hidden]``.
+        context_mask: additive ``[batch, 1, 1, k_len]`` over the context, or ``None``.
+        att: ``{"query", "key", "value"}`` Linear weights.
+        output: ``{"dense", "LayerNorm"}`` weights.
+        config: uses ``num_attention_heads``.
 
     Returns:
-        ``[batch, len, hidden]``.
+        ``(attention_output [batch, q_len, hidden], attention_probs [batch, heads, q_len, k_len])``.
     """
-    x = record("dense" + sfx, linear(hidden, **dense))  # [b, l, in] -> [b, l, h]
-    # residual, then LayerNorm, both in place on the fresh dense output
-    x += input_tensor  # [b, l, h]
-    return record("LayerNorm" + sfx, layer_norm(x, **LayerNorm, eps=LN_EPS, out=x))  # [b, l, h]
-
-
-def attention_layer(x, context, mask, att, output, *, n_head: int, att_name: str, sfx: str = ""):
-    """LxmertSelfAttentionLayer (``att_name="self"``, ``context`` = ``x``) and
-    LxmertCrossAttentionLayer (``att_name="att"``): attention, then dense + residual + LayerNorm.
-
-    Args:
-        x: ``[batch, q_len, hidden]``; context ``[batch, k_len, hidden]``.
-        mask: additive mask over the context's positions, or ``None``.
-        att, output: weight sub-dicts of the ``self``/``att`` and ``output`` submodules.
-
-    Returns:
-        ``(out [batch, q_len, hidden], probs [batch, n_head, q_len, k_len])``.
-    """
-    # multi-head attention
-    with scope(att_name):
-        ctx, probs = mha(x, context, mask, **att, n_head=n_head, sfx=sfx)  # [b, lq, h]
-    # output projection, residual, LayerNorm
-    with scope("output"):
-        out = attention_output(ctx, x, **output, sfx=sfx)  # [b, lq, h]
-    return record("output" + sfx, out), probs
-
-
-def ffn_intermediate(x, *, dense, act: str):
-    """LxmertIntermediate: ``act(dense(x))``, ``[batch, len, hidden] -> [batch, len, intermediate]``.
-
-    The activation module is recorded as ``intermediate_act_fn``.
-    """
-    h = record("dense", linear(x, **dense))  # [b, l, h] -> [b, l, i]
-    # exact GELU (LXMERT's default) in place on the fresh dense output
-    fn = get_activation(act)
-    return record("intermediate_act_fn", fn(h, out=h) if fn is gelu else fn(h))  # [b, l, i]
-
-
-def _ffn(x, inter, out, *, act: str, inter_name: str, out_name: str):
-    """Feed-forward sub-block: ``inter_name`` (dense + act) then ``out_name`` (dense + residual + LN)."""
-    with scope(inter_name):
-        h = ffn_intermediate(x, **inter, act=act)  # [b, l, i]
-    record(inter_name, h)
-    with scope(out_name):
-        y = attention_output(h, x, **out)  # [b, l, h]
-    return record(out_name, y)
+    with trace.scope("att"):
+        attended, probs = bert.self_attention(
+            hidden_states, context, context_mask, None, **att, num_attention_heads=config.num_attention_heads
+        )
+    with trace.scope("output"):
+        attention_output = bert.add_and_norm(attended, hidden_states, **output, layer_norm_eps=LN_EPS)
+        trace.output(attention_output)
+    return attention_output, probs
 
 
 # ------------------------------------------------------------------------------------------
@@ -224,32 +184,39 @@ def _ffn(x, inter, out, *, act: str, inter_name: str, out_name: str):
 # ------------------------------------------------------------------------------------------
 
 
-def bert_layer(x, mask, *, attention, intermediate, output, n_head: int, act: str):
-    """LxmertLayer (language ``encoder.layer.<i>`` and relationship ``encoder.r_layers.<i>``):
-    self-attention block, then feed-forward block.
+def lxmert_layer(hidden_states, attention_mask, *, attention, intermediate, output, config: LxmertConfig):
+    """LxmertLayer (language ``encoder.layer.<i>``, relationship ``encoder.r_layers.<i>``):
+    a self-attention layer, then a feed-forward block.
 
     Args:
-        x: ``[batch, len, hidden]``.
-        mask: additive mask ``[batch, 1, 1, len]`` or ``None``.
+        hidden_states: ``[batch, len, hidden]``.
+        attention_mask: additive ``[batch, 1, 1, len]`` or ``None``.
+        attention: ``{"self", "output"}`` weights; intermediate, output: feed-forward weights.
+        config: uses ``num_attention_heads`` and ``hidden_act``.
 
     Returns:
-        ``(out [batch, len, hidden], probs [batch, n_head, len, len])``.
+        ``(layer_output [batch, len, hidden], attention_probs [batch, heads, len, len])``.
     """
-    # self-attention block
-    with scope("attention"):
-        a, probs = attention_layer(
-            x, x, mask, attention["self"], attention["output"], n_head=n_head, att_name="self"
+    # self-attention block: [b, l, h]
+    with trace.scope("attention"):
+        attention_output, probs = lxmert_self_attention_layer(
+            hidden_states, attention_mask, **attention, config=config
         )
-    # feed-forward block
-    y = _ffn(a, intermediate, output, act=act, inter_name="intermediate", out_name="output")  # [b, l, h]
-    return y, probs
+    # feed-forward block: [b, l, h] -> [b, l, i] -> [b, l, h]
+    with trace.scope("intermediate"):
+        inner = bert.intermediate(attention_output, **intermediate, hidden_act=config.hidden_act)
+        trace.output(inner, also="intermediate_act_fn")
+    with trace.scope("output"):
+        layer_output = bert.add_and_norm(inner, attention_output, **output, layer_norm_eps=LN_EPS)
+        trace.output(layer_output)
+    return layer_output, probs
 
 
-def cross_layer(
-    lang,
-    lang_mask,
-    visn,
-    visn_mask,
+def lxmert_x_layer(
+    lang_feats,
+    lang_attention_mask,
+    visual_feats,
+    visual_attention_mask,
     *,
     visual_attention,
     lang_self_att,
@@ -258,66 +225,63 @@ def cross_layer(
     lang_output,
     visn_inter,
     visn_output,
-    n_head: int,
-    act: str,
+    config: LxmertConfig,
 ):
-    """LxmertXLayer: shared cross-attention both ways, self-attention per modality, FFN per modality.
+    """LxmertXLayer: the shared cross-attention both ways, then self-attention and a
+    feed-forward block per modality.
 
-    The one ``visual_attention`` module serves both directions: language queries attend to
-    vision (recorded with suffix ``@lang``), then vision queries attend to the *input*
+    The one ``visual_attention`` module serves both directions: language queries attend to the
+    regions (recorded with suffix ``@lang``), then region queries attend to the *input*
     language states (suffix ``@visn``).
 
     Args:
-        lang: ``[batch, seq, hidden]``; lang_mask: additive ``[batch, 1, 1, seq]`` or ``None``.
-        visn: ``[batch, boxes, hidden]``; visn_mask: additive ``[batch, 1, 1, boxes]`` or ``None``.
+        lang_feats: ``[batch, seq, hidden]``; lang_attention_mask: additive ``[batch, 1, 1, seq]`` or ``None``.
+        visual_feats: ``[batch, boxes, hidden]``; visual_attention_mask: additive ``[batch, 1, 1, boxes]`` or ``None``.
+        visual_attention: ``{"att", "output"}``; lang_self_att, visn_self_att: ``{"self", "output"}``;
+        lang_inter, visn_inter: ``{"dense"}``; lang_output, visn_output: ``{"dense", "LayerNorm"}``.
+        config: uses ``num_attention_heads`` and ``hidden_act``.
 
     Returns:
-        dict with ``lang``, ``visn`` (the new states), ``cross_lang_probs``
-        ``[batch, heads, seq, boxes]``, ``cross_visn_probs`` ``[batch, heads, boxes, seq]``,
-        ``lang_self_probs``, ``visn_self_probs``.
+        dict with ``lang`` ``[batch, seq, hidden]``, ``visn`` ``[batch, boxes, hidden]`` (the
+        new states), ``cross_lang_probs`` ``[batch, heads, seq, boxes]``, ``cross_visn_probs``
+        ``[batch, heads, boxes, seq]``, ``lang_self_probs``, ``visn_self_probs``.
     """
-    va = visual_attention
-    # cross-attention, language -> vision (call 1 of the shared module)
-    with scope("visual_attention"):
-        lang_x, cross_lang_probs = attention_layer(
-            lang, visn, visn_mask, va["att"], va["output"], n_head=n_head, att_name="att", sfx="@lang"
+    act = config.hidden_act
+    # cross-attention, words -> regions (call 1 of the shared module): [b, s, h]
+    with trace.scope("visual_attention", call="lang"):
+        lang_att, cross_lang_probs = lxmert_cross_attention_layer(
+            lang_feats, visual_feats, visual_attention_mask, **visual_attention, config=config
         )
-    # cross-attention, vision -> language (call 2, same weights, original language input)
-    with scope("visual_attention"):
-        visn_x, cross_visn_probs = attention_layer(
-            visn, lang, lang_mask, va["att"], va["output"], n_head=n_head, att_name="att", sfx="@visn"
+    # cross-attention, regions -> words (call 2, same weights, the input words): [b, n, h]
+    with trace.scope("visual_attention", call="visn"):
+        visn_att, cross_visn_probs = lxmert_cross_attention_layer(
+            visual_feats, lang_feats, lang_attention_mask, **visual_attention, config=config
         )
-    # self-attention within each modality
-    with scope("lang_self_att"):
-        lang_s, lang_self_probs = attention_layer(
-            lang_x,
-            lang_x,
-            lang_mask,
-            lang_self_att["self"],
-            lang_self_att["output"],
-            n_head=n_head,
-            att_name="self",
+    # self-attention within each modality: [b, s, h], [b, n, h]
+    with trace.scope("lang_self_att"):
+        lang_att, lang_self_probs = lxmert_self_attention_layer(
+            lang_att, lang_attention_mask, **lang_self_att, config=config
         )
-    with scope("visn_self_att"):
-        visn_s, visn_self_probs = attention_layer(
-            visn_x,
-            visn_x,
-            visn_mask,
-            visn_self_att["self"],
-            visn_self_att["output"],
-            n_head=n_head,
-            att_name="self",
+    with trace.scope("visn_self_att"):
+        visn_att, visn_self_probs = lxmert_self_attention_layer(
+            visn_att, visual_attention_mask, **visn_self_att, config=config
         )
-    # feed-forward per modality
-    lang_o = _ffn(
-        lang_s, lang_inter, lang_output, act=act, inter_name="lang_inter", out_name="lang_output"
-    )  # [b, L, h]
-    visn_o = _ffn(
-        visn_s, visn_inter, visn_output, act=act, inter_name="visn_inter", out_name="visn_output"
-    )  # [b, n, h]
+    # feed-forward per modality: [b, s, h] -> [b, s, i] -> [b, s, h], the same for regions
+    with trace.scope("lang_inter"):
+        lang_inner = bert.intermediate(lang_att, **lang_inter, hidden_act=act)
+        trace.output(lang_inner, also="intermediate_act_fn")
+    with trace.scope("lang_output"):
+        lang_out = bert.add_and_norm(lang_inner, lang_att, **lang_output, layer_norm_eps=LN_EPS)
+        trace.output(lang_out)
+    with trace.scope("visn_inter"):
+        visn_inner = bert.intermediate(visn_att, **visn_inter, hidden_act=act)
+        trace.output(visn_inner, also="intermediate_act_fn")
+    with trace.scope("visn_output"):
+        visn_out = bert.add_and_norm(visn_inner, visn_att, **visn_output, layer_norm_eps=LN_EPS)
+        trace.output(visn_out)
     return {
-        "lang": lang_o,
-        "visn": visn_o,
+        "lang": lang_out,
+        "visn": visn_out,
         "cross_lang_probs": cross_lang_probs,
         "cross_visn_probs": cross_visn_probs,
         "lang_self_probs": lang_self_probs,
@@ -325,29 +289,29 @@ def cross_layer(
     }
 
 
-def encoder(
-    lang,
-    lang_mask,
+def lxmert_encoder(
+    lang_feats,
+    lang_attention_mask,
     visual_feats,
     visual_pos,
-    visn_mask,
+    visual_attention_mask,
     *,
     visn_fc,
     layer=None,
     r_layers=None,
     x_layers=None,
-    n_head: int,
-    act: str,
+    config: LxmertConfig,
 ):
-    """LxmertEncoder: visual feature encoder, ``l_layers`` language layers, ``r_layers``
-    relationship (vision) layers, then ``x_layers`` cross-modality layers.
+    """LxmertEncoder: the visual feature encoder, ``l_layers`` language layers, ``r_layers``
+    relationship (region) layers, then ``x_layers`` cross-modality layers.
 
     Args:
-        lang: embeddings ``[batch, seq, hidden]``.
-        lang_mask, visn_mask: additive masks ``[batch, 1, 1, seq|boxes]`` (``visn_mask`` may be ``None``).
+        lang_feats: embeddings ``[batch, seq, hidden]``.
+        lang_attention_mask, visual_attention_mask: additive ``[batch, 1, 1, seq|boxes]`` or ``None``.
         visual_feats, visual_pos: ``[batch, boxes, visual_feat_dim]``, ``[batch, boxes, visual_pos_dim]``.
         visn_fc: weights of ``encoder.visn_fc``.
         layer, r_layers, x_layers: ``{"0": weights, "1": ...}`` (absent when there are none).
+        config: uses ``num_attention_heads`` and ``hidden_act``.
 
     Returns:
         dict of tuples: ``language_hidden_states`` (each language layer's output, then each
@@ -359,40 +323,38 @@ def encoder(
         ``cross_encoder_language_self_attentions``, ``cross_encoder_vision_self_attentions``.
     """
     layer, r_layers, x_layers = layer or {}, r_layers or {}, x_layers or {}
-    out = {
-        k: []
-        for k in (
-            "language_hidden_states",
-            "vision_hidden_states",
-            "language_attentions",
-            "vision_attentions",
-            "cross_encoder_attentions",
-            "cross_encoder_vision_attentions",
-            "cross_encoder_language_self_attentions",
-            "cross_encoder_vision_self_attentions",
-        )
+    out: dict[str, list] = {
+        "language_hidden_states": [],
+        "vision_hidden_states": [],
+        "language_attentions": [],
+        "vision_attentions": [],
+        "cross_encoder_attentions": [],
+        "cross_encoder_vision_attentions": [],
+        "cross_encoder_language_self_attentions": [],
+        "cross_encoder_vision_self_attentions": [],
     }
-    # embed the regions
-    with scope("visn_fc"):
-        visn = visual_feature_encoder(visual_feats, visual_pos, **visn_fc)  # [b, n, h]
-    record("visn_fc", visn)
-    # language layers
+    lang, lang_mask, visn_mask = lang_feats, lang_attention_mask, visual_attention_mask
+    # embed the regions: [b, n, f] -> [b, n, h]
+    with trace.scope("visn_fc"):
+        visn = lxmert_visual_feature_encoder(visual_feats, visual_pos, **visn_fc)
+        trace.output(visn)
+    # language layers: [b, s, h]
     for i in range(len(layer)):
-        with scope(f"layer.{i}"):
-            lang, probs = bert_layer(lang, lang_mask, **layer[str(i)], n_head=n_head, act=act)  # [b, L, h]
+        with trace.scope(f"layer.{i}"):
+            lang, probs = lxmert_layer(lang, lang_mask, **layer[str(i)], config=config)
         out["language_hidden_states"].append(lang)
         out["language_attentions"].append(probs)
-    # relationship (vision) layers
+    # relationship (region) layers: [b, n, h]
     for i in range(len(r_layers)):
-        with scope(f"r_layers.{i}"):
-            visn, probs = bert_layer(visn, visn_mask, **r_layers[str(i)], n_head=n_head, act=act)  # [b, n, h]
+        with trace.scope(f"r_layers.{i}"):
+            visn, probs = lxmert_layer(visn, visn_mask, **r_layers[str(i)], config=config)
         out["vision_hidden_states"].append(visn)
         out["vision_attentions"].append(probs)
-    # cross-modality layers
+    # cross-modality layers: [b, s, h], [b, n, h]
     for i in range(len(x_layers)):
-        with scope(f"x_layers.{i}"):
-            x = cross_layer(lang, lang_mask, visn, visn_mask, **x_layers[str(i)], n_head=n_head, act=act)
-        lang, visn = x["lang"], x["visn"]  # [b, L, h], [b, n, h]
+        with trace.scope(f"x_layers.{i}"):
+            x = lxmert_x_layer(lang, lang_mask, visn, visn_mask, **x_layers[str(i)], config=config)
+        lang, visn = x["lang"], x["visn"]
         out["language_hidden_states"].append(lang)
         out["vision_hidden_states"].append(visn)
         out["cross_encoder_attentions"].append(x["cross_lang_probs"])
@@ -400,12 +362,3 @@ def encoder(
         out["cross_encoder_language_self_attentions"].append(x["lang_self_probs"])
         out["cross_encoder_vision_self_attentions"].append(x["visn_self_probs"])
     return {k: tuple(v) for k, v in out.items()}
-
-
-def pooler(x, *, dense):
-    """LxmertPooler: ``tanh(dense(x[:, 0]))``, ``[batch, seq, hidden] -> [batch, hidden]``."""
-    xp = get_namespace(x)
-    # first token of every row
-    first = x[:, 0]  # [b, h]
-    y = record("dense", linear(first, **dense))  # [b, h]
-    return record("activation", xp.tanh(y))  # [b, h]

@@ -1,8 +1,12 @@
-"""LXMERT model classes: ``LxmertModel``, ``LxmertForPreTraining``, ``LxmertForQuestionAnswering``.
+"""LXMERT models: input checks, the forward pass as one function, and the thin public classes.
 
-Each class is config + a flat dict of checkpoint weights + a call of the functions in
-:mod:`refimpl.lxmert.layers` and :mod:`refimpl.lxmert.heads`. Inputs are checked first, so
-bad input fails with a ``ValueError`` naming the argument instead of a shape error deep inside.
+    inputs = check_inputs(config, dtype, input_ids=ids, visual_feats=f, visual_pos=p)
+    out = lxmert_model(w, inputs, config)                     # LxmertModel as a pure function
+    LxmertModel / LxmertForPreTraining / LxmertForQuestionAnswering
+
+Every class runs the same steps in the same order as LiLT's: input checks (so bad input fails
+with a ``ValueError`` naming the argument instead of a shape error deep inside), embeddings,
+encoder, heads, output record. ``w`` is the checkpoint nested once at load (``model.weights``).
 
 Trace names (``refimpl.trace``) are the oracle's ``named_modules()`` paths: unprefixed for
 ``LxmertModel`` (``embeddings.word_embeddings``, ``encoder.x_layers.0.visual_attention.att.query@lang``),
@@ -19,38 +23,39 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from .. import trace
+from .. import bert, trace
 from ..attention import extended_attention_mask
 from ..backend import get_namespace
+from ..checks import broadcasts_to, check_index_range, first_bad
 from ..config import LxmertConfig
+from ..losses import cross_entropy
 from ..modeling import PreTrainedModel
-from ..ops import check_index_range, cross_entropy, linear
+from ..ops import linear
 from ..outputs import LxmertForPreTrainingOutput, LxmertForQuestionAnsweringOutput, LxmertModelOutput
-from . import heads as H
-from . import layers as L
+from .heads import (
+    accumulate_loss,
+    answer_head,
+    lm_prediction_head,
+    visual_loss,
+    visual_losses,
+    visual_obj_head,
+)
+from .layers import lxmert_embeddings, lxmert_encoder
 
-__all__ = ["LxmertModel", "LxmertForPreTraining", "LxmertForQuestionAnswering", "nest"]
-
-record = trace.record
-scope = trace.scope
+__all__ = [
+    "LxmertModel",
+    "LxmertForPreTraining",
+    "LxmertForQuestionAnswering",
+    "lxmert_model",
+    "check_inputs",
+    "check_targets",
+]
 
 _EXTRA_ATTENTIONS = (
     "cross_encoder_vision_attentions",
     "cross_encoder_language_self_attentions",
     "cross_encoder_vision_self_attentions",
 )
-
-
-def nest(params: Mapping[str, Any]) -> dict:
-    """Turn flat checkpoint keys into nested dicts: ``{"a.b.weight": w}`` -> ``{"a": {"b": {"weight": w}}}``."""
-    root: dict = {}
-    for key, value in params.items():
-        node = root
-        *path, leaf = key.split(".")
-        for part in path:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return root
 
 
 # ------------------------------------------------------------------------------------------
@@ -130,59 +135,49 @@ def _shape(x) -> tuple[int, ...]:
     return tuple(int(d) for d in x.shape)
 
 
-def _first(xp, bad) -> tuple[int, ...]:
-    """Index of the first True entry of ``bad``."""
-    return tuple(int(i) for i in xp.argwhere(bad)[0])
-
-
-def _float_input(xp, x, name: str, dtype):
-    """``x`` as a finite float array of ``dtype`` (on the weights' device), or ``ValueError``."""
+def _float_input(x, name: str, dtype):
+    """``x`` as a finite float array of ``dtype``, or ``ValueError`` naming ``name`` and the position."""
+    xp = get_namespace(x)
     x = xp.asarray(x)
     if x.dtype.kind not in "fiub":
         raise ValueError(f"{name} must be a real numeric array, got dtype {x.dtype}")
     x = x.astype(dtype, copy=False)
     finite = xp.isfinite(x)
     if not bool(finite.all()):
-        pos = _first(xp, ~finite)
+        pos = first_bad(~finite)
         raise ValueError(f"{name}[{', '.join(map(str, pos))}] = {float(x[pos])} is not finite (NaN or inf)")
     return x
 
 
-def _int_input(xp, x, name: str):
-    x = xp.asarray(x)
+def _int_input(x, name: str):
+    x = get_namespace(x).asarray(x)
     if x.dtype.kind not in "iu":
         raise ValueError(f"{name} must hold integers, got dtype {x.dtype}")
     return x
 
 
-def _broadcastable(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
-    if len(shape) > len(target):
-        return False
-    return all(s in (t, 1) for s, t in zip(reversed(shape), reversed(target), strict=False))
-
-
-def _mask(xp, mask, name: str, target: tuple[int, int], dtype):
+def _mask(mask, name: str, target: tuple[int, int], dtype):
     """A 0/1 keep-mask ``[batch|1, len|1]`` -> the additive ``[batch, 1, 1, len]`` mask."""
-    mask = xp.asarray(mask)
+    mask = get_namespace(mask).asarray(mask)
     if mask.dtype.kind not in "fiub":
         raise ValueError(f"{name} must be a numeric or bool array, got dtype {mask.dtype}")
-    if mask.ndim != 2 or not _broadcastable(_shape(mask), target):
+    if mask.ndim != 2 or not broadcasts_to(_shape(mask), target):
         raise ValueError(
             f"{name} has shape {_shape(mask)}; expected [batch, len] = {list(target)} (size-1 axes broadcast)"
         )
-    mask = _float_input(xp, mask, name, dtype)
+    mask = _float_input(mask, name, dtype)
     return extended_attention_mask(mask, dtype)  # [b, 1, 1, len]
 
 
-def _labels(xp, labels, name: str, n_items: int, n_classes: int):
+def _labels(labels, name: str, n_items: int, n_classes: int):
     """Class-id labels as the oracle's ``.view(-1)`` sees them: ``[n_items]`` ids in ``[0, n_classes)`` or -100."""
-    labels = _int_input(xp, labels, name)
+    labels = _int_input(labels, name)
     if labels.size != n_items:
         raise ValueError(f"{name} has shape {_shape(labels)} ({labels.size} items); expected {n_items} items")
     flat = labels.reshape(-1)
     bad = (flat != -100) & ((flat < 0) | (flat >= n_classes))
     if bool(bad.any()):
-        idx = _first(xp, bad.reshape(labels.shape))
+        idx = first_bad(bad.reshape(labels.shape))
         raise ValueError(
             f"{name}[{', '.join(map(str, idx))}] = {int(labels[idx])} is outside the allowed range "
             f"[0, {n_classes - 1}] (or -100 to ignore)"
@@ -190,30 +185,54 @@ def _labels(xp, labels, name: str, n_items: int, n_classes: int):
     return flat
 
 
-def _prepare(
-    model: PreTrainedModel,
-    input_ids,
-    visual_feats,
-    visual_pos,
-    attention_mask,
-    visual_attention_mask,
-    token_type_ids,
-    inputs_embeds,
-) -> dict:
-    """Check every input of ``LxmertModel.forward`` and build the defaults the oracle builds."""
-    c, dt = model.config, model.dtype
-    xp = get_namespace(next(iter(model.params.values())))
+def check_inputs(
+    config: LxmertConfig,
+    dtype,
+    input_ids=None,
+    visual_feats=None,
+    visual_pos=None,
+    attention_mask=None,
+    visual_attention_mask=None,
+    token_type_ids=None,
+    inputs_embeds=None,
+) -> dict[str, Any]:
+    """Validate LxmertModel's inputs and build the defaults and additive masks the oracle builds.
+
+    Args:
+        config: the model config (its layer counts are checked too).
+        dtype: the model's float dtype.
+        input_ids: integer ``[batch, seq]`` (or ``inputs_embeds`` ``[batch, seq, hidden]``).
+        visual_feats: ``[batch, boxes, visual_feat_dim]``; visual_pos: ``[batch, boxes, visual_pos_dim]``.
+        attention_mask: ``[batch, seq]``, default all ones; visual_attention_mask:
+            ``[batch, boxes]``, default ``None``: no region is masked.
+        token_type_ids: integer ``[batch, seq]``, default zeros.
+
+    Returns:
+        dict of ``input_ids, inputs_embeds, token_type_ids, visual_feats, visual_pos``, the
+        additive masks ``lang_mask`` ``[batch, 1, 1, seq]`` and ``visn_mask``
+        (``[batch, 1, 1, boxes]`` or ``None``), and the sizes ``batch, seq, boxes``.
+
+    Raises:
+        ValueError: naming the argument, the first bad position and the allowed range.
+    """
+    c, dt = config, dtype
+    if c.x_layers == 0 and (c.l_layers == 0 or c.r_layers == 0):
+        which = "l_layers" if c.l_layers == 0 else "r_layers"
+        raise ValueError(
+            f"config.x_layers = 0 and config.{which} = 0: the model has no "
+            f"{'language' if which == 'l_layers' else 'vision'} output (the oracle's forward fails with IndexError)"
+        )
     # text: ids or vectors
     if input_ids is not None and inputs_embeds is not None:
         raise ValueError("You cannot specify both input_ids and inputs_embeds at the same time")
     if input_ids is not None:
-        input_ids = _int_input(xp, input_ids, "input_ids")
+        input_ids = _int_input(input_ids, "input_ids")
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must have shape [batch, seq], got {_shape(input_ids)}")
         check_index_range(input_ids, c.vocab_size, "input_ids")
         b, n_tok = _shape(input_ids)
     elif inputs_embeds is not None:
-        inputs_embeds = _float_input(xp, inputs_embeds, "inputs_embeds", dt)
+        inputs_embeds = _float_input(inputs_embeds, "inputs_embeds", dt)
         if inputs_embeds.ndim != 3 or inputs_embeds.shape[2] != c.hidden_size:
             raise ValueError(
                 f"inputs_embeds must have shape [batch, seq, hidden_size={c.hidden_size}], got {_shape(inputs_embeds)}"
@@ -221,6 +240,7 @@ def _prepare(
         b, n_tok = _shape(inputs_embeds)[:2]
     else:
         raise ValueError("You have to specify either input_ids or inputs_embeds")
+    xp = get_namespace(input_ids if input_ids is not None else inputs_embeds)
     text = "input_ids" if input_ids is not None else "inputs_embeds"
     if b == 0 or n_tok == 0:
         raise ValueError(
@@ -236,8 +256,8 @@ def _prepare(
         raise ValueError("`visual_feats` cannot be `None`")
     if visual_pos is None:
         raise ValueError("`visual_pos` cannot be `None`")
-    visual_feats = _float_input(xp, visual_feats, "visual_feats", dt)
-    visual_pos = _float_input(xp, visual_pos, "visual_pos", dt)
+    visual_feats = _float_input(visual_feats, "visual_feats", dt)
+    visual_pos = _float_input(visual_pos, "visual_pos", dt)
     for name, x, dim, field in (
         ("visual_feats", visual_feats, c.visual_feat_dim, "visual_feat_dim"),
         ("visual_pos", visual_pos, c.visual_pos_dim, "visual_pos_dim"),
@@ -252,8 +272,8 @@ def _prepare(
     # token types: zeros by default
     if token_type_ids is None:
         token_type_ids = xp.zeros((b, n_tok), dtype=xp.int64)
-    token_type_ids = _int_input(xp, token_type_ids, "token_type_ids")
-    if not _broadcastable(_shape(token_type_ids), (b, n_tok)):
+    token_type_ids = _int_input(token_type_ids, "token_type_ids")
+    if not broadcasts_to(_shape(token_type_ids), (b, n_tok)):
         raise ValueError(
             f"token_type_ids has shape {_shape(token_type_ids)}; expected [batch, seq] = {[b, n_tok]}"
         )
@@ -261,10 +281,10 @@ def _prepare(
     # masks: text defaults to all ones; no visual mask means no masking at all
     if attention_mask is None:
         attention_mask = xp.ones((b, n_tok), dtype=dt)
-    lang_mask = _mask(xp, attention_mask, "attention_mask", (b, n_tok), dt)
+    lang_mask = _mask(attention_mask, "attention_mask", (b, n_tok), dt)
     visn_mask = None
     if visual_attention_mask is not None:
-        visn_mask = _mask(xp, visual_attention_mask, "visual_attention_mask", (b, n_box), dt)
+        visn_mask = _mask(visual_attention_mask, "visual_attention_mask", (b, n_box), dt)
     return {
         "input_ids": input_ids,
         "inputs_embeds": inputs_embeds,
@@ -279,60 +299,119 @@ def _prepare(
     }
 
 
-def _check_layers(c: LxmertConfig) -> None:
-    if c.x_layers == 0 and (c.l_layers == 0 or c.r_layers == 0):
-        which = "l_layers" if c.l_layers == 0 else "r_layers"
-        raise ValueError(
-            f"config.x_layers = 0 and config.{which} = 0: the model has no "
-            f"{'language' if which == 'l_layers' else 'vision'} output (the oracle's forward fails with IndexError)"
-        )
-
-
-# ------------------------------------------------------------------------------------------
-# the base model as a function
-# ------------------------------------------------------------------------------------------
-
-
-def lxmert(p: dict, config: LxmertConfig, x: dict) -> dict:
-    """LxmertModel's computation on prepared inputs (see ``_prepare``).
+def check_targets(
+    config: LxmertConfig, dtype, inputs: dict, labels=None, obj_labels=None, matched_label=None, ans=None
+) -> dict:
+    """Validate the pre-training labels the oracle will read (those of enabled tasks) as its ``.view`` calls see them.
 
     Args:
-        p: nested weights of the base model (``p["embeddings"]``, ``p["encoder"]``, ``p["pooler"]``).
+        config: the model config (``task_*`` flags, label counts).
+        dtype: the model's float dtype.
+        inputs: the result of :func:`check_inputs` (for ``batch``, ``seq``, ``boxes``).
+        labels: ``[batch, seq]`` masked-LM ids; matched_label: ``[batch]``; ans: ``[batch]``;
+            obj_labels: ``{key: (labels, confidence)}`` (see :meth:`LxmertForPreTraining.forward`).
+
+    Returns:
+        dict with ``any`` (whether any label was given) and the checked, flattened labels of
+        the enabled tasks.
+    """
+    c, dt = config, dtype
+    b, n_tok, n_box = inputs["batch"], inputs["seq"], inputs["boxes"]
+    t: dict = {"any": not (labels is None and matched_label is None and obj_labels is None and ans is None)}
+    if labels is not None and c.task_mask_lm:
+        t["labels"] = _labels(labels, "labels", b * n_tok, c.vocab_size)
+    if matched_label is not None and c.task_matched:
+        t["matched_label"] = _labels(matched_label, "matched_label", b, 2)
+    if ans is not None and c.task_qa:
+        t["ans"] = _labels(ans, "ans", b, c.num_qa_labels)
+    if obj_labels is not None and c.task_obj_predict:
+        if not isinstance(obj_labels, Mapping):
+            raise ValueError(
+                f"obj_labels must be a dict of (labels, confidence) pairs, got {type(obj_labels).__name__}"
+            )
+        vis = {}
+        for key, info in visual_losses(c).items():
+            name = f"obj_labels[{key!r}]"
+            if key not in obj_labels:
+                raise ValueError(
+                    f"{name} is missing: config.visual_{key}_loss is on (keys given: {sorted(obj_labels)})"
+                )
+            pair = obj_labels[key]
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise ValueError(f"{name} must be a (labels, confidence) pair")
+            label, conf = pair
+            if info["loss"] == "visual_ce":
+                label = _labels(label, f"{name}[0]", b * n_box, info["num"])
+            else:
+                label = _float_input(label, f"{name}[0]", dt)
+                if label.size != b * n_box * info["num"]:
+                    raise ValueError(
+                        f"{name}[0] has shape {_shape(label)}; expected [batch, boxes, visual_feat_dim] = {[b, n_box, info['num']]}"
+                    )
+                label = label.reshape(-1, info["num"])
+            conf = _float_input(conf, f"{name}[1]", dt).reshape(-1)
+            if not (conf.size == b * n_box or conf.size == 1 or b * n_box == 1):
+                raise ValueError(f"{name}[1] has {conf.size} items; expected [batch, boxes] = {[b, n_box]}")
+            vis[key] = (label, conf)
+        t["obj_labels"] = vis
+    return t
+
+
+# ------------------------------------------------------------------------------------------
+# LxmertModel as one function
+# ------------------------------------------------------------------------------------------
+
+
+def lxmert_model(w: dict, inputs: dict, config: LxmertConfig) -> dict:
+    """LxmertModel's forward pass on checked inputs (see :func:`check_inputs`).
+
+    Args:
+        w: nested weights of the base model (``w["embeddings"]``, ``w["encoder"]``, ``w["pooler"]``).
+        inputs: the checked inputs and additive masks.
         config: the model config.
-        x: checked inputs and additive masks.
 
     Returns:
         dict with ``language_output`` ``[batch, seq, hidden]``, ``vision_output``
         ``[batch, boxes, hidden]``, ``pooled_output`` ``[batch, hidden]`` and the tuples of
-        :func:`refimpl.lxmert.layers.encoder`.
+        :func:`refimpl.lxmert.layers.lxmert_encoder`.
     """
-    n_head, act = config.num_attention_heads, config.hidden_act
-    # word + position + token-type embeddings
-    with scope("embeddings"):
-        emb = L.embeddings(
-            x["input_ids"], x["token_type_ids"], x["inputs_embeds"], **p["embeddings"]
-        )  # [b, L, h]
-    record("embeddings", emb)
+    # word + position + token-type embeddings: [b, s, h]
+    with trace.scope("embeddings"):
+        embedding_output = lxmert_embeddings(
+            inputs["input_ids"], inputs["token_type_ids"], inputs["inputs_embeds"], **w["embeddings"]
+        )
+        trace.output(embedding_output)
     # language, relationship and cross-modality layers
-    with scope("encoder"):
-        enc = L.encoder(
-            emb,
-            x["lang_mask"],
-            x["visual_feats"],
-            x["visual_pos"],
-            x["visn_mask"],
-            **p["encoder"],
-            n_head=n_head,
-            act=act,
+    with trace.scope("encoder"):
+        enc = lxmert_encoder(
+            embedding_output,
+            inputs["lang_mask"],
+            inputs["visual_feats"],
+            inputs["visual_pos"],
+            inputs["visn_mask"],
+            **w["encoder"],
+            config=config,
         )
     # last states of each stream (the oracle takes the hidden-state tuples' last items)
-    lang = enc["language_hidden_states"][-1]  # [b, L, h]
-    visn = enc["vision_hidden_states"][-1]  # [b, n, h]
-    # tanh pooler over the first language token
-    with scope("pooler"):
-        pooled = L.pooler(lang, **p["pooler"])  # [b, h]
-    record("pooler", pooled)
-    return {"language_output": lang, "vision_output": visn, "pooled_output": pooled, **enc}
+    language_output = enc["language_hidden_states"][-1]  # [b, s, h]
+    vision_output = enc["vision_hidden_states"][-1]  # [b, n, h]
+    # tanh pooler over the first word: [b, h]
+    with trace.scope("pooler"):
+        pooled_output = bert.pooler(language_output, **w["pooler"])
+        trace.output(pooled_output, also="activation")
+    return {
+        "language_output": language_output,
+        "vision_output": vision_output,
+        "pooled_output": pooled_output,
+        **enc,
+    }
+
+
+_EXTRA_ATTENTIONS = (
+    "cross_encoder_vision_attentions",
+    "cross_encoder_language_self_attentions",
+    "cross_encoder_vision_self_attentions",
+)
 
 
 def _stream_fields(enc: dict, output_attentions: bool, output_hidden_states: bool) -> dict:
@@ -354,23 +433,9 @@ class _LxmertBase(PreTrainedModel):
     config_class = LxmertConfig
     base_model_prefix = "lxmert"
 
-    def _flags(self, output_attentions, output_hidden_states) -> tuple[bool, bool]:
-        c = self.config
-        oa = (
-            bool(getattr(c, "output_attentions", False))
-            if output_attentions is None
-            else bool(output_attentions)
-        )
-        oh = (
-            bool(getattr(c, "output_hidden_states", False))
-            if output_hidden_states is None
-            else bool(output_hidden_states)
-        )
-        return oa, oh
-
-    def _run_base(self, p: dict, inputs: dict) -> dict:
-        _check_layers(self.config)
-        return lxmert(p, self.config, inputs)
+    def _check(self, **inputs) -> dict[str, Any]:
+        """:func:`check_inputs` on the caller's arrays, moved to the model's device."""
+        return check_inputs(self.config, self.dtype, **{k: self._array(v) for k, v in inputs.items()})
 
 
 class LxmertModel(_LxmertBase):
@@ -419,17 +484,16 @@ class LxmertModel(_LxmertBase):
             ``cross_encoder_vision_attentions`` the vision->language ones the oracle hides).
         """
         oa, oh = self._flags(output_attentions, output_hidden_states)
-        inputs = _prepare(
-            self,
-            input_ids,
-            visual_feats,
-            visual_pos,
-            attention_mask,
-            visual_attention_mask,
-            token_type_ids,
-            inputs_embeds,
+        inputs = self._check(
+            input_ids=input_ids,
+            visual_feats=visual_feats,
+            visual_pos=visual_pos,
+            attention_mask=attention_mask,
+            visual_attention_mask=visual_attention_mask,
+            token_type_ids=token_type_ids,
+            inputs_embeds=inputs_embeds,
         )
-        base = self._run_base(nest(self.params), inputs)
+        base = lxmert_model(self.weights, inputs, self.config)
         return LxmertModelOutput(
             language_output=base["language_output"],
             vision_output=base["vision_output"],
@@ -466,7 +530,7 @@ class LxmertForPreTraining(_LxmertBase):
         if c.task_obj_predict:
             out.update(_linear("obj_predict_head.transform.dense", h, h))
             out.update(_norm("obj_predict_head.transform.LayerNorm", h))
-            for key, info in H.visual_losses(c).items():
+            for key, info in visual_losses(c).items():
                 out.update(_linear(f"obj_predict_head.decoder_dict.{key}", h, info["num"]))
         if c.task_qa:
             out.update(_answer_head_shapes(c))
@@ -511,7 +575,7 @@ class LxmertForPreTraining(_LxmertBase):
             ``question_answering_score`` is ``[batch, num_qa_labels]`` with ``task_qa``, else
             the 0-d ``pooled_output[0, 0]``, as in the oracle.
         """
-        c = self.config
+        c, w = self.config, self.weights
         if masked_lm_labels is not None:
             warnings.warn(
                 "The `masked_lm_labels` argument is deprecated and will be removed in a future version, use `labels` instead.",
@@ -520,40 +584,49 @@ class LxmertForPreTraining(_LxmertBase):
             )
             labels = masked_lm_labels
         oa, oh = self._flags(output_attentions, output_hidden_states)
-        inputs = _prepare(
-            self,
-            input_ids,
-            visual_feats,
-            visual_pos,
-            attention_mask,
-            visual_attention_mask,
-            token_type_ids,
-            inputs_embeds,
+        inputs = self._check(
+            input_ids=input_ids,
+            visual_feats=visual_feats,
+            visual_pos=visual_pos,
+            attention_mask=attention_mask,
+            visual_attention_mask=visual_attention_mask,
+            token_type_ids=token_type_ids,
+            inputs_embeds=inputs_embeds,
         )
-        targets = self._check_targets(inputs, labels, obj_labels, matched_label, ans)
-        p = nest(self.params)
-        with scope("lxmert"):
-            base = self._run_base(p["lxmert"], inputs)
+        targets = check_targets(
+            c,
+            self.dtype,
+            inputs,
+            labels=self._array(labels),
+            obj_labels=_to_arrays(self, obj_labels),
+            matched_label=self._array(matched_label),
+            ans=self._array(ans),
+        )
+        with trace.scope("lxmert"):
+            base = lxmert_model(w["lxmert"], inputs, c)
         lang, visn, pooled = base["language_output"], base["vision_output"], base["pooled_output"]
-        # masked-LM head (decoder tied to the word embeddings) and image-text matching head
-        with scope("cls.predictions"):
-            decoder = {
-                "weight": p["lxmert"]["embeddings"]["word_embeddings"]["weight"]
-            }  # tied, as the oracle
-            pred = p["cls"]["predictions"]
-            logits = H.lm_prediction_head(
-                lang, transform=pred["transform"], decoder=decoder, bias=pred["bias"], act=c.hidden_act
+        # masked-LM head, its decoder tied to the word embeddings: [b, s, V]
+        with trace.scope("cls.predictions"):
+            logits = lm_prediction_head(
+                lang,
+                transform=w["cls"]["predictions"]["transform"],
+                decoder=w["lxmert"]["embeddings"]["word_embeddings"],
+                bias=w["cls"]["predictions"]["bias"],
+                hidden_act=c.hidden_act,
             )
-        record("cls.predictions", logits)  # [b, L, V]
-        matched = record("cls.seq_relationship", linear(pooled, **p["cls"]["seq_relationship"]))  # [b, 2]
+            trace.output(logits)
+        # image-text matching head: [b, 2]
+        with trace.scope("cls.seq_relationship"):
+            matched = linear(pooled, **w["cls"]["seq_relationship"])
+            trace.output(matched)
         # answer head, or (oracle quirk) one scalar of the pooled output
         if c.task_qa:
-            with scope("answer_head"):
-                answer = H.answer_head(pooled, **p["answer_head"])  # [b, num_qa]
-            record("answer_head", answer)
+            with trace.scope("answer_head"):
+                answer = answer_head(pooled, **w["answer_head"])  # [b, num_qa]
+                trace.output(answer)
         else:
             answer = pooled[0, 0, ...].copy()  # []
-        loss = self._loss(p, visn, logits, matched, answer, targets)
+        loss = self._loss(visn, logits, matched, answer, targets)
         return LxmertForPreTrainingOutput(
             loss=loss,
             prediction_logits=logits,
@@ -562,87 +635,60 @@ class LxmertForPreTraining(_LxmertBase):
             **_stream_fields(base, oa, oh),
         )
 
-    def _check_targets(self, x: dict, labels, obj_labels, matched_label, ans) -> dict:
-        """Validate the labels the oracle will read (those of enabled tasks) as its ``.view`` calls see them."""
-        c, dt = self.config, self.dtype
-        xp = get_namespace(next(iter(self.params.values())))
-        b, n_tok, n_box = x["batch"], x["seq"], x["boxes"]
-        t: dict = {
-            "any": not (labels is None and matched_label is None and obj_labels is None and ans is None)
-        }
-        if labels is not None and c.task_mask_lm:
-            t["labels"] = _labels(xp, labels, "labels", b * n_tok, c.vocab_size)
-        if matched_label is not None and c.task_matched:
-            t["matched_label"] = _labels(xp, matched_label, "matched_label", b, 2)
-        if ans is not None and c.task_qa:
-            t["ans"] = _labels(xp, ans, "ans", b, c.num_qa_labels)
-        if obj_labels is not None and c.task_obj_predict:
-            if not isinstance(obj_labels, Mapping):
-                raise ValueError(
-                    f"obj_labels must be a dict of (labels, confidence) pairs, got {type(obj_labels).__name__}"
-                )
-            vis = {}
-            for key, info in H.visual_losses(c).items():
-                name = f"obj_labels[{key!r}]"
-                if key not in obj_labels:
-                    raise ValueError(
-                        f"{name} is missing: config.visual_{key}_loss is on (keys given: {sorted(obj_labels)})"
-                    )
-                pair = obj_labels[key]
-                if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-                    raise ValueError(f"{name} must be a (labels, confidence) pair")
-                label, conf = pair
-                if info["loss"] == "visual_ce":
-                    label = _labels(xp, label, f"{name}[0]", b * n_box, info["num"])
-                else:
-                    label = _float_input(xp, label, f"{name}[0]", dt)
-                    if label.size != b * n_box * info["num"]:
-                        raise ValueError(
-                            f"{name}[0] has shape {_shape(label)}; expected [batch, boxes, visual_feat_dim] = {[b, n_box, info['num']]}"
-                        )
-                    label = label.reshape(-1, info["num"])
-                conf = _float_input(xp, conf, f"{name}[1]", dt).reshape(-1)
-                if not (conf.size == b * n_box or conf.size == 1 or b * n_box == 1):
-                    raise ValueError(
-                        f"{name}[1] has {conf.size} items; expected [batch, boxes] = {[b, n_box]}"
-                    )
-                vis[key] = (label, conf)
-            t["obj_labels"] = vis
-        return t
-
-    def _loss(self, p: dict, visn, logits, matched, answer, t: dict):
+    def _loss(self, visn, logits, matched, answer, t: dict):
         """The oracle's total loss: a float32 accumulator, each enabled task's loss added in turn."""
-        c = self.config
+        c, w = self.config, self.weights
         xp = get_namespace(logits)
         if not t["any"]:
             return None
         total = xp.zeros((), dtype=xp.float32)
         # masked language modelling: mean cross-entropy over non-ignored tokens
         if "labels" in t:
-            part = record("loss.masked_lm", cross_entropy(logits.reshape(-1, c.vocab_size), t["labels"]))
-            total = H.accumulate_loss(total, part)
+            part = cross_entropy(logits.reshape(-1, c.vocab_size), t["labels"])
+            trace.record("loss.masked_lm", part)
+            total = accumulate_loss(total, part)
         # image-text matching
         if "matched_label" in t:
-            part = record("loss.matched", cross_entropy(matched.reshape(-1, 2), t["matched_label"]))
-            total = H.accumulate_loss(total, part)
+            part = cross_entropy(matched.reshape(-1, 2), t["matched_label"])
+            trace.record("loss.matched", part)
+            total = accumulate_loss(total, part)
         # visual object / attribute / feature regression, each weighted by its confidence
         if "obj_labels" in t:
-            losses = H.visual_losses(c)
-            with scope("obj_predict_head"):
-                scores = H.visual_obj_head(visn, **p["obj_predict_head"], act=c.hidden_act, keys=list(losses))
+            losses = visual_losses(c)
+            with trace.scope("obj_predict_head"):
+                scores = visual_obj_head(
+                    visn, **w["obj_predict_head"], hidden_act=c.hidden_act, keys=list(losses)
+                )
             visual_total = xp.zeros((), dtype=xp.float32)
             for key, info in losses.items():
                 label, conf = t["obj_labels"][key]
-                part = H.visual_loss(
+                part = visual_loss(
                     scores[key], label, conf, kind=info["loss"], normalizer=c.visual_loss_normalizer
                 )
-                visual_total = H.accumulate_loss(visual_total, record(f"loss.visual.{key}", part))
-            total = H.accumulate_loss(total, record("loss.visual", visual_total))
+                trace.record(f"loss.visual.{key}", part)
+                visual_total = accumulate_loss(visual_total, part)
+            trace.record("loss.visual", visual_total)
+            total = accumulate_loss(total, visual_total)
         # visual question answering
         if "ans" in t:
-            part = record("loss.answer", cross_entropy(answer.reshape(-1, c.num_qa_labels), t["ans"]))
-            total = H.accumulate_loss(total, part)
-        return record("loss", total)
+            part = cross_entropy(answer.reshape(-1, c.num_qa_labels), t["ans"])
+            trace.record("loss.answer", part)
+            total = accumulate_loss(total, part)
+        trace.record("loss", total)
+        return total
+
+
+def _to_arrays(model: PreTrainedModel, obj_labels):
+    """``obj_labels`` with every array moved to the model's device (other values kept for the checks)."""
+    if not isinstance(obj_labels, Mapping):
+        return obj_labels
+    out = {}
+    for key, pair in obj_labels.items():
+        if isinstance(pair, (tuple, list)):
+            out[key] = type(pair)(model._array(x) for x in pair)
+        else:
+            out[key] = pair
+    return out
 
 
 class LxmertForQuestionAnswering(_LxmertBase):
@@ -686,32 +732,29 @@ class LxmertForQuestionAnswering(_LxmertBase):
             [batch, num_qa_labels]`` and, with ``labels``, the mean cross-entropy ``loss``
             (model dtype).
         """
-        c = self.config
+        c, w = self.config, self.weights
         oa, oh = self._flags(output_attentions, output_hidden_states)
-        inputs = _prepare(
-            self,
-            input_ids,
-            visual_feats,
-            visual_pos,
-            attention_mask,
-            visual_attention_mask,
-            token_type_ids,
-            inputs_embeds,
+        inputs = self._check(
+            input_ids=input_ids,
+            visual_feats=visual_feats,
+            visual_pos=visual_pos,
+            attention_mask=attention_mask,
+            visual_attention_mask=visual_attention_mask,
+            token_type_ids=token_type_ids,
+            inputs_embeds=inputs_embeds,
         )
-        xp = get_namespace(next(iter(self.params.values())))
         if labels is not None:
-            labels = _labels(xp, labels, "labels", inputs["batch"], c.num_qa_labels)
-        p = nest(self.params)
-        with scope("lxmert"):
-            base = self._run_base(p["lxmert"], inputs)
-        # answer head over the pooled output
-        with scope("answer_head"):
-            answer = H.answer_head(base["pooled_output"], **p["answer_head"])  # [b, num_qa]
-        record("answer_head", answer)
+            labels = _labels(self._array(labels), "labels", inputs["batch"], c.num_qa_labels)
+        with trace.scope("lxmert"):
+            base = lxmert_model(w["lxmert"], inputs, c)
+        # answer head over the pooled output: [b, num_qa]
+        with trace.scope("answer_head"):
+            answer = answer_head(base["pooled_output"], **w["answer_head"])
+            trace.output(answer)
         loss = None
         if labels is not None:
-            loss = record("loss.answer", cross_entropy(answer.reshape(-1, c.num_qa_labels), labels))
-            record("loss", loss)
+            loss = cross_entropy(answer.reshape(-1, c.num_qa_labels), labels)
+            trace.record("loss.answer", loss, also="loss")
         return LxmertForQuestionAnsweringOutput(
             loss=loss, question_answering_score=answer, **_stream_fields(base, oa, oh)
         )

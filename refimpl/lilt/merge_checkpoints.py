@@ -1,4 +1,5 @@
-"""Build a LiLT checkpoint from a RoBERTa-like text model and a layout-only LiLT checkpoint.
+"""Merge checkpoints into a LiLT one: a RoBERTa-like text model plus a layout-only LiLT checkpoint
+(``refimpl fuse-lilt``).
 
 This is the recipe of the original LiLT repository (github.com/jpWang/LiLT,
 ``gen_weight_roberta_like.py``), which makes e.g. ``lilt-roberta-en-base`` or
@@ -36,7 +37,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["fuse_lilt", "FuseReport", "TOKENIZER_FILES", "read_raw_state_dict", "save_safetensors"]
+from .. import weights
+from ..config import LiltConfig
+from .modeling import LiltModel
+
+__all__ = ["fuse_lilt", "FuseReport", "TOKENIZER_FILES"]
 
 #: files copied from the text checkpoint when present.
 TOKENIZER_FILES = (
@@ -85,22 +90,6 @@ class FuseReport:
         if self.copied:
             lines.append(f"  tokenizer files copied: {', '.join(self.copied)}")
         return "\n".join(lines)
-
-
-def read_raw_state_dict(path: str | os.PathLike) -> dict[str, Any]:
-    """Every tensor of a checkpoint (dir, weight file or shard index) exactly as stored:
-    key -> :class:`refimpl.weights.RawTensor` (dtype code + array; bfloat16 kept as its bits)."""
-    from . import weights
-
-    return dict(weights.load_raw_state_dict(path))
-
-
-def save_safetensors(state: dict[str, Any], path: str) -> None:
-    """Write a state dict (arrays or RawTensors) as safetensors with ``{"format": "pt"}``
-    metadata (what transformers writes and expects)."""
-    from . import weights
-
-    weights.save_safetensors(path, state, metadata={"format": "pt"})
 
 
 def _read_config(path: str) -> dict[str, Any] | None:
@@ -155,7 +144,7 @@ def fuse_lilt(
     config["architectures"] = ["LiltModel"]
 
     report = FuseReport(out)
-    text_sd = read_raw_state_dict(text)
+    text_sd = dict(weights.load_raw_state_dict(text))
     prefixed = any(k.startswith("roberta.") for k in text_sd)
     fused_text: dict[str, np.ndarray] = {}
     for k, v in text_sd.items():
@@ -167,7 +156,7 @@ def fuse_lilt(
             fused_text[k.replace("roberta.", "lilt.")] = v
         else:
             fused_text["lilt." + k] = v
-    layout_sd = read_raw_state_dict(layout)
+    layout_sd = dict(weights.load_raw_state_dict(layout))
     layout_prefixed = any(k.startswith("lilt.") for k in layout_sd)
     fused_layout = {}
     for k, v in layout_sd.items():
@@ -185,7 +174,7 @@ def fuse_lilt(
     with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, sort_keys=True, indent=2, separators=(",", ": "))
         f.write("\n")
-    save_safetensors(fused, os.path.join(out, "model.safetensors"))
+    weights.save_safetensors(os.path.join(out, "model.safetensors"), fused, metadata={"format": "pt"})
     if copy_tokenizer and os.path.isdir(text):
         for name in TOKENIZER_FILES:
             src = os.path.join(text, name)
@@ -197,13 +186,6 @@ def fuse_lilt(
 
 def _validate(state: dict[str, Any], config: dict[str, Any], source: str) -> None:
     """Strict key/shape check of the fused weights against LiltModel (prefixed keys)."""
-    from . import weights
-    from .config import LiltConfig
-
-    try:
-        from .lilt import LiltModel
-    except ImportError:  # pragma: no cover - the model package is part of refimpl
-        return
     cfg = LiltConfig.from_dict(config)
     weights.match_state_dict(
         {k: getattr(v, "array", v) for k, v in state.items()},
