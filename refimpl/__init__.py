@@ -1,8 +1,9 @@
 """refimpl: a NumPy-only reference implementation of LiLT and LXMERT, equal to transformers 4.56.2.
 
->>> import refimpl
->>> model = refimpl.from_pretrained("path/to/checkpoint", dtype="float64")  # doctest: +SKIP
->>> out = model(input_ids=ids, bbox=boxes, attention_mask=mask)             # doctest: +SKIP
+Examples:
+    >>> import refimpl
+    >>> model = refimpl.from_pretrained("path/to/checkpoint", dtype="float64")  # doctest: +SKIP
+    >>> out = model(input_ids=ids, bbox=boxes, attention_mask=mask)  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import inspect
 import os
 import pkgutil
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -41,15 +42,18 @@ def _modules() -> list[str]:
 # --- the site ------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings") is None,
-    reason='mkdocs is not installed (pip install -e ".[docs]")',
-)
-def test_mkdocs_build_strict(tmp_path):
-    site = tmp_path / "site"
+_NO_MKDOCS = importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings") is None
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """The site, built once for this module with ``mkdocs build --strict``."""
+    if _NO_MKDOCS:
+        pytest.skip('mkdocs is not installed (pip install -e ".[docs]")')
+    out = tmp_path_factory.mktemp("site")
     env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -57,6 +61,10 @@ def test_mkdocs_build_strict(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr}"
+    return out
+
+
+def test_mkdocs_build_strict(site):
     # The pages of the nav were written, and the LiLT page carries the rendered source of the
     # layout attention (so a reader reaches the exact line from the page).
     for page in ("index.html", "lilt/index.html", "lxmert/index.html", "quirks/index.html", "api/index.html"):
@@ -65,11 +73,129 @@ def test_mkdocs_build_strict(tmp_path):
     assert "layout_attention_probs" in lilt, "the LiLT page no longer shows the layout attention's source"
 
 
+# A script, stylesheet or font fetched from the network: <script src=http..>, <link href=http..>
+# (stylesheets, preloads, fonts), CSS @import / url(http..), and the Google Fonts host anywhere.
+_REMOTE = [
+    re.compile(r"<script\b[^>]*\bsrc\s*=\s*[\"']?(?:https?:)?//", re.I),
+    re.compile(
+        r"<link\b(?=[^>]*\brel\s*=\s*[\"']?(?:stylesheet|preload|preconnect|font))[^>]*\bhref\s*=\s*[\"']?(?:https?:)?//",
+        re.I,
+    ),
+    re.compile(
+        r"<link\b[^>]*\bhref\s*=\s*[\"']?(?:https?:)?//[^>]*\brel\s*=\s*[\"']?(?:stylesheet|preload|preconnect|font)",
+        re.I,
+    ),
+    re.compile(r"@import\s+(?:url\()?\s*[\"']?(?:https?:)?//", re.I),
+    re.compile(r"url\(\s*[\"']?(?:https?:)?//", re.I),
+    re.compile(r"fonts\.(?:googleapis|gstatic)\.com", re.I),
+]
+
+
+def remote_references(text: str) -> list[str]:
+    """The snippets of ``text`` (HTML or CSS) that load a script, stylesheet or font from the network."""
+    return [m.group(0)[:120] for rx in _REMOTE for m in rx.finditer(text)]
+
+
+def test_remote_reference_detector():
+    """The detector used below catches each kind of network load (and not plain links)."""
+    for bad in (
+        '<script src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"></script>',
+        '<link rel="stylesheet" href="https://fonts.googleapis.com/css?family=Roboto">',
+        '<link href="//cdn.example.org/x.css" rel="stylesheet">',
+        "@import url(https://example.org/x.css);",
+        "@font-face{src:url(https://example.org/f.woff2)}",
+    ):
+        assert remote_references(bad), bad
+    assert not remote_references('<a href="https://github.com/huggingface/transformers">oracle</a>')
+    assert not remote_references('<script src="../assets/javascripts/bundle.js"></script>')
+
+
+def test_site_loads_nothing_from_the_network(site):
+    """Offline reading: no page or stylesheet fetches a script, stylesheet or font over http(s)."""
+    found = []
+    for path in sorted(site.rglob("*")):
+        if path.suffix in (".html", ".css", ".js") and path.is_file():
+            text = path.read_text(encoding="utf-8", errors="replace")
+            if path.suffix == ".js":  # scripts: only a Google Fonts host would be a font load
+                found += [f"{path.relative_to(site)}: {r}" for r in remote_references(text) if "fonts." in r]
+            else:
+                found += [f"{path.relative_to(site)}: {r}" for r in remote_references(text)]
+    assert not found, "the built site loads from the network:\n  " + "\n  ".join(found[:20])
+
+
+@pytest.mark.parametrize(
+    "page, figures",
+    [
+        ("lilt", ["lilt-architecture.svg", "lilt-attention.svg", "lilt-page.svg"]),
+        ("lxmert", ["lxmert-architecture.svg", "lxmert-cross-attention.svg"]),
+        ("golden-format", []),
+    ],
+)
+def test_model_pages_have_rendered_math_and_figures(site, page, figures):
+    html = (site / page / "index.html").read_text(encoding="utf-8")
+    if shutil.which("node") is None:
+        pytest.skip("no node: math is rendered in the browser, not at build time")
+    rendered = html.count('class="katex-display"') + html.count('class="katex"')
+    assert rendered >= 5, f"{page}: only {rendered} formulas rendered by KaTeX"
+    # No formula is left as TeX source: arithmatex's delimiters survive only where KaTeX did not run.
+    raw = re.findall(r'class="arithmatex">\s*(?:\\\(|\\\[|\$\$)', html)
+    assert not raw, f"{page}: {len(raw)} formulas left as raw TeX"
+    assert "\\_" not in re.sub(r"<annotation[^>]*>.*?</annotation>", "", html, flags=re.S), (
+        f"{page}: a literal \\_ is shown"
+    )
+    for fig in figures:
+        assert re.search(rf'<img[^>]*src="\.\./figures/{re.escape(fig)}"', html), (
+            f"{page}: figure {fig} not shown"
+        )
+        assert (site / "figures" / fig).is_file(), f"figures/{fig} not in the built site"
+
+
+def test_notebooks_are_pages_of_the_site(site):
+    for name in ("lilt_forward", "lxmert_forward"):
+        html = (site / "notebooks" / name / "index.html").read_text(encoding="utf-8")
+        assert 'src="data:image/png;base64,' in html, f"{name}: the stored plots are not on the page"
+        assert html.count('class="language-python') >= 5 or html.count("highlight") >= 5, (
+            f"{name}: no code cells"
+        )
+    for page in ("lilt", "lxmert"):
+        html = (site / page / "index.html").read_text(encoding="utf-8")
+        assert "../notebooks/" in html, f"the {page} page does not link its notebook"
+
+
+def test_figures_are_up_to_date():
+    """docs/figures/*.svg are what docs/figures.py draws (the SVG bytes depend on matplotlib's version)."""
+    matplotlib = pytest.importorskip("matplotlib")
+    sys.path.insert(0, str(DOCS))
+    try:
+        import figures
+    finally:
+        sys.path.remove(str(DOCS))
+    if matplotlib.__version__ != figures.MATPLOTLIB_VERSION:
+        pytest.skip(
+            f"figures were drawn with matplotlib {figures.MATPLOTLIB_VERSION}, not {matplotlib.__version__}"
+        )
+    proc = subprocess.run(
+        [sys.executable, str(DOCS / "figures.py"), "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _generated(page: str) -> bool:
+    """Pages the hooks generate: golden-format.md (placeholder) and notebooks/<name>.md (from the .ipynb)."""
+    if page == "golden-format.md":
+        return True
+    return page.startswith("notebooks/") and (ROOT / page).with_suffix(".ipynb").is_file()
+
+
 def test_nav_pages_exist():
-    """Every page named in mkdocs.yml's nav exists (golden-format.md may be generated by the hook)."""
+    """Every page named in mkdocs.yml's nav exists in docs/ or is generated by a hook."""
     nav = re.findall(r":\s*([\w./-]+\.md)\s*$", (ROOT / "mkdocs.yml").read_text(encoding="utf-8"), flags=re.M)
     assert nav, "mkdocs.yml has no nav"
-    missing = [p for p in nav if not (DOCS / p).is_file() and p != "golden-format.md"]
+    missing = [p for p in nav if not (DOCS / p).is_file() and not _generated(p)]
     assert not missing, f"nav pages missing from docs/: {missing}"
 
 

@@ -1,0 +1,506 @@
+"""Draw the documentation's figures (docs/figures/*.svg) from code, reproducibly.
+
+    python docs/figures.py            # (re)write every figure
+    python docs/figures.py --check    # exit 1 if a committed figure differs from what this draws
+
+Two kinds of figure:
+
+* **architecture diagrams** (``lilt-architecture.svg``, ``lxmert-architecture.svg``): boxes and
+  arrows with the shapes of every stream, drawn with matplotlib patches;
+* **figures of a real forward pass** of the bundled tiny checkpoints in float64 (random
+  weights, so the predictions mean nothing; the point is what is computed and where it goes):
+  ``lilt-attention.svg`` (the shared attention probabilities of one head, tokens on both axes),
+  ``lilt-page.svg`` (the example page's word boxes coloured by label: the example's labels and
+  the model's predictions), ``lxmert-cross-attention.svg`` (word-to-region cross-attention,
+  as a heatmap and over the region boxes).
+
+The output is byte-for-byte deterministic for a given matplotlib version: the Agg backend,
+fixed ``svg.hashsalt``, no date or creator metadata, glyphs as paths (no fonts needed to
+view), and no randomness (the inputs are the bundled example). ``tests/test_docs.py`` runs
+``--check`` when the installed matplotlib is the one the committed files were drawn with
+(``MATPLOTLIB_VERSION``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+OUT = os.path.join(HERE, "figures")
+sys.path.insert(0, ROOT)  # draw with the refimpl of this checkout, not another installed copy
+#: the matplotlib the committed SVGs were drawn with (SVG output differs between versions).
+MATPLOTLIB_VERSION = "3.11.2"
+
+plt.rcParams.update(
+    {
+        "svg.hashsalt": "refimpl-docs",
+        "svg.fonttype": "path",
+        "font.family": "DejaVu Sans",
+        "font.size": 9,
+        "axes.titlesize": 10,
+        "figure.dpi": 100,
+    }
+)
+
+TEXT_C = "#dbe7fb"  # text / language stream
+LAYOUT_C = "#fde3c8"  # layout / vision stream
+SHARED_C = "#e7dcf5"  # what both streams share
+PLAIN_C = "#f2f2f2"
+
+
+def _bundled(*parts: str) -> str:
+    try:
+        from refimpl.data import path  # after the layer redesign
+    except ImportError:
+        from refimpl.cli import bundled_path as path
+    return path(*parts)
+
+
+# --- drawing helpers ------------------------------------------------------------------------
+
+
+def _box(ax, x, y, w, h, text, color, fontsize=8.5, weight="normal"):
+    """A rounded box centred on (x, y), w wide and h high, with centred text."""
+    ax.add_patch(
+        FancyBboxPatch(
+            (x - w / 2, y - h / 2),
+            w,
+            h,
+            boxstyle="round,pad=0.02,rounding_size=0.8",
+            facecolor=color,
+            edgecolor="#555555",
+            linewidth=0.8,
+        )
+    )
+    ax.text(x, y, text, ha="center", va="center", fontsize=fontsize, weight=weight, linespacing=1.35)
+
+
+def _arrow(ax, start, end, text=None, color="#333333", style="-|>", rad=0.0, text_at=0.5, offset=(0, 0)):
+    ax.add_patch(
+        FancyArrowPatch(
+            start,
+            end,
+            arrowstyle=style,
+            mutation_scale=10,
+            color=color,
+            linewidth=1.0,
+            connectionstyle=f"arc3,rad={rad}",
+            shrinkA=2,
+            shrinkB=2,
+        )
+    )
+    if text:
+        mx = start[0] + (end[0] - start[0]) * text_at + offset[0]
+        my = start[1] + (end[1] - start[1]) * text_at + offset[1]
+        ax.text(mx, my, text, ha="center", va="center", fontsize=7.5, color=color)
+
+
+def _canvas(w_in, h_in, xmax, ymax):
+    fig, ax = plt.subplots(figsize=(w_in, h_in))
+    ax.set_xlim(0, xmax)
+    ax.set_ylim(0, ymax)
+    ax.axis("off")
+    fig.subplots_adjust(0, 0, 1, 1)
+    return fig, ax
+
+
+# --- architecture diagrams ------------------------------------------------------------------
+
+
+def lilt_architecture():
+    """LiLT: two streams, one score matrix. Shapes use the notation of docs/lilt.md."""
+    fig, ax = _canvas(9.0, 8.4, 100, 94)
+    tx, lx, mx = 22, 78, 50  # text column, layout column, shared column
+    ax.text(tx, 91, "text stream (width H)", ha="center", fontsize=10, weight="bold", color="#1f4e9c")
+    ax.text(lx, 91, "layout stream (width H/r)", ha="center", fontsize=10, weight="bold", color="#b35900")
+
+    _box(ax, tx, 85, 30, 5, "input_ids  [B, L]", PLAIN_C)
+    _box(ax, lx, 85, 30, 5, "bbox  [B, L, 4]  (0..1000 grid)", PLAIN_C)
+    _box(ax, mx, 77, 24, 6, "position ids  [B, L]\ncount from pad_token_id + 1", SHARED_C, fontsize=8)
+    _box(ax, tx, 69, 34, 6, "text embeddings (step 2)\nX  [B, L, H]", TEXT_C)
+    _box(ax, lx, 69, 34, 6, "layout embeddings (step 3)\nY  [B, L, H/r]", LAYOUT_C)
+    _arrow(ax, (tx, 82.5), (tx, 72))
+    _arrow(ax, (lx, 82.5), (lx, 72))
+    _arrow(ax, (tx + 5, 82.5), (mx - 6, 80))
+    _arrow(ax, (mx - 12, 76), (tx + 17, 71))
+    _arrow(ax, (mx + 12, 76), (lx - 17, 71))
+
+    # one layer
+    ax.add_patch(
+        Rectangle((3, 9), 94, 55, facecolor="none", edgecolor="#888888", linestyle="--", linewidth=0.9)
+    )
+    ax.text(5, 61.5, "one layer (× N): lilt_layer", fontsize=9, style="italic", color="#555555")
+    _box(ax, tx, 56, 38, 6.5, "Q, K, V = X Wᵀ + b\n[B, n_h, L, d]", TEXT_C)
+    _box(ax, lx, 56, 38, 6.5, "Q_ℓ, K_ℓ, V_ℓ = Y W_ℓᵀ + b_ℓ\n[B, n_h, L, d/r]", LAYOUT_C)
+    _arrow(ax, (tx, 66), (tx, 59.3))
+    _arrow(ax, (lx, 66), (lx, 59.3))
+    _box(ax, tx, 45, 26, 6, "Q Kᵀ / √d\n[B, n_h, L, L]", TEXT_C)
+    _box(ax, lx, 45, 26, 6, "Q_ℓ K_ℓᵀ / √(d // r)\n[B, n_h, L, L]", LAYOUT_C)
+    _arrow(ax, (tx, 52.7), (tx, 48))
+    _arrow(ax, (lx, 52.7), (lx, 48))
+    _box(
+        ax,
+        mx,
+        36,
+        40,
+        7.5,
+        "BiACM: ONE score matrix for both streams\nS = Q Kᵀ/√d + Q_ℓ K_ℓᵀ/√(d // r)\n"
+        "A = softmax(S + M)   [B, n_h, L, L]",
+        SHARED_C,
+        weight="bold",
+        fontsize=8,
+    )
+    _arrow(ax, (tx + 8, 42), (mx - 12, 39.8))
+    _arrow(ax, (lx - 8, 42), (mx + 12, 39.8))
+    _box(ax, tx, 25, 30, 6, "C = A V\n[B, L, H]  (heads merged)", TEXT_C)
+    _box(ax, lx, 25, 30, 6, "C_ℓ = A V_ℓ\n[B, L, H/r]", LAYOUT_C)
+    _arrow(ax, (mx - 10, 32.2), (tx + 6, 28))
+    _arrow(ax, (mx + 10, 32.2), (lx - 6, 28))
+    _arrow(ax, (tx - 14, 52.7), (tx - 12, 28), text="V", rad=0.25, text_at=0.5, offset=(-5, 0))
+    _arrow(ax, (lx + 14, 52.7), (lx + 12, 28), text="V_ℓ", rad=-0.25, text_at=0.5, offset=(5, 0))
+    _box(ax, tx, 14.5, 38, 6.5, "add & norm, feed-forward (I), add & norm\nX ← [B, L, H]", TEXT_C)
+    _box(ax, lx, 14.5, 38, 6.5, "add & norm, feed-forward (I/r), add & norm\nY ← [B, L, H/r]", LAYOUT_C)
+    _arrow(ax, (tx, 22), (tx, 17.8))
+    _arrow(ax, (lx, 22), (lx, 17.8))
+
+    _box(ax, tx, 4, 38, 5, "last_hidden_state [B, L, H] → heads", PLAIN_C)
+    _box(ax, lx, 4, 38, 5, "layout_hidden_states (refimpl extra)", PLAIN_C)
+    _arrow(ax, (tx, 11.2), (tx, 6.5))
+    _arrow(ax, (lx, 11.2), (lx, 6.5))
+    ax.text(
+        mx,
+        20,
+        "the streams never exchange\nhidden states: only scores",
+        ha="center",
+        va="center",
+        fontsize=7.5,
+        style="italic",
+        color="#555555",
+    )
+    return fig
+
+
+def lxmert_architecture():
+    """LXMERT: language and relationship encoders, then cross layers with one shared attention."""
+    fig, ax = _canvas(9.0, 8.4, 100, 94)
+    lx, vx, mx = 22, 78, 50
+    ax.text(lx, 91, "language (width H)", ha="center", fontsize=10, weight="bold", color="#1f4e9c")
+    ax.text(vx, 91, "vision (width H)", ha="center", fontsize=10, weight="bold", color="#b35900")
+    _box(ax, lx, 85, 34, 5, "input_ids  [B, L]", PLAIN_C)
+    _box(ax, vx, 85, 40, 5, "visual_feats [B, N_v, F],  visual_pos [B, N_v, 4]", PLAIN_C, fontsize=8)
+    _box(ax, lx, 76, 34, 6, "word embeddings (step 1)\n[B, L, H]", TEXT_C)
+    _box(ax, vx, 76, 34, 6, "visual feature encoder (step 2)\n[B, N_v, H]", LAYOUT_C)
+    _arrow(ax, (lx, 82.5), (lx, 79))
+    _arrow(ax, (vx, 82.5), (vx, 79))
+    _box(ax, lx, 65, 34, 7, "language encoder\nl × BERT layer (self-attention)\n[B, L, H]", TEXT_C)
+    _box(
+        ax,
+        vx,
+        65,
+        34,
+        7,
+        "object-relationship encoder\nr × BERT layer (self-attention)\n[B, N_v, H]",
+        LAYOUT_C,
+    )
+    _arrow(ax, (lx, 73), (lx, 68.5))
+    _arrow(ax, (vx, 73), (vx, 68.5))
+
+    ax.add_patch(
+        Rectangle((3, 13), 94, 45, facecolor="none", edgecolor="#888888", linestyle="--", linewidth=0.9)
+    )
+    ax.text(
+        5, 14.5, "one cross-modality layer (× x): lxmert_x_layer", fontsize=9, style="italic", color="#555555"
+    )
+    _box(
+        ax,
+        lx,
+        42,
+        36,
+        8,
+        "call @lang: words → regions\nAtt(X_lang, X_vis, M_vis)\nprobs [B, n_h, L, N_v]",
+        TEXT_C,
+        fontsize=8,
+    )
+    _box(
+        ax,
+        vx,
+        42,
+        36,
+        8,
+        "call @visn: regions → words\nAtt(X_vis, X_lang, M_lang)\nprobs [B, n_h, N_v, L]",
+        LAYOUT_C,
+        fontsize=8,
+    )
+    _arrow(ax, (lx - 8, 61.5), (lx - 8, 46.2), text="queries", offset=(-5, 0))
+    _arrow(ax, (vx + 8, 61.5), (vx + 8, 46.2), text="queries", offset=(5, 0))
+    _arrow(
+        ax,
+        (lx + 8, 61.5),
+        (vx - 10, 46.2),
+        text="keys, values",
+        color="#1f4e9c",
+        text_at=0.78,
+        offset=(3, 1.5),
+    )
+    _arrow(
+        ax,
+        (vx - 8, 61.5),
+        (lx + 10, 46.2),
+        text="keys, values",
+        color="#b35900",
+        text_at=0.78,
+        offset=(-3, 1.5),
+    )
+    _box(
+        ax,
+        mx,
+        31,
+        34,
+        6.5,
+        "visual_attention: ONE module\none set of query, key, value, output\nweights, used by both calls",
+        SHARED_C,
+        weight="bold",
+        fontsize=7.5,
+    )
+    _arrow(ax, (mx - 12, 34.3), (lx + 4, 37.8), style="-", color="#7a4fb0", rad=-0.2)
+    _arrow(ax, (mx + 12, 34.3), (vx - 4, 37.8), style="-", color="#7a4fb0", rad=0.2)
+    ax.text(
+        mx,
+        24,
+        "both calls read the layer's inputs,\nnot each other's outputs",
+        ha="center",
+        va="center",
+        fontsize=7.5,
+        style="italic",
+        color="#555555",
+    )
+    _box(ax, lx, 20, 36, 6.5, "lang_self_att, then lang FFN\n[B, L, H]", TEXT_C)
+    _box(ax, vx, 20, 36, 6.5, "visn_self_att, then visn FFN\n[B, N_v, H]", LAYOUT_C)
+    _arrow(ax, (lx, 37.8), (lx, 23.3))
+    _arrow(ax, (vx, 37.8), (vx, 23.3))
+    _box(
+        ax,
+        lx,
+        6,
+        40,
+        6,
+        "language_output [B, L, H]\npooled_output = tanh(x₀ W_pᵀ + b_p) [B, H]",
+        PLAIN_C,
+        fontsize=8,
+    )
+    _box(ax, vx, 6, 36, 6, "vision_output [B, N_v, H]", PLAIN_C)
+    _arrow(ax, (lx, 16.7), (lx, 9))
+    _arrow(ax, (vx, 16.7), (vx, 9))
+    return fig
+
+
+# --- figures of a real forward pass ---------------------------------------------------------
+
+
+def _lilt_forward():
+    import refimpl
+    from refimpl.lilt.tokenization import LiltTokenizer
+
+    ckpt = _bundled("lilt-tiny")
+    model = refimpl.from_pretrained(ckpt, dtype="float64")
+    with open(_bundled("example", "form.json"), encoding="utf-8") as f:
+        page = json.load(f)
+    enc = LiltTokenizer.from_pretrained(ckpt)(page["words"], boxes=page["boxes"], return_tensors="np")
+    out = model(
+        input_ids=enc["input_ids"],
+        bbox=enc["bbox"],
+        attention_mask=enc["attention_mask"],
+        output_attentions=True,
+    )
+    return model, page, enc, out
+
+
+def _token_label(t: str) -> str:
+    return t.replace("Ġ", "")
+
+
+def lilt_attention(run):
+    model, _, enc, out = run
+    probs = out.attentions[0][0, 0]  # layer 0, batch row 0, head 0: [L, L]
+    tokens = [_token_label(t) for t in enc.tokens(0)]
+    fig, ax = plt.subplots(figsize=(7.6, 6.8))
+    im = ax.imshow(probs, cmap="viridis", vmin=0.0)
+    ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(tokens)), tokens, fontsize=7)
+    ax.set_xlabel("key token j")
+    ax.set_ylabel("query token i")
+    ax.set_title(
+        "LiLT layer 0, head 0: A = softmax(S + M), shared by both streams\n"
+        "(bundled lilt-tiny, random weights; the example page, one row: no padding)"
+    )
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, label="attention probability A[i, j]")
+    fig.tight_layout()
+    return fig
+
+
+def lilt_page(run):
+    model, page, enc, out = run
+    id2label = model.config.id2label
+    pred_tok = out.logits[0].argmax(-1)
+    word_ids = enc.word_ids(0)
+    predicted = {}
+    for t, w in enumerate(word_ids):  # a word's label is its first token's
+        if w is not None and w not in predicted:
+            predicted[w] = int(pred_tok[t])
+    labels = sorted(id2label)
+    cmap = plt.get_cmap("tab10")
+    colors = {k: cmap(k) for k in labels}
+    fig, axes = plt.subplots(2, 1, figsize=(10, 7.4))
+    bottom = max(b[3] for b in page["boxes"]) + 30
+    for ax, (title, lab) in zip(
+        axes,
+        [
+            ("labels in form.json", {i: int(v) for i, v in enumerate(page["labels"])}),
+            ("predicted by lilt-tiny (random weights: the labels mean nothing)", predicted),
+        ],
+        strict=True,
+    ):
+        for i, (word, (x0, y0, x1, y1)) in enumerate(zip(page["words"], page["boxes"], strict=True)):
+            c = colors[lab[i]]
+            ax.add_patch(
+                Rectangle((x0, y0), x1 - x0, y1 - y0, facecolor=c, alpha=0.45, edgecolor=c, linewidth=1)
+            )
+            ax.text((x0 + x1) / 2, (y0 + y1) / 2, word, ha="center", va="center", fontsize=7)
+        ax.set_xlim(0, 1000)
+        ax.set_ylim(bottom, 0)  # page coordinates: y grows downwards (the y axis is compressed)
+        ax.set_title(title)
+        ax.set_ylabel("y (0..1000 grid)")
+    axes[-1].set_xlabel("x (0..1000 grid)")
+    handles = [Rectangle((0, 0), 1, 1, facecolor=colors[k], alpha=0.6) for k in labels]
+    fig.legend(handles, [id2label[k] for k in labels], loc="lower center", ncol=len(labels), fontsize=8)
+    fig.suptitle(
+        "The example page's word boxes, coloured by FUNSD label (a word takes its first token's label)"
+    )
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
+def lxmert_cross_attention():
+    import refimpl
+    from refimpl.lxmert.tokenization import LxmertTokenizer
+
+    ckpt = _bundled("lxmert-tiny")
+    model = refimpl.from_pretrained(ckpt, dtype="float64")
+    with open(_bundled("example", "question.json"), encoding="utf-8") as f:
+        q = json.load(f)
+    feats = np.load(_bundled("example", q["features"]))[None].astype(np.float64)
+    boxes = np.load(_bundled("example", q["boxes"]))[None].astype(np.float64)
+    enc = LxmertTokenizer.from_pretrained(ckpt)(q["question"], return_tensors="np")
+    out = model(**enc, visual_feats=feats, visual_pos=boxes, output_attentions=True)
+    att = out.cross_encoder_attentions[-1][0].mean(0)  # last cross layer, row 0, mean over heads: [L, N_v]
+    tokens = enc.tokens(0)
+    n_v = att.shape[1]
+
+    fig, axes = plt.subplots(1, 3, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1.0, 1.1, 1.1]})
+    im = axes[0].imshow(att, cmap="magma", vmin=0.0, aspect="auto")
+    axes[0].set_yticks(range(len(tokens)), tokens, fontsize=8)
+    axes[0].set_xticks(range(n_v), [f"r{j}" for j in range(n_v)], fontsize=8)
+    axes[0].set_xlabel("region (key)")
+    axes[0].set_ylabel("word (query)")
+    axes[0].set_title("words → regions, mean of the heads")
+    fig.colorbar(im, ax=axes[0], fraction=0.05, pad=0.03)
+    for ax, word in zip(axes[1:], ["car", "left"], strict=True):
+        i = tokens.index(word)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(1, 0)  # image coordinates: y grows downwards
+        ax.set_aspect("equal")
+        for j, (x0, y0, x1, y1) in enumerate(boxes[0]):
+            a = att[i, j] / att[i].max()
+            ax.add_patch(
+                Rectangle(
+                    (x0, y0),
+                    x1 - x0,
+                    y1 - y0,
+                    facecolor=plt.get_cmap("magma")(0.75),
+                    alpha=0.15 + 0.6 * a,
+                    edgecolor="black",
+                    linewidth=0.8,
+                )
+            )
+            ax.text(x0 + 0.01, y0 + 0.03, f"r{j}: {att[i, j]:.2f}", fontsize=7, va="center")
+        ax.set_title(f"attention of '{word}' over the region boxes")
+        ax.set_xlabel("x / image width")
+    fig.suptitle(
+        f'LXMERT cross-attention (last x-layer, @lang), "{q["question"]}" '
+        "(bundled lxmert-tiny, random weights)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return fig
+
+
+# --- writing and checking -------------------------------------------------------------------
+
+
+def _svg(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def figures() -> dict[str, bytes]:
+    """Every figure, drawn: file name -> SVG bytes."""
+    run = _lilt_forward()
+    return {
+        "lilt-architecture.svg": _svg(lilt_architecture()),
+        "lxmert-architecture.svg": _svg(lxmert_architecture()),
+        "lilt-attention.svg": _svg(lilt_attention(run)),
+        "lilt-page.svg": _svg(lilt_page(run)),
+        "lxmert-cross-attention.svg": _svg(lxmert_cross_attention()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="compare with docs/figures/ instead of writing")
+    args = parser.parse_args(argv)
+    drawn = figures()
+    if args.check:
+        stale = []
+        for name, data in drawn.items():
+            path = os.path.join(OUT, name)
+            if not os.path.isfile(path):
+                stale.append(f"{name} (missing)")
+            else:
+                with open(path, "rb") as f:
+                    if f.read() != data:
+                        stale.append(f"{name} (differs)")
+        extra = (
+            sorted(set(n for n in os.listdir(OUT) if n.endswith(".svg")) - set(drawn))
+            if os.path.isdir(OUT)
+            else []
+        )
+        stale += [f"{n} (not drawn by this script)" for n in extra]
+        if stale:
+            print("docs/figures/ is out of date; run `python docs/figures.py`:\n  " + "\n  ".join(stale))
+            return 1
+        print(f"docs/figures/: {len(drawn)} figures up to date")
+        return 0
+    os.makedirs(OUT, exist_ok=True)
+    for name, data in drawn.items():
+        with open(os.path.join(OUT, name), "wb") as f:
+            f.write(data)
+        print(f"wrote docs/figures/{name} ({len(data)} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
