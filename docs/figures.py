@@ -64,7 +64,7 @@ def _bundled(*parts: str) -> str:
     try:
         from refimpl.data import path  # after the layer redesign
     except ImportError:
-        from refimpl.cli import bundled_path as path
+        from refimpl.data import path
     return path(*parts)
 
 

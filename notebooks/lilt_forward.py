@@ -40,7 +40,7 @@ from matplotlib.patches import Rectangle
 
 import refimpl
 from refimpl.attention import extended_attention_mask, head_masks
-from refimpl.cli import bundled_path
+from refimpl.data import path as bundled_path
 from refimpl.lilt import embeddings as emb
 from refimpl.lilt import layers
 from refimpl.lilt.tokenization import LiltTokenizer

@@ -35,7 +35,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import refimpl
-from refimpl.cli import bundled_path
+from refimpl.data import path as bundled_path
 from refimpl.lxmert import heads
 from refimpl.lxmert import layers as L
 from refimpl.lxmert.modeling import nest
