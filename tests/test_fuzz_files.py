@@ -30,7 +30,7 @@ from refimpl import weights as W
 from refimpl.config import load_config
 
 CheckpointError = refimpl.CheckpointError
-EXAMPLES = int(os.environ.get("REFIMPL_FUZZ_EXAMPLES", "600"))  # per file kind: ~60 s on 2 cores
+EXAMPLES = int(os.environ.get("REFIMPL_FUZZ_EXAMPLES", "1000"))  # per file kind: ~60 s in all on 2 cores
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
