@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 import os
 
+from .files import CheckpointError as CheckpointError  # every problem with a file raises it
+
 __version__ = "0.1.0"
 
 __all__ = [

@@ -19,6 +19,7 @@ traceback; set ``REFIMPL_DEBUG=1`` to see the traceback).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -62,26 +63,83 @@ def _one_line(e: BaseException) -> str:
 # ---------------------------------------------------------------------------------------------
 # inputs
 # ---------------------------------------------------------------------------------------------
+#: The most bytes an ``--inputs`` file (or a ``.npy`` it names, or one ``.npz`` member) may hold.
+MAX_INPUT_BYTES = 1 << 30
+
+
 def _need_file(path: str, what: str) -> str:
-    if not os.path.exists(path):
+    """``path`` if it exists and is a directory or a regular file (a FIFO, device or socket is
+    refused before anything opens it)."""
+    from .files import regular_file
+
+    if not os.path.lexists(path) or not os.path.exists(path):
         raise CliError(f"{what} not found: {path}")
+    if not os.path.isdir(path):
+        regular_file(path, what)
     return path
 
 
-def _load_npz(path: str) -> dict[str, np.ndarray]:
+def _parse_npy(data: bytes, what: str) -> np.ndarray:
+    """One ``.npy`` image -> array, checked before allocation: numeric dtype, bounded rank and
+    shape, and exactly the data bytes the header's shape needs. No pickles."""
+    from .files import CheckpointError, check_shape
+
+    fp = io.BytesIO(data)
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: np.asarray(z[k]) for k in z.files}
-    except (OSError, ValueError) as e:
-        raise CliError(f"{path} is not a readable .npz file: {_one_line(e)}") from None
+        version = np.lib.format.read_magic(fp)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp, max_header_size=10_000)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp, max_header_size=10_000)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    except (ValueError, TypeError, SyntaxError, OverflowError, MemoryError, RecursionError) as e:
+        raise CheckpointError(f"{what}: not a readable .npy file: {_one_line(e)}") from None
+    if dtype.hasobject or dtype.kind not in "biufc" or dtype.fields is not None or dtype.subdtype is not None:
+        raise CheckpointError(f"{what}: dtype {dtype} is not allowed (only bool, integer, float, complex)")
+    shape = check_shape(shape, what)
+    count = int(np.prod(shape, dtype=object)) if shape else 1
+    start = fp.tell()
+    if count * dtype.itemsize != len(data) - start:
+        raise CheckpointError(
+            f"{what}: shape {shape} x {dtype.itemsize} bytes needs {count * dtype.itemsize} bytes of data, "
+            f"the file holds {len(data) - start}"
+        )
+    arr = np.frombuffer(data, dtype=dtype, count=count, offset=start)
+    return arr.reshape(shape, order="F" if fortran else "C").copy()
+
+
+def _load_npz(path: str) -> dict[str, np.ndarray]:
+    """An ``.npz`` of arrays, read member by member through the zip checks of
+    :func:`refimpl.files.read_zip_member` (a zip bomb is refused) and :func:`_parse_npy`."""
+    import zipfile
+
+    from .files import CheckpointError, open_regular, read_zip_member
+
+    out: dict[str, np.ndarray] = {}
+    with open_regular(path, "inputs file", MAX_INPUT_BYTES) as f:
+        try:
+            with zipfile.ZipFile(f) as zf:
+                for name in zf.namelist():
+                    if not name.endswith(".npy") or name[:-4] in out:
+                        raise CheckpointError(
+                            f"{path}: .npz member {name!r} is not a uniquely named .npy array"
+                        )
+                    data = read_zip_member(zf, name, path, MAX_INPUT_BYTES)
+                    out[name[:-4]] = _parse_npy(data, f"{path}: {name}")
+        except CheckpointError:
+            raise
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, RuntimeError,
+                NotImplementedError, OverflowError) as e:  # fmt: skip
+            raise CheckpointError(f"{path} is not a readable .npz file: {_one_line(e)}") from None
+    return out
 
 
 def _load_npy(path: str, what: str) -> np.ndarray:
+    from .files import read_bytes
+
     _need_file(path, what)
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise CliError(f"{what} {path} is not a readable .npy file: {_one_line(e)}") from None
+    return _parse_npy(read_bytes(path, what, MAX_INPUT_BYTES), f"{what} {path}")
 
 
 def _tokenizer(checkpoint: str, model_type: str):
@@ -185,6 +243,7 @@ def read_cases(
     Returns:
         a list of (forward keywords -> arrays, provenance for the manifest).
     """
+    from .files import read_bytes, read_json
     from .golden import sha256_file
 
     _need_file(path, "inputs file")
@@ -196,25 +255,17 @@ def read_cases(
         ]
     base = os.path.dirname(os.path.abspath(path))
     if ext == ".json":
-        try:
-            with open(path, encoding="utf-8") as f:
-                case = json.load(f)
-        except json.JSONDecodeError as e:
-            raise CliError(f"{path} is not valid JSON: {e}") from None
+        case = read_json(path, path, max_bytes=MAX_INPUT_BYTES)
         inputs, _ = encode_case(case, checkpoint, model_type, base)
         return [(inputs, {"kind": "json", **src, "description": f"{model_type} tokenizer of the checkpoint"})]
     if ext == ".jsonl":
         cases = []
         tok = None
-        with open(path, encoding="utf-8") as f:
-            lines = [ln for ln in f.read().splitlines()]
+        lines = read_bytes(path, "inputs file", MAX_INPUT_BYTES).split(b"\n")
         for i, ln in enumerate(lines):
             if not ln.strip():
                 continue
-            try:
-                case = json.loads(ln)
-            except json.JSONDecodeError as e:
-                raise CliError(f"{path} line {i + 1} is not valid JSON: {e}") from None
+            case = read_json(ln, f"{path} line {i + 1}", max_bytes=MAX_INPUT_BYTES)
             inputs, tok = encode_case(case, checkpoint, model_type, base, tok)
             cases.append(
                 (inputs, {"kind": "jsonl", **src, "line": i + 1, "description": f"{model_type} tokenizer"})
@@ -369,32 +420,26 @@ def _inspect_checkpoint(path: str) -> None:
 
 
 def _checkpoint_shapes(path: str) -> dict[str, tuple[tuple[int, ...], str]] | None:
-    """key -> (shape, dtype) from the safetensors headers (no tensor data read), or None."""
-    files = [n for n in sorted(os.listdir(path)) if n.endswith(".safetensors")]
-    if not files:
-        bins = [n for n in sorted(os.listdir(path)) if n.endswith(".bin")]
-        if not bins:
-            return None
-        from .weights import load_raw_state_dict as read_raw_state_dict
+    """key -> (shape, dtype code) of every weight file of the checkpoint, or None without one.
 
-        sd = read_raw_state_dict(path)
-        return {k: (tuple(v.array.shape), v.dtype) for k, v in sd.items()}
-    out = {}
-    for n in files:
-        with open(os.path.join(path, n), "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise CliError(f"{n} is not a safetensors file (too short)")
-            size = int.from_bytes(head, "little")
-            if size > 100_000_000:
-                raise CliError(f"{n} is not a safetensors file (header size {size})")
-            try:
-                header = json.loads(f.read(size))
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise CliError(f"{n} is not a safetensors file: {e}") from None
-        for k, v in header.items():
-            if k != "__metadata__":
-                out[k] = (tuple(v["shape"]), v["dtype"])
+    Read through :func:`refimpl.weights.weight_files` and the loader's own parsers
+    (:func:`refimpl.weights.read_safetensors` validates each header; a ``.bin`` goes through
+    the restricted unpickler), so ``inspect`` refuses exactly what loading refuses."""
+    from . import weights
+
+    try:
+        files = weights.weight_files(path)
+    except FileNotFoundError:
+        return None
+    out: dict[str, tuple[tuple[int, ...], str]] = {}
+    for f in files:
+        if f.endswith(".json"):
+            continue  # the shard index: its shards follow
+        if f.endswith(".safetensors"):
+            tensors = weights.read_safetensors(f)[1]
+        else:
+            tensors = weights.load_raw_state_dict(f)
+        out.update({k: (tuple(v.array.shape), v.dtype) for k, v in tensors.items()})
     return out
 
 
@@ -430,14 +475,20 @@ def _inspect_golden(path: str) -> None:
 
 
 def _is_golden_file(path: str) -> bool:
-    return os.path.isfile(path) and path.endswith(".safetensors") and not os.path.isdir(path)
+    """Whether ``path`` names a ``.safetensors`` file (a FIFO or device is refused, not guessed)."""
+    from .files import regular_file
+
+    if not path.endswith(".safetensors") or os.path.isdir(path):
+        return False
+    regular_file(path, "golden file")
+    return True
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     path = args.path
     _need_file(path, "path")
     if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "config.json")):
+        if not os.path.lexists(os.path.join(path, "config.json")):
             raise CliError(f"{path} is not a checkpoint directory (no config.json)")
         _inspect_checkpoint(path)
     elif _is_golden_file(path):

@@ -2,22 +2,52 @@
 
 Defaults are transformers 4.56.2's (``LiltConfig``, ``LxmertConfig`` and the
 ``PretrainedConfig`` fields they inherit). Unknown keys are kept as attributes, so anything a
-real checkpoint carries survives a round trip. Impossible values raise ``ValueError`` naming
-the field.
+real checkpoint carries survives a round trip. Impossible values raise :class:`ConfigError`
+(a :class:`refimpl.files.CheckpointError`, hence a ``ValueError``) naming the field, and the
+file when the config was read from one.
+
+``config.json`` is read strictly (:func:`refimpl.files.read_json`): UTF-8, no duplicate keys,
+bounded size, depth and integers; a regular file only. Non-finite numbers (``NaN``,
+``Infinity``) are refused except in the fields transformers' own configs fill with them
+(``NONFINITE_FIELDS``). ``num_labels`` is capped at ``MAX_NUM_LABELS`` before ``id2label``
+is built, and every size at ``refimpl.files.MAX_ELEMENTS``; the weights must then hold
+exactly the shapes the sizes imply (strict key matching).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from typing import Any, ClassVar
 
+from .files import MAX_ELEMENTS, CheckpointError, read_json, short_repr
 from .ops import ACT2FN
 
-__all__ = ["PretrainedConfig", "LiltConfig", "LxmertConfig", "load_config", "CONFIG_CLASSES"]
+__all__ = [
+    "PretrainedConfig",
+    "LiltConfig",
+    "LxmertConfig",
+    "ConfigError",
+    "load_config",
+    "read_config_json",
+    "CONFIG_CLASSES",
+    "MAX_NUM_LABELS",
+    "NONFINITE_FIELDS",
+]
 
 POSITION_EMBEDDING_TYPES = ("absolute", "relative_key", "relative_key_query")
+
+#: The most labels a config may ask for: checked before ``id2label`` is built.
+MAX_NUM_LABELS = 1_000_000
+#: Top-level config fields where transformers' own configs carry non-finite numbers
+#: (``Mamba2Config.time_step_limit`` defaults to ``(0.0, inf)``); refused everywhere else.
+NONFINITE_FIELDS = frozenset({"time_step_limit"})
+
+
+class ConfigError(CheckpointError):
+    """An impossible or hostile config value; the message names the field (and the file)."""
 
 
 def _is_int(v: Any) -> bool:
@@ -75,6 +105,16 @@ class PretrainedConfig:
         num_labels = kwargs.pop("num_labels", None)
         torch_dtype = kwargs.pop("torch_dtype", None)
         values = copy.deepcopy({**self._common, **self.defaults})
+        for k in kwargs:
+            if (
+                not isinstance(k, str)
+                or k.startswith("__")
+                or (k not in values and k != "model_type" and hasattr(type(self), k))
+            ):
+                raise ConfigError(
+                    f"config field {short_repr(k)} is not allowed: it would replace a method or "
+                    "attribute of the config class"
+                )
         values.update(kwargs)
         if values["dtype"] is None and torch_dtype is not None:
             values["dtype"] = torch_dtype  # transformers' backward-compatible spelling
@@ -82,25 +122,27 @@ class PretrainedConfig:
             values["pruned_heads"] = {}
         for name in ("id2label", "label2id"):
             if values[name] is not None and not isinstance(values[name], dict):
-                raise ValueError(f"config.{name} must be a dictionary, got {type(values[name]).__name__}")
+                raise ConfigError(f"config.{name} must be a dictionary, got {type(values[name]).__name__}")
         for k, v in values.items():
             setattr(self, k, v)
         if self.id2label is None:
             n = 2 if num_labels is None else num_labels
-            if not _is_int(n) or n < 0:
-                raise ValueError(f"config.num_labels must be a non-negative integer, got {n!r}")
             self._create_id_label_maps(n)
         else:
             # JSON keys are strings; transformers keeps id2label and ignores a disagreeing num_labels.
             try:
                 self.id2label = {int(k): v for k, v in self.id2label.items()}
             except (TypeError, ValueError):
-                raise ValueError(
-                    f"config.id2label keys must be integers, got {list(self.id2label)!r}"
+                raise ConfigError(
+                    f"config.id2label keys must be integers, got {short_repr(list(self.id2label))}"
                 ) from None
         self.validate()
 
     def _create_id_label_maps(self, num_labels: int) -> None:
+        if not _is_int(num_labels) or not 0 <= num_labels <= MAX_NUM_LABELS:
+            raise ConfigError(
+                f"config.num_labels must be an integer in [0, {MAX_NUM_LABELS}], got {short_repr(num_labels)}"
+            )
         self.id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
         self.label2id = {v: k for k, v in self.id2label.items()}
 
@@ -118,8 +160,10 @@ class PretrainedConfig:
     def _positive(self, *names: str) -> None:
         for n in names:
             v = getattr(self, n)
-            if not _is_int(v) or v <= 0:
-                raise ValueError(f"config.{n} must be a positive integer, got {v!r}")
+            if not _is_int(v) or not 0 < v <= MAX_ELEMENTS:
+                raise ConfigError(
+                    f"config.{n} must be a positive integer up to {MAX_ELEMENTS}, got {short_repr(v)}"
+                )
 
     def _probability(self, *names: str, optional: bool = False) -> None:
         # torch.nn.Dropout refuses p outside [0, 1] when the oracle builds the model.
@@ -128,35 +172,43 @@ class PretrainedConfig:
             if v is None and optional:
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
-                raise ValueError(f"config.{n} must be a probability in [0, 1], got {v!r}")
+                raise ConfigError(f"config.{n} must be a probability in [0, 1], got {short_repr(v)}")
 
     def _activation(self, name: str) -> None:
         v = getattr(self, name)
         if not isinstance(v, str) or v not in ACT2FN:
-            raise ValueError(
-                f"config.{name} = {v!r} is not a supported activation; supported: {sorted(ACT2FN)}"
+            raise ConfigError(
+                f"config.{name} = {short_repr(v)} is not a supported activation; supported: {sorted(ACT2FN)}"
             )
 
+    def _finite(self) -> None:
+        for k, v in vars(self).items():
+            if k not in NONFINITE_FIELDS and _nonfinite(v):
+                raise ConfigError(f"config.{k} holds a non-finite number ({short_repr(v)})")
+
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first impossible field."""
+        """Raise :class:`ConfigError` (a ``ValueError``) naming the first impossible field."""
+        self._finite()
         if self.problem_type not in (
             None,
             "regression",
             "single_label_classification",
             "multi_label_classification",
         ):
-            raise ValueError(
-                f"config.problem_type = {self.problem_type!r} is not one of 'regression', "
+            raise ConfigError(
+                f"config.problem_type = {short_repr(self.problem_type)} is not one of 'regression', "
                 "'single_label_classification', 'multi_label_classification'"
             )
         if self.pruned_heads:
-            raise ValueError(
-                f"config.pruned_heads = {self.pruned_heads!r}: pruned attention heads are not supported "
+            raise ConfigError(
+                f"config.pruned_heads = {short_repr(self.pruned_heads)}: pruned attention heads are not supported "
                 "(the oracle would build smaller weights)"
             )
         v = self.chunk_size_feed_forward
         if not _is_int(v) or v < 0:
-            raise ValueError(f"config.chunk_size_feed_forward must be a non-negative integer, got {v!r}")
+            raise ConfigError(
+                f"config.chunk_size_feed_forward must be a non-negative integer, got {short_repr(v)}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """All attributes, JSON-serialisable (``id2label`` keys as strings), with ``num_labels``
@@ -176,8 +228,13 @@ class PretrainedConfig:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike):
-        """Read ``config.json`` from a checkpoint directory (or the file itself)."""
-        return cls.from_dict(read_config_json(path))
+        """Read ``config.json`` from a checkpoint directory (or the file itself).
+
+        Raises:
+            FileNotFoundError: no config.json.
+            ConfigError: naming the file and the field (see :func:`read_config_json`).
+        """
+        return _from_file(cls, read_config_json(path), _config_path(path))
 
     def __eq__(self, other: object) -> bool:
         return type(self) is type(other) and self.to_dict() == other.to_dict()
@@ -232,36 +289,34 @@ class LiltConfig(PretrainedConfig):
         self._probability("classifier_dropout", optional=True)
         h, n, r = self.hidden_size, self.num_attention_heads, self.channel_shrink_ratio
         if h % n:
-            raise ValueError(
+            raise ConfigError(
                 f"config.hidden_size ({h}) is not a multiple of config.num_attention_heads ({n})"
             )
         if h % 6:
             # six box embeddings of hidden_size // 6 are concatenated into box_linear_embeddings
             # (in_features = hidden_size)
-            raise ValueError(f"config.hidden_size ({h}) must split into 6 box embeddings (a multiple of 6)")
+            raise ConfigError(f"config.hidden_size ({h}) must split into 6 box embeddings (a multiple of 6)")
         d = h // n
         if d // r < 1 or h // r != n * (d // r):
             # the layout stream is hidden_size // r wide and is viewed as n heads of d // r
-            raise ValueError(
+            raise ConfigError(
                 f"config.channel_shrink_ratio ({r}) does not fit: the layout stream of hidden_size // ratio "
                 f"= {h // r} must split into {n} heads of head size // ratio = {d // r} (>= 1)"
             )
         if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
-            raise ValueError(
-                f"config.position_embedding_type = {self.position_embedding_type!r}; "
+            raise ConfigError(
+                f"config.position_embedding_type = {short_repr(self.position_embedding_type)}; "
                 f"allowed: {POSITION_EMBEDDING_TYPES}"
             )
         pad = self.pad_token_id
         top = min(self.vocab_size, self.max_position_embeddings) - 1
         if not _is_int(pad) or not 0 <= pad <= top:
             # the word, position and box-position embeddings all use it as padding_idx
-            raise ValueError(
-                f"config.pad_token_id = {pad!r} must be in [0, {top}] (below vocab_size and "
+            raise ConfigError(
+                f"config.pad_token_id = {short_repr(pad)} must be in [0, {top}] (below vocab_size and "
                 "max_position_embeddings: LiLT uses it as their padding index)"
             )
-        eps = self.layer_norm_eps
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-            raise ValueError(f"config.layer_norm_eps must be a number > 0, got {eps!r}")
+        _check_eps(self.layer_norm_eps)
 
 
 class LxmertConfig(PretrainedConfig):
@@ -327,41 +382,102 @@ class LxmertConfig(PretrainedConfig):
         )
         for n in ("l_layers", "x_layers", "r_layers"):
             v = getattr(self, n)
-            if not _is_int(v) or v < 0:
-                raise ValueError(f"config.{n} must be a non-negative integer, got {v!r}")
+            if not _is_int(v) or not 0 <= v <= MAX_ELEMENTS:
+                raise ConfigError(f"config.{n} must be a non-negative integer, got {short_repr(v)}")
         self._activation("hidden_act")
+        _check_eps(self.layer_norm_eps)  # unused by the oracle, but an absurd value is a broken file
         self._probability("hidden_dropout_prob", "attention_probs_dropout_prob")
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"config.hidden_size ({self.hidden_size}) is not a multiple of "
                 f"config.num_attention_heads ({self.num_attention_heads})"
             )
 
 
+def _nonfinite(v: Any, depth: int = 0) -> bool:
+    """Whether a config value holds a non-finite float anywhere (JSON nesting is bounded)."""
+    if isinstance(v, float):
+        return not math.isfinite(v)
+    if depth > 64:
+        return False
+    if isinstance(v, dict):
+        return any(_nonfinite(x, depth + 1) for x in v.values())
+    if isinstance(v, (list, tuple)):
+        return any(_nonfinite(x, depth + 1) for x in v)
+    return False
+
+
+def _check_eps(eps: Any) -> None:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
+        raise ConfigError(f"config.layer_norm_eps must be a finite number > 0, got {short_repr(eps)}")
+
+
 CONFIG_CLASSES = {"lilt": LiltConfig, "lxmert": LxmertConfig}
 
 
-def read_config_json(path: str | os.PathLike) -> dict[str, Any]:
-    """Parse ``config.json`` (``path`` is the checkpoint directory or the file)."""
+def _config_path(path: str | os.PathLike) -> str:
     p = os.fspath(path)
-    if os.path.isdir(p):
-        p = os.path.join(p, "config.json")
+    return os.path.join(p, "config.json") if os.path.isdir(p) else p
+
+
+def _from_file(cls: type[PretrainedConfig], d: dict[str, Any], path: str) -> PretrainedConfig:
+    """``cls.from_dict(d)`` with any error naming the file it came from."""
     try:
-        with open(p, encoding="utf-8") as f:
-            d = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no config.json at {p}") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{p} is not valid JSON: {e}") from None
+        return cls.from_dict(d)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except (TypeError, ValueError) as e:  # e.g. a field a class constructor cannot take
+        raise ConfigError(f"{path}: {type(e).__name__}: {e}") from None
+
+
+def read_config_json(path: str | os.PathLike) -> dict[str, Any]:
+    """Parse ``config.json`` strictly (``path`` is the checkpoint directory or the file).
+
+    Returns:
+        the JSON object. ``model_type`` is a string when present; ``architectures`` a list of
+        strings or null.
+
+    Raises:
+        FileNotFoundError: no config.json.
+        ConfigError: naming the file and the position or field: not a regular file, over
+            :data:`refimpl.files.MAX_JSON_BYTES`, not UTF-8, not JSON, a duplicate key, too
+            deep, an integer of more than 20 digits, a non-finite number outside
+            ``NONFINITE_FIELDS``, not an object, a mistyped ``model_type`` / ``architectures``.
+    """
+    p = _config_path(path)
+    if not os.path.lexists(p):
+        raise FileNotFoundError(f"no config.json at {p}")
+    try:
+        d = read_json(p, p, allow_nonfinite=True)
+    except ConfigError:
+        raise
+    except CheckpointError as e:
+        raise ConfigError(str(e)) from None
     if not isinstance(d, dict):
-        raise ValueError(f"{p} must hold a JSON object")
+        raise ConfigError(f"{p} must hold a JSON object, not {type(d).__name__}")
+    for k, v in d.items():
+        if k not in NONFINITE_FIELDS and _nonfinite(v):
+            raise ConfigError(f"{p}: config.{k} holds a non-finite number ({short_repr(v)})")
+    if "model_type" in d and not isinstance(d["model_type"], str):
+        raise ConfigError(f"{p}: config.model_type must be a string, got {short_repr(d['model_type'])}")
+    archs = d.get("architectures")
+    if archs is not None and not (isinstance(archs, list) and all(isinstance(a, str) for a in archs)):
+        raise ConfigError(f"{p}: config.architectures must be a list of strings, got {short_repr(archs)}")
     return d
 
 
 def load_config(path: str | os.PathLike) -> PretrainedConfig:
-    """Read ``config.json`` and return the config class its ``model_type`` names."""
+    """Read ``config.json`` and return the config class its ``model_type`` names.
+
+    Raises:
+        FileNotFoundError: no config.json.
+        ConfigError: naming the file and the field.
+    """
     d = read_config_json(path)
     mt = d.get("model_type")
     if mt not in CONFIG_CLASSES:
-        raise ValueError(f"config.model_type = {mt!r} is not supported; supported: {sorted(CONFIG_CLASSES)}")
-    return CONFIG_CLASSES[mt].from_dict(d)
+        raise ConfigError(
+            f"{_config_path(path)}: config.model_type = {short_repr(mt)} is not supported; "
+            f"supported: {sorted(CONFIG_CLASSES)}"
+        )
+    return _from_file(CONFIG_CLASSES[mt], d, _config_path(path))

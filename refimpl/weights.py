@@ -12,6 +12,13 @@ Formats read (no torch import, no code from the file ever runs):
   offset and strides.
 * sharded sets: ``model.safetensors.index.json`` / ``pytorch_model.bin.index.json``.
 
+Hostile and broken files end in :class:`CheckpointError` (or ``OSError`` for a genuine I/O
+failure), naming the file and the tensor; the limits checked before any allocation
+(header size and depth, rank, element counts against the bytes present, zip members
+inflated in capped streams, stride-0 views) are those of :mod:`refimpl.files`. Only regular
+files are read. The unpickler's allowed globals are stand-ins whose state a pickle cannot
+set (``BUILD`` on them is refused), so no file can change the loader for the next one.
+
 Float tensors are cast to the requested dtype (float16 exactly; bfloat16 through its bit
 pattern, as NumPy has no bfloat16). Integer and bool tensors keep their dtype.
 """
@@ -33,6 +40,22 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .files import (
+    MAX_ELEMENTS,
+    MAX_HEADER_BYTES,
+    MAX_PICKLE_BYTES,
+    MAX_RANK,
+    MAX_VIEW_EXPANSION,
+    CheckpointError,
+    check_shape,
+    open_regular,
+    read_json,
+    read_zip_member,
+    regular_file,
+    short_repr,
+    zip_member_info,
+)
+
 __all__ = [
     "CheckpointError",
     "UnsafeCheckpointError",
@@ -49,11 +72,6 @@ __all__ = [
     "match_state_dict",
     "subtree",
 ]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read (corrupt, truncated) or does not fit the model (lists every
-    missing, unexpected and misshaped key). The message names the file."""
 
 
 class UnsafeCheckpointError(CheckpointError):
@@ -133,7 +151,7 @@ _TORCH_DTYPES = {
 }
 _TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # torch/serialization.py MAGIC_NUMBER
 _TORCH_PROTOCOL = 1001  # torch/serialization.py PROTOCOL_VERSION
-_MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
+_MAX_HEADER = MAX_HEADER_BYTES  # safetensors' own limit on the JSON header
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,7 +231,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, str], dict[str,
     the tensors must tile the data exactly: no overlap, no gap, nothing after the last.
     """
     path = os.fspath(path)
-    with open(path, "rb") as f:
+    with open_regular(path, "safetensors file") as f:
         size = os.fstat(f.fileno()).st_size
         if size < 8:
             raise CheckpointError(
@@ -229,11 +247,10 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, str], dict[str,
                 f"{path}: corrupt safetensors file: header length {n} exceeds {_MAX_HEADER}"
             )
         head = f.read(n)
+        if len(head) != n:
+            raise CheckpointError(f"{path}: truncated safetensors file (the file shrank while read)")
         buf = _map_file(f, path)
-    try:
-        header = json.loads(head.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: corrupt safetensors header (not UTF-8 JSON): {e}") from None
+    header = read_json(head, f"{path}: corrupt safetensors header", max_bytes=_MAX_HEADER, max_depth=4)
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: corrupt safetensors header: expected a JSON object")
     meta = header.pop("__metadata__", None)
@@ -249,15 +266,20 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, str], dict[str,
         bad = f"{path}: corrupt safetensors header for tensor {name!r}"
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
             raise CheckpointError(
-                f"{bad}: expected exactly the keys dtype, shape, data_offsets, got {info!r}"
+                f"{bad}: expected exactly the keys dtype, shape, data_offsets, got {short_repr(info)}"
             )
         code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if code not in _CODES:
-            raise CheckpointError(f"{bad}: dtype {code!r} is not supported; supported: {sorted(_CODES)}")
-        if not isinstance(shape, list) or not all(_is_int(s) and s >= 0 for s in shape):
-            raise CheckpointError(f"{bad}: shape must be a list of non-negative integers, got {shape!r}")
+        if not isinstance(code, str) or code not in _CODES:
+            raise CheckpointError(
+                f"{bad}: dtype {short_repr(code)} is not supported; supported: {sorted(_CODES)}"
+            )
+        if not isinstance(shape, list):
+            raise CheckpointError(
+                f"{bad}: shape must be a list of non-negative integers, got {short_repr(shape)}"
+            )
+        shape = list(check_shape(shape, bad))
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
-            raise CheckpointError(f"{bad}: data_offsets must be two integers, got {offsets!r}")
+            raise CheckpointError(f"{bad}: data_offsets must be two integers, got {short_repr(offsets)}")
         begin, end = offsets
         if not 0 <= begin <= end <= data_len:
             raise CheckpointError(
@@ -402,9 +424,11 @@ class _Tensor:
         ints = (offset, *size, *stride) if isinstance(size, tuple) and isinstance(stride, tuple) else None
         if ints is None or not all(_is_int(i) and 0 <= i < 2**62 for i in ints) or len(size) != len(stride):
             raise pickle.UnpicklingError(
-                f"bad tensor geometry: offset {offset!r}, size {size!r}, stride {stride!r} "
-                "(expected non-negative integers and as many strides as sizes)"
+                f"bad tensor geometry: offset {short_repr(offset)}, size {short_repr(size)}, "
+                f"stride {short_repr(stride)} (expected non-negative integers and as many strides as sizes)"
             )
+        if len(size) > MAX_RANK:
+            raise pickle.UnpicklingError(f"tensor rank {len(size)} exceeds the limit of {MAX_RANK}")
         self.storage, self.offset, self.size, self.stride, self.code = storage, offset, size, stride, code
 
     def __setstate__(self, state):
@@ -413,7 +437,9 @@ class _Tensor:
 
 def _check_metadata(metadata) -> None:
     if metadata:  # conj / neg bits: the stored values would need a transform
-        raise pickle.UnpicklingError(f"tensor metadata {metadata!r} (conj/neg views) is not supported")
+        raise pickle.UnpicklingError(
+            f"tensor metadata {short_repr(metadata)} (conj/neg views) is not supported"
+        )
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride):
@@ -433,7 +459,7 @@ def _rebuild_tensor_v3(
     """Stand-in for ``torch._utils._rebuild_tensor_v3`` (uint16/32/64...: untyped storage + a dtype)."""
     _check_metadata(metadata)
     if not (isinstance(dtype, _Stand) and dtype.kind == "dtype"):
-        raise pickle.UnpicklingError(f"_rebuild_tensor_v3 needs a torch dtype, got {dtype!r}")
+        raise pickle.UnpicklingError(f"_rebuild_tensor_v3 needs a torch dtype, got {short_repr(dtype)}")
     return _Tensor(storage, storage_offset, tuple(size), tuple(stride), dtype.code)
 
 
@@ -449,19 +475,53 @@ def _rebuild_parameter_with_state(data, requires_grad, backward_hooks, state):
     return _rebuild_parameter(data, requires_grad, backward_hooks)
 
 
-_REBUILDERS = (
-    _rebuild_tensor,
-    _rebuild_tensor_v2,
-    _rebuild_tensor_v3,
-    _rebuild_parameter,
-    _rebuild_parameter_with_state,
+class _Global:
+    """A callable stand-in handed to the pickle for an allowed global function or class.
+
+    The pickle gets this wrapper, never the function itself: ``BUILD`` (state setting) on it
+    is refused by ``__setstate__`` and it has no ``__dict__``, so a file cannot set
+    ``__defaults__`` or any other attribute of a real function and change the loader for
+    the files read after it."""
+
+    __slots__ = ("fn", "name")
+
+    def __init__(self, fn, name: str):
+        self.fn, self.name = fn, name
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    def __setstate__(self, state):
+        raise pickle.UnpicklingError(f"refusing to set the state of {self.name} (BUILD on an allowed global)")
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def _g(fn, module: str) -> _Global:
+    return _Global(fn, f"{module}.{fn.__name__}")
+
+
+_REBUILDERS = tuple(
+    _g(fn, "torch._utils")
+    for fn in (
+        _rebuild_tensor,
+        _rebuild_tensor_v2,
+        _rebuild_tensor_v3,
+        _rebuild_parameter,
+        _rebuild_parameter_with_state,
+    )
 )
 
 
 def _rebuild_from_type_v2(func, new_type, args, state):
     """Stand-in for ``torch._tensor._rebuild_from_type_v2`` (tensors carrying Python state)."""
-    if func not in _REBUILDERS or not (isinstance(new_type, _Stand) and new_type.kind == "type"):
-        raise pickle.UnpicklingError(f"_rebuild_from_type_v2 with {func!r}, {new_type!r} is not supported")
+    if not any(func is r for r in _REBUILDERS) or not (
+        isinstance(new_type, _Stand) and new_type.kind == "type"
+    ):
+        raise pickle.UnpicklingError(
+            f"_rebuild_from_type_v2 with {short_repr(func)}, {short_repr(new_type)} is not supported"
+        )
     if not isinstance(args, tuple):
         raise pickle.UnpicklingError("_rebuild_from_type_v2: args must be a tuple")
     return func(*args)
@@ -470,23 +530,22 @@ def _rebuild_from_type_v2(func, new_type, args, state):
 def _codecs_encode(obj, encoding="utf-8"):
     """Stand-in for ``_codecs.encode``, which protocol-2 pickles use to spell ``bytes``."""
     if not isinstance(obj, str) or encoding not in ("latin1", "latin-1"):
-        raise pickle.UnpicklingError(f"_codecs.encode is only allowed on a str with latin1, got {encoding!r}")
+        raise pickle.UnpicklingError(
+            f"_codecs.encode is only allowed on a str with latin1, got {short_repr(encoding)}"
+        )
     return obj.encode("latin1")
 
 
 #: (module, name) -> what the restricted unpickler returns for it. Nothing else is allowed.
+#: Functions and classes are wrapped in :class:`_Global`, whose state a pickle cannot set.
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
-    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
+    ("collections", "OrderedDict"): _Global(collections.OrderedDict, "collections.OrderedDict"),
+    **{("torch._utils", r.fn.__name__): r for r in _REBUILDERS},
+    ("torch._tensor", "_rebuild_from_type_v2"): _g(_rebuild_from_type_v2, "torch._tensor"),
     ("torch._tensor", "Tensor"): _Stand("type", "Tensor"),
     ("torch", "Tensor"): _Stand("type", "Tensor"),
     ("torch.nn.parameter", "Parameter"): _Stand("type", "nn.Parameter"),
-    ("_codecs", "encode"): _codecs_encode,
+    ("_codecs", "encode"): _Global(_codecs_encode, "_codecs.encode"),
 }
 _ALLOWED_GLOBALS.update({("torch", k): _Stand("storage", k, c) for k, c in _TORCH_STORAGES.items()})
 _ALLOWED_GLOBALS[("torch.storage", "UntypedStorage")] = _Stand("storage", "UntypedStorage", "U8")
@@ -526,45 +585,72 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         if not isinstance(pid, tuple) or not pid:
-            raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
+            raise pickle.UnpicklingError(f"unknown persistent id {short_repr(pid)}")
         kind = pid[0].decode("ascii") if isinstance(pid[0], bytes) else pid[0]
         if kind != "storage":
-            raise pickle.UnpicklingError(f"persistent id of type {kind!r} is not supported (only 'storage')")
+            raise pickle.UnpicklingError(
+                f"persistent id of type {short_repr(kind)} is not supported (only 'storage')"
+            )
         if self.legacy:
             if len(pid) != 6:
-                raise pickle.UnpicklingError(f"legacy storage id must have 6 fields, got {pid!r}")
+                raise pickle.UnpicklingError(f"legacy storage id must have 6 fields, got {short_repr(pid)}")
             _, stype, key, _location, numel, view = pid
         else:
             if len(pid) != 5:
-                raise pickle.UnpicklingError(f"storage id must have 5 fields, got {pid!r}")
+                raise pickle.UnpicklingError(f"storage id must have 5 fields, got {short_repr(pid)}")
             _, stype, key, _location, numel = pid
             view = None
         if not (isinstance(stype, _Stand) and stype.kind == "storage"):
-            raise pickle.UnpicklingError(f"storage id names {stype!r}, not a torch storage class")
-        if not isinstance(key, str) or not _is_int(numel) or numel < 0:
-            raise pickle.UnpicklingError(f"bad storage id {pid!r}")
+            raise pickle.UnpicklingError(f"storage id names {short_repr(stype)}, not a torch storage class")
+        if not isinstance(key, str) or not _is_int(numel) or not 0 <= numel <= MAX_ELEMENTS:
+            raise pickle.UnpicklingError(f"bad storage id {short_repr(pid)}")
         st = self.storages.get(key)
         if st is None:
             st = self.storages[key] = _Storage(key, stype.code, numel)
         elif st.code != stype.code or st.numel != numel:
             raise pickle.UnpicklingError(
-                f"storage {key!r} is named as {st.numel} x {st.code} and as {numel} x {stype.code}"
+                f"storage {short_repr(key)} is named as {st.numel} x {st.code} and as {numel} x {stype.code}"
             )
         if view is None:
             return st
         # Legacy storage views (torch < 0.4 era): (view_key, offset, size) in elements of the root.
         if not (isinstance(view, tuple) and len(view) == 3):
-            raise pickle.UnpicklingError(f"bad storage view {view!r}")
+            raise pickle.UnpicklingError(f"bad storage view {short_repr(view)}")
         vkey, voff, vsize = view
         if not (isinstance(vkey, str) and _is_int(voff) and _is_int(vsize) and voff >= 0 and vsize >= 0):
-            raise pickle.UnpicklingError(f"bad storage view {view!r}")
+            raise pickle.UnpicklingError(f"bad storage view {short_repr(view)}")
         if voff + vsize > numel:
-            raise pickle.UnpicklingError(f"storage view {view!r} runs past its root of {numel} elements")
+            raise pickle.UnpicklingError(
+                f"storage view {short_repr(view)} runs past its root of {numel} elements"
+            )
         vs = self.storages.get(vkey)
         if vs is None:
             vs = self.storages[vkey] = _Storage(vkey, stype.code, vsize)
             vs.root, vs.root_offset = st, voff * np.dtype(_CODES[stype.code]).itemsize
         return vs
+
+
+class _Bounded:
+    """A read-only view of an open file that never hands out more than the bytes left in it,
+    so a pickle opcode that claims gigabytes cannot make the unpickler allocate them."""
+
+    def __init__(self, f, size: int):
+        self.f, self.size = f, size
+
+    def _left(self) -> int:
+        return max(self.size - self.f.tell(), 0)
+
+    def read(self, n: int = -1) -> bytes:
+        left = self._left()
+        return self.f.read(left if n is None or n < 0 else min(n, left))
+
+    def readline(self, n: int = -1) -> bytes:
+        left = self._left()
+        return self.f.readline(left if n is None or n < 0 else min(n, left))
+
+    def readinto(self, b) -> int:
+        view = memoryview(b)
+        return self.f.readinto(view[: min(len(view), self._left())])
 
 
 def _unpickle(file, source: str, storages: dict[str, _Storage], legacy: bool = False):
@@ -575,8 +661,16 @@ def _unpickle(file, source: str, storages: dict[str, _Storage], legacy: bool = F
         raise
     except Exception as e:  # UnpicklingError, EOFError, TypeError from a stand-in's arguments...
         raise CheckpointError(
-            f"{source}: corrupt or unsupported PyTorch pickle: {type(e).__name__}: {e}"
+            f"{source}: corrupt or unsupported PyTorch pickle: {type(e).__name__}: {_message(e)}"
         ) from None
+
+
+def _message(e: BaseException) -> str:
+    try:
+        text = str(e)
+    except Exception:
+        return "<unprintable>"
+    return text if len(text) <= 500 else text[:497] + "..."
 
 
 def _tensor_array(t: _Tensor, source: str, name: str) -> RawTensor:
@@ -596,6 +690,7 @@ def _tensor_array(t: _Tensor, source: str, name: str) -> RawTensor:
     n_el, rem = divmod(st.nbytes, dt.itemsize)
     if rem:
         raise CheckpointError(f"{source}: tensor {name!r}: storage of {st.nbytes} bytes is not whole {code}s")
+    check_shape(t.size, f"{source}: tensor {name!r}")
     if 0 in t.size:
         arr = np.zeros(t.size, dt.newbyteorder("="))
         return RawTensor(code, arr)
@@ -604,6 +699,14 @@ def _tensor_array(t: _Tensor, source: str, name: str) -> RawTensor:
         raise CheckpointError(
             f"{source}: tensor {name!r}: offset {t.offset}, size {t.size}, stride {t.stride} reach element "
             f"{last} of a storage holding {n_el}"
+        )
+    # A stride-0 (expanded) or overlapping view holds more elements than its storage; the copy
+    # to C order below materialises them, so how much it may add is bounded.
+    extra = (math.prod(t.size) - n_el) * dt.itemsize
+    if extra > MAX_VIEW_EXPANSION:
+        raise CheckpointError(
+            f"{source}: tensor {name!r}: a view of size {t.size}, stride {t.stride} would expand its storage of "
+            f"{n_el} elements by {extra} bytes, over the limit of {MAX_VIEW_EXPANSION}"
         )
     base = np.frombuffer(st_buf, dtype=dt, count=n_el - t.offset, offset=st_off + t.offset * dt.itemsize)
     arr = np.lib.stride_tricks.as_strided(
@@ -625,7 +728,7 @@ def _collect(obj, source: str, storages: dict[str, _Storage]) -> dict[str, RawTe
     for k, v in obj.items():
         if not isinstance(k, str) or not isinstance(v, _Tensor):
             raise CheckpointError(
-                f"{source}: entry {k!r} is a {type(v).__name__}, not a tensor; expected a flat state dict"
+                f"{source}: entry {short_repr(k)} is a {type(v).__name__}, not a tensor; expected a flat state dict"
             )
         out[k] = _tensor_array(v, source, k)
     return out
@@ -652,9 +755,13 @@ def _zip_member_span(zf: zipfile.ZipFile, info: zipfile.ZipInfo, size: int, sour
 
 
 def _read_torch_zip(path: str) -> dict[str, RawTensor]:
-    """torch >= 1.6 format: ``<archive>/data.pkl`` + ``<archive>/data/<key>`` + ``<archive>/byteorder``."""
+    """torch >= 1.6 format: ``<archive>/data.pkl`` + ``<archive>/data/<key>`` + ``<archive>/byteorder``.
+
+    Every member is checked before it is read (:func:`refimpl.files.zip_member_info`: stored or
+    deflated, not encrypted, a declared size that the pickle expects and that its compressed
+    size can hold); a deflated member is inflated in a stream capped at that size."""
     try:
-        f = open(path, "rb")  # noqa: SIM115 - closed below; the mmap outlives it
+        f = open_regular(path, "checkpoint")
         with f:
             buf = _map_file(f, path)
             size = len(buf)
@@ -668,31 +775,34 @@ def _read_torch_zip(path: str) -> dict[str, RawTensor]:
                 prefix = pkls[0][: -len("data.pkl")]
                 big = False
                 if prefix + "byteorder" in names:
-                    order = zf.read(prefix + "byteorder")
+                    order = read_zip_member(zf, prefix + "byteorder", path, 16)
                     if order not in (b"little", b"big"):
-                        raise CheckpointError(f"{path}: unknown byteorder record {order!r}")
+                        raise CheckpointError(f"{path}: unknown byteorder record {short_repr(order)}")
                     big = order == b"big"
                 storages: dict[str, _Storage] = {}
-                obj = _unpickle(io.BytesIO(zf.read(pkls[0])), path, storages)
+                pkl = read_zip_member(zf, pkls[0], path, MAX_PICKLE_BYTES)
+                obj = _unpickle(io.BytesIO(pkl), path, storages)
                 for key, st in storages.items():
                     member = f"{prefix}data/{key}"
-                    try:
-                        info = zf.getinfo(member)
-                    except KeyError:
-                        raise CheckpointError(f"{path}: storage record {member!r} is missing") from None
+                    info = zip_member_info(zf, member, path, 8 * MAX_ELEMENTS)
                     if info.file_size != st.nbytes:
                         raise CheckpointError(
                             f"{path}: storage record {member!r} holds {info.file_size} bytes, expected {st.nbytes}"
                         )
                     if info.compress_type == zipfile.ZIP_STORED and isinstance(buf, mmap.mmap):
                         st.buf, (st.offset, _) = buf, _zip_member_span(zf, info, size, path)
-                    else:  # a re-compressed archive: read (and CRC-check) the member
-                        st.buf, st.offset = zf.read(member), 0
+                    else:  # a re-compressed archive: inflate (and CRC-check) the member, capped
+                        st.buf, st.offset = read_zip_member(zf, member, path, st.nbytes), 0
                     st.big_endian = big
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
-        raise CheckpointError(f"{path}: corrupt or truncated zip checkpoint: {e}") from None
+    except CheckpointError:
+        raise
+    except (FileNotFoundError, PermissionError):
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, RuntimeError,
+            NotImplementedError, OverflowError, KeyError) as e:  # fmt: skip
+        raise CheckpointError(
+            f"{path}: corrupt or truncated zip checkpoint: {type(e).__name__}: {_message(e)}"
+        ) from None
     return _collect(obj, path, storages)
 
 
@@ -700,22 +810,23 @@ def _read_torch_legacy(path: str) -> dict[str, RawTensor]:
     """Legacy format: pickles of MAGIC_NUMBER, PROTOCOL_VERSION, sys_info, the object, the sorted
     storage keys; then per key an int64 little-endian element count and the raw bytes."""
     storages: dict[str, _Storage] = {}
-    with open(path, "rb") as f:
+    with open_regular(path, "checkpoint") as raw:
+        f = _Bounded(raw, os.fstat(raw.fileno()).st_size)
         magic = _unpickle(f, path, storages)
-        if magic != _TORCH_MAGIC:
-            raise CheckpointError(f"{path}: not a PyTorch checkpoint (bad magic number {magic!r})")
+        if not _is_int(magic) or magic != _TORCH_MAGIC:
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint (bad magic number {short_repr(magic)})")
         proto = _unpickle(f, path, storages)
-        if proto != _TORCH_PROTOCOL:
-            raise CheckpointError(f"{path}: unsupported legacy protocol version {proto!r}")
+        if not _is_int(proto) or proto != _TORCH_PROTOCOL:
+            raise CheckpointError(f"{path}: unsupported legacy protocol version {short_repr(proto)}")
         info = _unpickle(f, path, storages)
         if not isinstance(info, dict) or info.get("little_endian") is not True:
             raise CheckpointError(
-                f"{path}: only little-endian legacy checkpoints are supported (sys_info {info!r})"
+                f"{path}: only little-endian legacy checkpoints are supported (sys_info {short_repr(info)})"
             )
         obj = _unpickle(f, path, storages, legacy=True)
         keys = _unpickle(f, path, storages)
-        pos = f.tell()
-        buf = _map_file(f, path)
+        pos = raw.tell()
+        buf = _map_file(raw, path)
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise CheckpointError(f"{path}: corrupt legacy checkpoint: storage key list is {type(keys).__name__}")
     size = len(buf)
@@ -723,7 +834,7 @@ def _read_torch_legacy(path: str) -> dict[str, RawTensor]:
         st = storages.get(key)
         if st is None or st.root is not None:
             raise CheckpointError(
-                f"{path}: corrupt legacy checkpoint: storage {key!r} is not used by the pickle"
+                f"{path}: corrupt legacy checkpoint: storage {short_repr(key)} is not used by the pickle"
             )
         if pos + 8 > size:
             raise CheckpointError(f"{path}: truncated legacy checkpoint: storage {key!r} is missing")
@@ -741,7 +852,7 @@ def _read_torch_legacy(path: str) -> dict[str, RawTensor]:
 
 def _read_torch(path: str) -> dict[str, RawTensor]:
     """A ``torch.save`` file of a state dict, in either format, without torch."""
-    with open(path, "rb") as f:
+    with open_regular(path, "checkpoint") as f:
         head = f.read(512)
     if head[:4] == b"PK\x03\x04":
         return _read_torch_zip(path)
@@ -757,11 +868,7 @@ def _read_torch(path: str) -> dict[str, RawTensor]:
 # ---------------------------------------------------------------------------------------------
 def _read_index(path: str) -> dict[str, str]:
     """``weight_map`` of a sharded index: key -> shard file name (in the index's directory)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            index = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: corrupt shard index (not JSON): {e}") from None
+    index = read_json(path, f"{path}: corrupt shard index")
     wmap = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(wmap, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in wmap.items()
@@ -770,7 +877,7 @@ def _read_index(path: str) -> dict[str, str]:
     for k, v in wmap.items():
         if not v or os.path.basename(v) != v or v in (".", ".."):
             raise CheckpointError(
-                f"{path}: shard of {k!r} must be a file name in the same directory, got {v!r}"
+                f"{path}: shard of {short_repr(k)} must be a file name in the same directory, got {short_repr(v)}"
             )
     return wmap
 
@@ -787,13 +894,15 @@ def weight_files(path: str | os.PathLike) -> list[str]:
     p = os.fspath(path)
     if os.path.isdir(p):
         for name in WEIGHT_FILES:
-            if os.path.isfile(os.path.join(p, name)):
-                p = os.path.join(p, name)
+            if os.path.lexists(os.path.join(p, name)):
+                p = regular_file(os.path.join(p, name), "checkpoint")  # a FIFO or device is refused
                 break
         else:
             raise FileNotFoundError(f"no checkpoint weights in {p}: looked for {', '.join(WEIGHT_FILES)}")
-    elif not os.path.isfile(p):
+    elif not os.path.exists(p):
         raise FileNotFoundError(f"no such checkpoint file or directory: {p}")
+    else:
+        regular_file(p, "checkpoint")
     if not p.endswith(".json"):
         return [p]
     wmap = _read_index(p)
@@ -827,8 +936,9 @@ def load_raw_state_dict(path: str | os.PathLike) -> dict[str, RawTensor]:
     wmap = _read_index(index)
     out: dict[str, RawTensor] = {}
     for shard in shard_files:  # each shard read once
-        if not os.path.isfile(shard):
+        if not os.path.lexists(shard):
             raise CheckpointError(f"{index}: shard file {shard} is missing")
+        regular_file(shard, "shard")
         tensors = _read_file(shard)
         name = os.path.basename(shard)
         lacking = [k for k, s in wmap.items() if s == name and k not in tensors]
@@ -896,7 +1006,7 @@ def convert_bin_to_safetensors(bin_path: str | os.PathLike, out_path: str | os.P
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, read in ``chunk_size`` pieces (for golden-file manifests)."""
     h = hashlib.sha256()
-    with open(os.fspath(path), "rb") as f:
+    with open_regular(path, "file") as f:
         while block := f.read(chunk_size):
             h.update(block)
     return h.hexdigest()
