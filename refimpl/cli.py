@@ -34,6 +34,20 @@ DTYPES = ("float32", "float64")
 DEVICES = ("cpu", "cuda")
 
 
+#: the ``refimpl golden --inputs`` case schema (also in docs/golden-format.md, "Porting guide").
+CASE_SCHEMA = """\
+--inputs formats (chosen by extension):
+  .npz    one case: arrays named as the forward keywords (input_ids, bbox, attention_mask, ...)
+  .json   one case, tokenized with the checkpoint's tokenizer:
+            LiLT:   {"words": ["Name:", "Ada"], "boxes": [[x0, y0, x1, y1], ...] (0-1000, one per word),
+                     "question": "optional str (QA: question first)", "labels": [optional int per word]}
+            LXMERT: {"question": "str", "features": "feats.npy" ([boxes, feat_dim] or [1, boxes, feat_dim]),
+                     "boxes": "boxes.npy" ([boxes, 4], 0-1), "matched_label": optional int, "ans": optional int}
+            (.npy paths are relative to the JSON file)
+  .jsonl  one such JSON case per line; --out is then a directory or a pattern with {index}
+"""
+
+
 class CliError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
 
@@ -685,7 +699,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     g = sub.add_parser(
-        "golden", help="run a checkpoint on inputs and write a golden file (every intermediate)"
+        "golden",
+        help="run a checkpoint on inputs and write a golden file (every intermediate)",
+        epilog=CASE_SCHEMA,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g.add_argument("checkpoint", help="checkpoint directory (config.json + weights)")
     g.add_argument(
@@ -721,7 +738,9 @@ def build_parser() -> argparse.ArgumentParser:
         "<= rtol; nmse sum(c-r)^2/sum r^2 <= rtol^2; cosine 1 - cos <= rtol^2/2",
     )
     c.add_argument("--strict", action="store_true", help="tensors missing in the candidate fail too")
-    c.add_argument("--only-failed", action="store_true", help="print only rows that are not ok")
+    c.add_argument(
+        "--only-failed", action="store_true", help="print only failing rows (missing ones only with --strict)"
+    )
     c.add_argument("--add-prefix", default="", metavar="P", help="prepend P to every candidate name")
     c.add_argument(
         "--strip-prefix", default="", metavar="P", help="remove P from the start of candidate names"

@@ -624,15 +624,17 @@ class CompareResult:
         return f"candidate dtypes and tolerances (rule {self.rule}): " + ("; ".join(parts) or "none")
 
     def table(self, only_failed: bool = False) -> str:
-        """The per-tensor table, forward order, the first divergent tensor marked."""
+        """The per-tensor table, forward order, the first divergent tensor marked; ``only_failed``:
+        just the failing rows (missing ones only under ``strict``)."""
         w = max([len(r.name) for r in self.rows] + [6])
         head = (
             f"{'tensor':<{w}}  {'shape':<16} {'dtype':<8} {'max_abs':>10} {'max_rel':>10} {'nmse':>9} "
             f"{'cosine':>10} {'atol':>8} {'rtol':>8}  status"
         )
         lines = [head, "-" * len(head)]
+        failed = {id(r) for r in self.failed}
         for r in self.rows:
-            if only_failed and r.ok:
+            if only_failed and id(r) not in failed:
                 continue
             shape = "x".join(str(s) for s in r.shape) or "scalar"
             if r.status == "missing":
