@@ -3,7 +3,7 @@
 ::
 
     refimpl golden CHECKPOINT --inputs FILE --out FILE [--dtype float64] [--device cpu]
-    refimpl compare REFERENCE CANDIDATE [--atol A --rtol R] [--strict]
+    refimpl compare GOLDEN CANDIDATE [--atol A --rtol R] [--rule R] [--strict] [--checkpoint DIR]
     refimpl inspect PATH
     refimpl convert pytorch_model.bin model.safetensors
     refimpl fuse-lilt --text TEXT_CKPT --layout LILT_ONLY_CKPT --out DIR
@@ -32,6 +32,20 @@ import numpy as np
 from . import backend, data
 
 __all__ = ["main", "build_parser", "read_cases", "encode_case", "CliError"]
+
+
+#: the ``refimpl golden --inputs`` case schema (also in docs/golden-format.md, "Porting guide").
+CASE_SCHEMA = """\
+--inputs formats (chosen by extension):
+  .npz    one case: arrays named as the forward keywords (input_ids, bbox, attention_mask, ...)
+  .json   one case, tokenized with the checkpoint's tokenizer:
+            LiLT:   {"words": ["Name:", "Ada"], "boxes": [[x0, y0, x1, y1], ...] (0-1000, one per word),
+                     "question": "optional str (QA: question first)", "labels": [optional int per word]}
+            LXMERT: {"question": "str", "features": "feats.npy" ([boxes, feat_dim] or [1, boxes, feat_dim]),
+                     "boxes": "boxes.npy" ([boxes, 4], 0-1), "matched_label": optional int, "ans": optional int}
+            (.npy paths are relative to the JSON file)
+  .jsonl  one such JSON case per line; --out is then a directory or a pattern with {index}
+"""
 
 
 class CliError(Exception):
@@ -354,18 +368,32 @@ def cmd_golden(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from . import golden
+    from . import compare as C
 
-    _need_file(args.reference, "reference")
-    _need_file(args.candidate, "candidate")
-    res = golden.compare(args.reference, args.candidate, atol=args.atol, rtol=args.rtol, strict=args.strict)
-    print(res.table(only_failed=args.only_failed))
-    print(res.summary())
-    if res.extra:
-        print(
-            f"extra tensors in candidate (not compared): {', '.join(res.extra[:10])}"
-            + (" ..." if len(res.extra) > 10 else "")
-        )
+    names = C.NameMap(
+        add_prefix=args.add_prefix,
+        strip_prefix=args.strip_prefix,
+        add_suffix=args.add_suffix,
+        strip_suffix=args.strip_suffix,
+        slash_to_dot=args.slash_to_dot,
+    )
+    if args.name_map:
+        m = C.NameMap.from_json(args.name_map)
+        names.mapping = m.mapping
+    kw = dict(atol=args.atol, rtol=args.rtol, strict=args.strict, rule=args.rule, names=names)
+    if args.checkpoint:
+        iso = C.isolate(args.reference, args.candidate, args.checkpoint, **kw)
+        print("\n".join([*iso.plain.notes, iso.plain.table(only_failed=args.only_failed)]))
+        print(iso.plain.tolerances())
+        print(iso.plain.coverage())
+        print(iso.plain.summary())
+        print()
+        print("isolation (local = the block recomputed in float64 from the candidate's own inputs):")
+        print(iso.table())
+        print(iso.verdict_line())
+        return 0 if iso.ok else 1
+    res = C.compare(args.reference, args.candidate, **kw)
+    print(res.report(only_failed=args.only_failed))
     return 0 if res.ok else 1
 
 
@@ -716,7 +744,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     g = sub.add_parser(
-        "golden", help="run a checkpoint on inputs and write a golden file (every intermediate)"
+        "golden",
+        help="run a checkpoint on inputs and write a golden file (every intermediate)",
+        epilog=CASE_SCHEMA,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g.add_argument("checkpoint", help="checkpoint directory (config.json + weights)")
     g.add_argument(
@@ -732,13 +763,51 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-q", "--quiet", action="store_true")
     g.set_defaults(func=cmd_golden)
 
-    c = sub.add_parser("compare", help="compare a candidate with a reference golden file, tensor by tensor")
-    c.add_argument("reference")
-    c.add_argument("candidate")
+    c = sub.add_parser(
+        "compare",
+        help="compare a candidate (a port's dump) with a reference golden file, tensor by tensor",
+        description="Compare a port's dump with a golden file. Exit 0 all within tolerance and at least one "
+        "tensor compared; 1 a tensor out of tolerance, nothing compared, or (--checkpoint) a culprit block "
+        "or accumulated drift; 2 usage and file errors (a reference that is not a golden file, say).",
+    )
+    c.add_argument("reference", help="golden .safetensors file (refimpl golden / refimpl demo)")
+    c.add_argument(
+        "candidate",
+        help="the port's dump: safetensors, .npz, or a directory of <tensor name>.npy files (detected by content)",
+    )
     c.add_argument("--atol", type=float, default=None, help="override every float tensor's atol")
     c.add_argument("--rtol", type=float, default=None, help="override every float tensor's rtol")
+    c.add_argument(
+        "--rule",
+        choices=("max_abs", "rel", "nmse", "cosine"),
+        default="max_abs",
+        help="pass rule for float tensors: max_abs |c-r| <= atol + rtol|r| (default); rel |c-r|/max(|r|, atol) "
+        "<= rtol; nmse sum(c-r)^2/sum r^2 <= rtol^2; cosine 1 - cos <= rtol^2/2",
+    )
     c.add_argument("--strict", action="store_true", help="tensors missing in the candidate fail too")
-    c.add_argument("--only-failed", action="store_true", help="print only rows that are not ok")
+    c.add_argument(
+        "--only-failed", action="store_true", help="print only failing rows (missing ones only with --strict)"
+    )
+    c.add_argument("--add-prefix", default="", metavar="P", help="prepend P to every candidate name")
+    c.add_argument(
+        "--strip-prefix", default="", metavar="P", help="remove P from the start of candidate names"
+    )
+    c.add_argument("--add-suffix", default="", metavar="S", help="append S to every candidate name")
+    c.add_argument("--strip-suffix", default="", metavar="S", help="remove S from the end of candidate names")
+    c.add_argument("--slash-to-dot", action="store_true", help="read '/' in candidate names as '.'")
+    c.add_argument(
+        "--name-map",
+        metavar="JSON",
+        default=None,
+        help='JSON object {"candidate name": "reference name"}; wins over the prefix/suffix options',
+    )
+    c.add_argument(
+        "--checkpoint",
+        metavar="DIR",
+        default=None,
+        help="isolation: recompute every block from the candidate's own inputs with this checkpoint and "
+        "name the culprit block, or say the divergence is accumulated drift",
+    )
     c.set_defaults(func=cmd_compare)
 
     i = sub.add_parser("inspect", help="summarise a checkpoint directory or a golden file")

@@ -1,0 +1,504 @@
+"""``refimpl compare``: never passes on nothing, name hints and maps, candidate formats,
+dtype-aware tolerances and rules, and isolation of a culprit block from accumulated drift.
+
+Isolation candidates are built with the oracle (transformers 4.56.2), block by block: each
+block's output gets a bounded perturbation and the perturbed value is what the next oracle
+block reads, as in a reduced-precision port.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+from _oracle import build, save
+from transformers import LiltConfig, LiltForTokenClassification, LxmertConfig, LxmertForPreTraining
+
+import refimpl
+from refimpl import compare as C
+from refimpl import golden
+from refimpl.cli import main
+from refimpl.data import path as bundled_path
+
+LILT_LAYERS = 4
+
+
+def run(capsys, *argv):
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+# ------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def lilt(tmp_path_factory):
+    """A 4-layer random-weight oracle LiLT, its checkpoint, and our float64 golden file of it."""
+    d = tmp_path_factory.mktemp("lilt")
+    cfg = LiltConfig(
+        vocab_size=60,
+        hidden_size=48,
+        num_hidden_layers=LILT_LAYERS,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=40,
+        type_vocab_size=1,
+        pad_token_id=1,
+        layer_norm_eps=1e-5,
+        channel_shrink_ratio=4,
+        max_2d_position_embeddings=128,
+        num_labels=5,
+    )
+    oracle = build(LiltForTokenClassification, cfg, seed=21)
+    save(oracle, d / "ckpt")
+    rng = np.random.default_rng(0)
+    s = 9
+    ids = rng.integers(3, 60, (1, s))
+    ids[0, 0] = 0
+    x0, y0 = rng.integers(0, 60, (1, s)), rng.integers(0, 60, (1, s))
+    bbox = np.stack([x0, y0, x0 + rng.integers(0, 60, (1, s)), y0 + rng.integers(0, 60, (1, s))], -1)
+    inputs = {"input_ids": ids, "bbox": bbox, "attention_mask": np.ones((1, s), np.int64)}
+    model = refimpl.from_pretrained(d / "ckpt", dtype="float64")
+    g = golden.write_case(d / "case.safetensors", model, inputs, checkpoint=d / "ckpt")
+    return oracle, d, g
+
+
+@pytest.fixture(scope="module")
+def lxmert(tmp_path_factory):
+    """A random-weight oracle LxmertForPreTraining (2 language, 1 relationship, 3 cross layers)."""
+    d = tmp_path_factory.mktemp("lxmert")
+    cfg = LxmertConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_attention_heads=4,
+        intermediate_size=48,
+        l_layers=2,
+        x_layers=3,
+        r_layers=1,
+        max_position_embeddings=40,
+        visual_feat_dim=12,
+        num_qa_labels=5,
+        num_object_labels=7,
+        num_attr_labels=3,
+    )
+    oracle = build(LxmertForPreTraining, cfg, seed=22)
+    save(oracle, d / "ckpt")
+    rng = np.random.default_rng(1)
+    inputs = {
+        "input_ids": rng.integers(0, 50, (1, 7)),
+        "token_type_ids": np.zeros((1, 7), np.int64),
+        "attention_mask": np.ones((1, 7), np.int64),
+        "visual_feats": rng.normal(size=(1, 5, 12)),
+        "visual_pos": rng.uniform(size=(1, 5, 4)),
+    }
+    model = refimpl.from_pretrained(d / "ckpt", dtype="float64")
+    g = golden.write_case(d / "case.safetensors", model, inputs, checkpoint=d / "ckpt")
+    return oracle, d, g
+
+
+def _t(x):
+    return torch.from_numpy(np.asarray(x))
+
+
+class _Noise:
+    """A fixed +-delta pattern per shape: added at every block output, it accumulates coherently."""
+
+    def __init__(self, delta: float, seed: int = 5):
+        self.delta, self.rng, self.sign = delta, np.random.default_rng(seed), {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        shape = tuple(x.shape)
+        if shape not in self.sign:
+            self.sign[shape] = torch.from_numpy(self.rng.choice([-1.0, 1.0], size=shape))
+        return x + self.delta * self.sign[shape]
+
+
+@torch.no_grad()
+def lilt_candidate(oracle, g, delta, bug=None):
+    """Block outputs of the oracle LiLT, each perturbed by ``delta`` and fed to the next block.
+
+    ``bug``: ``("relu", i)`` uses ReLU for GELU in layer i's text feed-forward; ``("eps", i)``
+    gives layer i's layout output LayerNorm eps 1e-1 (the config says 1e-5)."""
+    noise = _Noise(delta)
+    lilt = oracle.lilt
+    pos = _t(g.tensors["lilt.embeddings.position_ids"])
+    ids, bbox, mask = (_t(g.inputs[k]) for k in ("input_ids", "bbox", "attention_mask"))
+    layers = [lilt.encoder.layer[i] for i in range(LILT_LAYERS)]
+    saved = [(m.intermediate.intermediate_act_fn, m.layout_output.LayerNorm.eps) for m in layers]
+    if bug and bug[0] == "relu":
+        layers[bug[1]].intermediate.intermediate_act_fn = torch.nn.ReLU()
+    if bug and bug[0] == "eps":
+        layers[bug[1]].layout_output.LayerNorm.eps = 1e-1
+    try:
+        out = {}
+        text = noise(
+            lilt.embeddings(input_ids=ids, token_type_ids=torch.zeros_like(ids), position_ids=pos)[0]
+        )
+        layout = noise(lilt.layout_embeddings(bbox=bbox, position_ids=pos))
+        out["lilt.embeddings.LayerNorm"], out["lilt.layout_embeddings.LayerNorm"] = text, layout
+        ext = lilt.get_extended_attention_mask(mask, ids.shape)
+        for i, layer in enumerate(layers):
+            text, layout = layer(text, layout, ext)[0]
+            text, layout = noise(text), noise(layout)
+            out[f"lilt.encoder.layer.{i}"], out[f"lilt.encoder.layer.{i}.layout"] = text, layout
+        out["classifier"] = noise(oracle.classifier(text))
+    finally:
+        for m, (act, eps) in zip(layers, saved, strict=True):
+            m.intermediate.intermediate_act_fn, m.layout_output.LayerNorm.eps = act, eps
+    return {k: v.numpy() for k, v in out.items()}
+
+
+@torch.no_grad()
+def lxmert_candidate(oracle, g, delta, bug_x_layer=None):
+    """Block outputs of the oracle LXMERT, perturbed and propagated; ``bug_x_layer`` uses ReLU for
+    GELU in that cross layer's language feed-forward."""
+    noise = _Noise(delta)
+    lx, c = oracle.lxmert, oracle.config
+    ids, tt, mask = (_t(g.inputs[k]) for k in ("input_ids", "token_type_ids", "attention_mask"))
+    feats, pos = _t(g.inputs["visual_feats"]), _t(g.inputs["visual_pos"])
+    ext = (1.0 - mask[:, None, None, :].to(torch.float64)) * torch.finfo(torch.float64).min
+    xl = lx.encoder.x_layers
+    saved = [m.lang_inter.intermediate_act_fn for m in xl]
+    if bug_x_layer is not None:
+        xl[bug_x_layer].lang_inter.intermediate_act_fn = torch.nn.ReLU()
+    try:
+        out = {}
+        lang = out["lxmert.embeddings"] = noise(lx.embeddings(ids, tt))
+        visn = out["lxmert.encoder.visn_fc"] = noise(lx.encoder.visn_fc(feats, pos))
+        for i in range(c.l_layers):
+            lang = out[f"lxmert.encoder.layer.{i}.output"] = noise(lx.encoder.layer[i](lang, ext)[0])
+        for i in range(c.r_layers):
+            visn = out[f"lxmert.encoder.r_layers.{i}.output"] = noise(lx.encoder.r_layers[i](visn, None)[0])
+        for i in range(c.x_layers):
+            lang, visn = xl[i](lang, ext, visn, None)[:2]
+            lang = out[f"lxmert.encoder.x_layers.{i}.lang_output"] = noise(lang)
+            visn = out[f"lxmert.encoder.x_layers.{i}.visn_output"] = noise(visn)
+        pooled = out["lxmert.pooler"] = noise(lx.pooler(lang))
+        out["cls.predictions"] = noise(oracle.cls.predictions(lang))
+        out["cls.seq_relationship"] = noise(oracle.cls.seq_relationship(pooled))
+        out["answer_head"] = noise(oracle.answer_head(pooled))
+    finally:
+        for m, act in zip(xl, saved, strict=True):
+            m.lang_inter.intermediate_act_fn = act
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def write_bf16_safetensors(path, tensors):
+    """A safetensors file with every float tensor stored as BF16 (round to nearest even from
+    float32, written by hand: numpy has no bfloat16), integers as I64."""
+    header, blobs, off = {}, [], 0
+    for k, v in tensors.items():
+        v = np.asarray(v)
+        if v.dtype.kind == "f":
+            bits = np.ascontiguousarray(v, dtype=np.float32).view(np.uint32)
+            b = (
+                (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+            ).astype("<u2")
+            code = "BF16"
+        else:
+            b, code = np.ascontiguousarray(v, dtype="<i8"), "I64"
+        raw = b.tobytes()
+        header[k] = {"dtype": code, "shape": list(v.shape), "data_offsets": [off, off + len(raw)]}
+        blobs.append(raw)
+        off += len(raw)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def rounded(g, dtype):
+    """The reference with every float tensor rounded to ``dtype``."""
+    return {k: (v.astype(dtype) if v.dtype.kind == "f" else v) for k, v in g.tensors.items()}
+
+
+# ------------------------------------------------------------------------------- never passes on nothing
+def test_empty_candidate_fails_and_reports_coverage(lilt, tmp_path, capsys):
+    _, d, g = lilt
+    np.savez(tmp_path / "empty.npz")
+    rc, out, _ = run(capsys, "compare", d / "case.safetensors", tmp_path / "empty.npz")
+    assert rc == 1
+    assert f"coverage: 0 compared of {len(g.tensors)} in reference" in out
+    assert "NOTHING COMPARED" in out and "NOT OK" in out
+
+
+def test_misnamed_candidate_fails_with_the_prefix_hint_and_the_option_fixes_it(lilt, tmp_path, capsys):
+    _, d, g = lilt
+    t = {(k[5:] if k.startswith("lilt.") else k): v for k, v in g.tensors.items()}
+    np.savez(tmp_path / "noprefix.npz", **t)
+    rc, out, _ = run(capsys, "compare", d / "case.safetensors", tmp_path / "noprefix.npz")
+    assert rc == 1
+    first = out.splitlines()[0]
+    assert first.startswith("name hint: candidate names look like reference names without the prefix 'lilt.'")
+    assert first.endswith("use --add-prefix lilt.")
+    assert "NAMES DIFFER" in out and "first divergence: classifier" not in out
+    rc, out, _ = run(
+        capsys, "compare", d / "case.safetensors", tmp_path / "noprefix.npz", "--add-prefix", "lilt."
+    )
+    assert rc == 0, out
+    assert f"coverage: {len(g.tensors)} compared of {len(g.tensors)} in reference; 0 missing" in out
+
+
+def test_slash_names_and_suffix_hints_and_a_json_name_map(lilt, tmp_path, capsys):
+    _, d, g = lilt
+    ref = d / "case.safetensors"
+    np.savez(tmp_path / "slash.npz", **{k.replace(".", "/"): v for k, v in g.tensors.items()})
+    rc, out, _ = run(capsys, "compare", ref, tmp_path / "slash.npz")
+    assert rc == 1 and "uses '.': use --slash-to-dot" in out.splitlines()[0]
+    assert run(capsys, "compare", ref, tmp_path / "slash.npz", "--slash-to-dot")[0] == 0
+    np.savez(tmp_path / "sfx.npz", **{k + ":0": v for k, v in g.tensors.items()})
+    rc, out, _ = run(capsys, "compare", ref, tmp_path / "sfx.npz")
+    assert rc == 1 and out.splitlines()[0].endswith("use --strip-suffix :0")
+    assert run(capsys, "compare", ref, tmp_path / "sfx.npz", "--strip-suffix", ":0")[0] == 0
+    # a JSON map renames what no rule explains
+    t = dict(g.tensors)
+    t["my_logits"] = t.pop("outputs.logits")
+    np.savez(tmp_path / "m.npz", **t)
+    (tmp_path / "map.json").write_text(json.dumps({"my_logits": "outputs.logits"}))
+    rc, out, _ = run(capsys, "compare", ref, tmp_path / "m.npz", "--strict")
+    assert rc == 1 and "1 missing in candidate" in out
+    rc, out, _ = run(
+        capsys, "compare", ref, tmp_path / "m.npz", "--strict", "--name-map", tmp_path / "map.json"
+    )
+    assert rc == 0, out
+
+
+def test_strict_fails_on_a_missing_tensor(lilt, tmp_path, capsys):
+    _, d, g = lilt
+    t = dict(g.tensors)
+    del t["lilt.encoder.layer.1"]
+    np.savez(tmp_path / "c.npz", **t)
+    assert run(capsys, "compare", d / "case.safetensors", tmp_path / "c.npz")[0] == 0
+    rc, out, _ = run(capsys, "compare", d / "case.safetensors", tmp_path / "c.npz", "--strict")
+    assert rc == 1 and "1 missing in candidate" in out
+
+
+def test_a_weights_file_or_a_dump_as_reference_is_refused(lilt, tmp_path, capsys):
+    _, d, g = lilt
+    rc, out, err = run(capsys, "compare", d / "ckpt" / "model.safetensors", d / "case.safetensors")
+    assert rc == 2 and out == "" and err.count("\n") == 1
+    assert "is not a golden file" in err and "refimpl_manifest" in err
+    np.savez(tmp_path / "c.npz", **g.tensors)
+    rc, _, err = run(capsys, "compare", tmp_path / "c.npz", d / "case.safetensors")
+    assert rc == 2 and "safetensors" in err and err.count("\n") == 1
+
+
+def test_unknown_candidate_format_is_a_clear_error(lilt, tmp_path, capsys):
+    _, d, _ = lilt
+    (tmp_path / "x.safetensors").write_bytes(b"GGUF\x03\x00\x00\x00 not a tensor file")
+    rc, _, err = run(capsys, "compare", d / "case.safetensors", tmp_path / "x.safetensors")
+    assert rc == 2 and "not a safetensors file, an .npz or a directory of .npy files" in err
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    rc, _, err = run(capsys, "compare", d / "case.safetensors", tmp_path / "one.npy")
+    assert rc == 2 and "single .npy" in err
+    (tmp_path / "emptydir").mkdir()
+    rc, _, err = run(capsys, "compare", d / "case.safetensors", tmp_path / "emptydir")
+    assert rc == 2 and "no .npy files" in err
+
+
+def test_different_models_are_said_first(lilt, lxmert, capsys):
+    _, d, _ = lilt
+    _, dx, _ = lxmert
+    rc, out, _ = run(capsys, "compare", d / "case.safetensors", dx / "case.safetensors")
+    assert rc == 1
+    first = out.splitlines()[0]
+    assert (
+        first.startswith("DIFFERENT MODELS:")
+        and "LiltForTokenClassification vs LxmertForPreTraining" in first
+    )
+
+
+# ------------------------------------------------------------------------------- formats
+def test_npz_and_npy_dir_and_safetensors_without_manifest_round_trip(lilt, tmp_path, capsys):
+    from safetensors.numpy import save_file
+
+    _, d, g = lilt
+    ref = d / "case.safetensors"
+    np.savez(tmp_path / "c.bin", **g.tensors)  # the extension does not matter: content does
+    (tmp_path / "npy").mkdir()
+    for k, v in g.tensors.items():
+        np.save(tmp_path / "npy" / f"{k}.npy", v)
+    save_file({k: np.ascontiguousarray(v) for k, v in g.tensors.items()}, str(tmp_path / "plain.dat"))
+    for cand, fmt in (
+        (tmp_path / "c.bin.npz", "npz"),
+        (tmp_path / "npy", "npy-dir"),
+        (tmp_path / "plain.dat", "safetensors"),
+    ):
+        c = C.read_candidate(cand)
+        assert c.format == fmt and set(c.tensors) == set(g.tensors)
+        assert all(np.array_equal(c.tensors[k], v, equal_nan=True) for k, v in g.tensors.items())
+        rc, out, _ = run(capsys, "compare", ref, cand, "--strict")
+        assert rc == 0 and f"{len(g.tensors)}/{len(g.tensors)} tensors within tolerance" in out
+    # a dotted name survives the .npy file name; one wrong value is found there
+    bad = np.load(tmp_path / "npy" / "lilt.encoder.layer.0.npy")
+    bad[0, 3, 7] += 1e-6
+    np.save(tmp_path / "npy" / "lilt.encoder.layer.0.npy", bad)
+    rc, out, _ = run(capsys, "compare", ref, tmp_path / "npy")
+    assert rc == 1 and "first divergence: lilt.encoder.layer.0 " in out
+
+
+# ------------------------------------------------------------------------------- dtypes and rules
+@pytest.mark.parametrize("rule", C.RULES)
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_the_rounding_of_the_reference_passes_and_a_planted_error_fails(lilt, tmp_path, dtype, rule):
+    _, d, g = lilt
+    ref = d / "case.safetensors"
+    if dtype == "bfloat16":
+        path = tmp_path / "c.safetensors"
+        write_bf16_safetensors(path, g.tensors)
+    else:
+        path = tmp_path / "c.npz"
+        np.savez(path, **rounded(g, dtype))
+    res = C.compare(ref, path, rule=rule)
+    assert res.ok, res.report(only_failed=True)
+    floats = [r for r in res.rows if g.tensors[r.name].dtype.kind == "f"]
+    assert {r.dtype for r in floats} == {dtype}
+    atol, rtol = C.dtype_tolerance(dtype, 0)
+    assert min(r.rtol for r in floats) == rtol and f"{dtype} (" in res.tolerances()
+    # the rounding is not exact: the check sees it, within tolerance
+    assert max(r.max_abs for r in floats) > 0
+    # a planted error beyond the dtype's precision: the tensor's sign flipped
+    name = "lilt.encoder.layer.1"
+    t = dict(g.tensors)
+    t[name] = -t[name]
+    if dtype == "bfloat16":
+        write_bf16_safetensors(path, t)
+    else:
+        np.savez(path, **{k: (v.astype(dtype) if v.dtype.kind == "f" else v) for k, v in t.items()})
+    bad = C.compare(ref, path, rule=rule)
+    assert not bad.ok and bad.first_divergent.name == name
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_a_small_planted_error_beyond_the_dtype_precision_fails_max_abs(lilt, tmp_path, dtype, capsys):
+    _, d, g = lilt
+    name = "lilt.encoder.layer.2.layout"
+    atol, rtol = C.dtype_tolerance(dtype, 3)
+    t = rounded(g, "float32")
+    t[name] = t[name].copy()
+    t[name][0, 4, 5] += 2 * (atol + rtol * abs(t[name][0, 4, 5]))  # twice the bound at that position
+    path = tmp_path / "c.safetensors"
+    if dtype == "bfloat16":
+        write_bf16_safetensors(path, t)
+    else:
+        from safetensors.numpy import save_file
+
+        save_file(
+            {k: np.ascontiguousarray(v.astype(dtype) if v.dtype.kind == "f" else v) for k, v in t.items()},
+            str(path),
+        )
+    rc, out, _ = run(capsys, "compare", d / "case.safetensors", path)
+    assert rc == 1 and f"first divergence: {name} " in out
+    assert f"candidate dtypes and tolerances (rule max_abs): int64 (4): exact; {dtype} (" in out
+    # --atol / --rtol still override
+    assert run(capsys, "compare", d / "case.safetensors", path, "--atol", "1", "--rtol", "1")[0] == 0
+
+
+def test_dtype_tolerance_formula():
+    assert C.dtype_tolerance("float16", 0) == (16 * 2.0**-11, 16 * 2.0**-11)
+    assert C.dtype_tolerance("bfloat16", 4) == (2 * 16 * 2.0**-8, 16 * 2.0**-8)
+    assert C.dtype_tolerance("float32", 8) == pytest.approx((3e-5, 1e-5), rel=1e-12)  # the float32 floor
+    assert C.dtype_tolerance("float64", 8) == (1e-10, 1e-10) and C.dtype_tolerance("int64", 3) == (0.0, 0.0)
+
+
+# ------------------------------------------------------------------------------- isolation
+ISO = ("--atol", "1e-3", "--rtol", "0")
+DELTA = 6e-4  # per-block perturbation: under atol 1e-3 locally, over it once accumulated
+
+
+def test_isolation_on_exact_oracle_blocks_is_ok(lilt, tmp_path, capsys):
+    oracle, d, g = lilt
+    np.savez(tmp_path / "c.npz", **lilt_candidate(oracle, g, 0.0))
+    rc, out, _ = run(
+        capsys, "compare", d / "case.safetensors", tmp_path / "c.npz", "--checkpoint", d / "ckpt"
+    )
+    assert rc == 0, out
+    assert out.splitlines()[-1].startswith(f"ok: {2 * LILT_LAYERS + 3} blocks checked locally")
+
+
+def test_isolation_says_drift_when_every_block_is_locally_fine(lilt, tmp_path, capsys):
+    oracle, d, g = lilt
+    np.savez(tmp_path / "c.npz", **lilt_candidate(oracle, g, DELTA))
+    rc, out, _ = run(capsys, "compare", d / "case.safetensors", tmp_path / "c.npz", *ISO)
+    assert rc == 1 and "first divergence: lilt.encoder.layer.0 " in out  # plain: blames layer 0
+    rc, out, _ = run(
+        capsys, "compare", d / "case.safetensors", tmp_path / "c.npz", *ISO, "--checkpoint", d / "ckpt"
+    )
+    assert rc == 1
+    assert out.splitlines()[-1].startswith(
+        "accumulated drift: all 11 checked blocks are locally within tolerance"
+    )
+    assert "culprit" not in out
+
+
+@pytest.mark.parametrize(
+    ("bug", "culprit"),
+    [(("relu", 3), "lilt.encoder.layer.3"), (("eps", 2), "lilt.encoder.layer.2.layout")],
+    ids=["text-relu-layer3", "layout-eps-layer2"],
+)
+def test_isolation_names_the_buggy_layer_that_plain_comparison_misses(lilt, tmp_path, capsys, bug, culprit):
+    oracle, d, g = lilt
+    np.savez(tmp_path / "c.npz", **lilt_candidate(oracle, g, DELTA, bug))
+    res = C.compare(d / "case.safetensors", tmp_path / "c.npz", atol=1e-3, rtol=0)
+    assert res.first_divergent.name == "lilt.encoder.layer.0"  # plain comparison blames an earlier layer
+    rc, out, _ = run(
+        capsys, "compare", d / "case.safetensors", tmp_path / "c.npz", *ISO, "--checkpoint", d / "ckpt"
+    )
+    assert rc == 1
+    verdict = out.splitlines()[-1]
+    assert verdict.startswith(f"culprit: {culprit} (") and "first diverged at lilt.encoder.layer.0" in verdict
+    marked = [ln for ln in out.splitlines() if ln.endswith("<== culprit")]
+    assert len(marked) == 1 and marked[0].split()[0] == culprit and "LOCAL FAIL" in marked[0]
+
+
+def test_isolation_lxmert_drift_and_a_cross_layer_bug(lxmert, tmp_path, capsys):
+    oracle, d, g = lxmert
+    ref = d / "case.safetensors"
+    np.savez(tmp_path / "drift.npz", **lxmert_candidate(oracle, g, DELTA))
+    iso = C.isolate(ref, tmp_path / "drift.npz", d / "ckpt", atol=1e-3, rtol=0)
+    assert iso.verdict == "drift" and not iso.plain.ok
+    assert all(r.local is not None and r.local.ok for r in iso.rows) and len(iso.rows) == 15
+
+    np.savez(tmp_path / "bug.npz", **lxmert_candidate(oracle, g, DELTA, bug_x_layer=2))
+    rc, out, _ = run(capsys, "compare", ref, tmp_path / "bug.npz", *ISO, "--checkpoint", d / "ckpt")
+    assert rc == 1
+    assert "first divergence: lxmert.encoder.layer.0.output " in out
+    assert out.splitlines()[-1].startswith("culprit: lxmert.encoder.x_layers.2.lang_output (")
+
+
+def test_isolation_with_reduced_precision_blocks_and_default_tolerances(lilt, tmp_path, capsys):
+    """A float16 port: the oracle's block outputs rounded to float16 and propagated. The default
+    float16 tolerances pass it; the same port with ReLU in layer 3 is caught there."""
+    oracle, d, g = lilt
+    for bug, want in ((None, 0), (("relu", 3), 1)):
+        c = lilt_candidate(oracle, g, 0.0, bug)
+        chain = {k: v.astype(np.float16) for k, v in c.items()}
+        np.savez(tmp_path / "c.npz", **chain)
+        rc, out, _ = run(
+            capsys, "compare", d / "case.safetensors", tmp_path / "c.npz", "--checkpoint", d / "ckpt"
+        )
+        assert rc == want, out
+    assert out.splitlines()[-1].startswith("culprit: lilt.encoder.layer.3 (")
+
+
+def test_isolation_usage_errors(lilt, lxmert, capsys):
+    _, d, _ = lilt
+    _, dx, _ = lxmert
+    rc, _, err = run(
+        capsys, "compare", d / "case.safetensors", d / "case.safetensors", "--checkpoint", dx / "ckpt"
+    )
+    assert rc == 2 and "is a lxmert model; the reference is lilt" in err
+    rc, _, err = run(
+        capsys, "compare", d / "case.safetensors", d / "case.safetensors", "--checkpoint", d / "nope"
+    )
+    assert rc == 2 and "checkpoint directory not found" in err
+
+
+def test_the_bundled_demo_isolates_cleanly(tmp_path, capsys):
+    assert run(capsys, "demo", "--out", tmp_path, "-q")[0] == 0
+    for case, ckpt in (("lilt-form", "lilt-tiny"), ("lxmert-question", "lxmert-tiny")):
+        p = tmp_path / f"{case}.safetensors"
+        rc, out, _ = run(capsys, "compare", p, p, "--checkpoint", bundled_path(ckpt))
+        assert rc == 0 and out.splitlines()[-1].startswith("ok: ")
