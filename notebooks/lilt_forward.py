@@ -431,7 +431,8 @@ check("P: lilt_self_attention vs lilt_layer", probs_f, probs_l0)
 # %% [markdown]
 # ## 8. Every layer
 #
-# `lilt_layer` once per layer, keeping both streams and the shared probabilities.
+# `lilt_layer` once per layer, keeping both streams and the shared probabilities;
+# `lilt_encoder` is this loop.
 
 # %%
 X, Y = text, layout
@@ -444,6 +445,22 @@ for i in range(cfg.num_hidden_layers):
     layout_states.append(Y)
     attentions.append(probs)
     print(f"layer {i}: text {X.shape}  layout {Y.shape}")
+
+encoder = layers.lilt_encoder(
+    text,
+    layout,
+    additive_mask,
+    per_layer_head_mask,
+    **w["encoder"],
+    config=cfg,
+    output_hidden_states=True,
+    output_attentions=True,
+)
+for i in range(cfg.num_hidden_layers + 1):
+    check(f"text stream {i}: the loop vs lilt_encoder", text_states[i], encoder["hidden_states"][i])
+    check(
+        f"layout stream {i}: the loop vs lilt_encoder", layout_states[i], encoder["layout_hidden_states"][i]
+    )
 
 # %% [markdown]
 # The layout stream through the layers (page 1, feature norms per token): it is never

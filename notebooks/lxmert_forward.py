@@ -354,7 +354,8 @@ plt.show()
 # After the cross-attention, each modality attends to itself (`lang_self_att`,
 # `visn_self_att`, each an `lxmert_self_attention_layer`) and runs its own feed-forward
 # block (`lang_inter` + `lang_output`, `visn_inter` + `visn_output`). By the blocks, then
-# `lxmert_x_layer`, which does the whole cross-modality layer:
+# `lxmert_x_layer`, which does the whole cross-modality layer; last, `lxmert_encoder` runs
+# steps 2, 4 and 5 in one call.
 
 # %%
 lang_s, lang_self_probs = L.lxmert_self_attention_layer(lang_x, lang_mask, **xw["lang_self_att"], config=cfg)
@@ -389,6 +390,12 @@ print(
     len(vis_states),
     "= r + x (no embedding outputs, as in transformers)",
 )
+
+# lxmert_encoder: the visual feature encoder and the three stacks, as done step by step above
+encoder = L.lxmert_encoder(lang, lang_mask, visual_feats, visual_pos, visn_mask, **w["encoder"], config=cfg)
+for field, ours_all in (("language_hidden_states", lang_states), ("vision_hidden_states", vis_states)):
+    for i, (ours, theirs) in enumerate(zip(ours_all, encoder[field], strict=True)):
+        check(f"{field}.{i}: the steps vs lxmert_encoder", ours, theirs)
 
 # %% [markdown]
 # ## 6. Pooler and heads
