@@ -17,17 +17,24 @@
 # This notebook runs a LiLT forward pass step by step on the bundled tiny checkpoint
 # (`refimpl/data/lilt-tiny`, a `LiltForTokenClassification` with random weights: hidden
 # size 96, 2 layers, 4 heads, layout stream 96 / 4 = 24 wide). Each markdown cell states one
-# idea and its equation; the code cell under it computes exactly that, with the layer
-# functions of `refimpl.lilt`. At the end, the step-by-step result is checked against a
-# single call of the model.
+# idea and its equation; the code cell under it computes exactly that, first by hand with
+# plain NumPy and then with the layer function that does it (`refimpl.lilt`, the shared
+# BERT blocks of `refimpl.bert`, the attention steps of `refimpl.attention`), each called
+# by itself. At the end, the step-by-step result is checked against a single call of the
+# model.
 #
-# Shapes are written `[B, L, H]`: batch, sequence length, hidden size; `r` is
+# Layer functions take the checkpoint's weights as keyword sub-dicts named like its keys
+# (`**w["embeddings"]`) and read their hyper-parameters from `config=cfg`.
+#
+# Every linear layer is $y = xW^\top + b$ with $W$ the stored `[out_features, in_features]`
+# matrix, as on the docs pages. Shapes are written `[B, L, H]`: batch, sequence length, hidden size; `r` is
 # `channel_shrink_ratio`, `n` the number of heads and `d = H / n` the head size.
 # The page [LiLT explained](../docs/lilt.md) has the same steps with the source of each
 # function.
 
 # %%
 import json
+import math
 import sys
 
 import matplotlib
@@ -39,7 +46,16 @@ import numpy as np
 from matplotlib.patches import Rectangle
 
 import refimpl
-from refimpl.attention import extended_attention_mask, head_masks
+from refimpl import bert
+from refimpl.attention import (
+    bi_acm_contexts,
+    bi_acm_contexts_plain,
+    bi_acm_scores,
+    bi_acm_scores_plain,
+    extended_attention_mask,
+    head_masks,
+    split_heads,
+)
 from refimpl.data import path as bundled_path
 from refimpl.lilt import embeddings as emb
 from refimpl.lilt import layers
@@ -48,6 +64,21 @@ from refimpl.ops import linear
 
 np.set_printoptions(precision=4, suppress=True, linewidth=110)
 plt.rcParams.update({"figure.dpi": 72, "font.size": 8})
+ATOL = 1e-12  # by hand vs function, and steps vs model: float64 round-off only
+
+
+def check(name, ours, theirs):
+    """Print the largest difference and fail the notebook if it is above ATOL."""
+    diff = np.abs(ours - theirs).max()
+    print(f"{name:<50} {str(ours.shape):<16} max |diff| = {diff:.1e}")
+    assert diff <= ATOL, f"{name}: {diff:.3e} > {ATOL}"
+
+
+def layer_norm_by_hand(x, weight, bias, eps):  # [..., F] -> [..., F], over the last axis
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * weight + bias
+
 
 # %% [markdown]
 # ## The checkpoint and the page
@@ -79,8 +110,8 @@ print(sorted(w))
 
 # %% [markdown]
 # The input is an OCR'd page: words, and one box per word on the 0..1000 grid. We make a
-# batch of two: the whole page, and its first five words (padded), so that masks and
-# padding show up.
+# batch of two: the whole page, and its first five words (padded to the page's length), so
+# that masks and padding show up.
 
 # %%
 with open(bundled_path("example", "form.json"), encoding="utf-8") as f:
@@ -120,24 +151,33 @@ mask = (input_ids != p).astype(np.int64)
 position_ids = np.cumsum(mask, axis=1) * mask + p  # [B, L]
 assert np.array_equal(position_ids, emb.create_position_ids_from_input_ids(input_ids, p))
 print(position_ids)
+pad_start = int(np.argmin(attention_mask[1]))  # first 0 of page 2's mask
+assert attention_mask[1, :pad_start].all() and not attention_mask[1, pad_start:].any()
+print(
+    f"page 2 has {pad_start} real tokens (<s>, five words' sub-tokens, </s>): padding starts at "
+    f"token index {pad_start}, the {pad_start + 1}th token of {input_ids.shape[1]}"
+)
 
 # %% [markdown]
 # ## 2. Text embeddings
 #
 # $$E_\text{text} = \mathrm{LN}\big(W_\text{word}[\text{ids}] + W_\text{type}[\text{type}] + W_\text{pos}[\text{pos}]\big) \in \mathbb{R}^{B\times L\times H}$$
+#
+# By hand, then with `text_embeddings` (it reads `position_embedding_type` and
+# `layer_norm_eps` from the config).
 
 # %%
+te = w["embeddings"]
 token_type_ids = np.zeros_like(input_ids)
-text = emb.text_embeddings(
-    input_ids,
-    None,
-    token_type_ids,
-    position_ids,
-    **w["embeddings"],
+text_by_hand = layer_norm_by_hand(
+    te["word_embeddings"]["weight"][input_ids]
+    + te["token_type_embeddings"]["weight"][token_type_ids]
+    + te["position_embeddings"]["weight"][position_ids],
+    **te["LayerNorm"],
     eps=cfg.layer_norm_eps,
-    position_embedding_type=cfg.position_embedding_type,
 )
-print("text embeddings", text.shape)  # [B, L, H]
+text = emb.text_embeddings(input_ids, None, token_type_ids, position_ids, **te, config=cfg)  # [B, L, H]
+check("text embeddings: by hand vs text_embeddings", text_by_hand, text)
 
 # %% [markdown]
 # ## 3. Layout embeddings: six box features
@@ -147,7 +187,7 @@ print("text embeddings", text.shape)  # [B, L, H]
 # width `x1 - x0`. They are concatenated to `[B, L, H]`, projected to the layout width
 # `H/r`, and the box position embedding of the same position ids is added:
 #
-# $$E_\text{layout} = \mathrm{LN}\Big(W_\text{box}\big[e_x(x_0); e_y(y_0); e_x(x_1); e_y(y_1); e_h(y_1-y_0); e_w(x_1-x_0)\big] + b + W_\text{boxpos}[\text{pos}]\Big) \in \mathbb{R}^{B\times L\times H/r}$$
+# $$E_\text{layout} = \mathrm{LN}\Big(\big[e_x(x_0); e_y(y_0); e_x(x_1); e_y(y_1); e_h(y_1-y_0); e_w(x_1-x_0)\big]W_\text{box}^\top + b + W_\text{boxpos}[\text{pos}]\Big) \in \mathbb{R}^{B\times L\times H/r}$$
 #
 # First by hand, with plain NumPy indexing, then with `layout_embeddings`.
 
@@ -163,18 +203,13 @@ six = [
     le["w_position_embeddings"]["weight"][x1 - x0],
 ]
 print("six features, each", six[0].shape)  # [B, L, H/6]
-spatial = linear(np.concatenate(six, axis=-1), **le["box_linear_embeddings"])  # [B, L, H] -> [B, L, H/r]
+box = le["box_linear_embeddings"]
+spatial = np.concatenate(six, axis=-1) @ box["weight"].T + box["bias"]  # [B, L, H] -> [B, L, H/r]
 spatial = spatial + le["box_position_embeddings"]["weight"][position_ids]
-mu = spatial.mean(-1, keepdims=True)
-var = ((spatial - mu) ** 2).mean(-1, keepdims=True)
-layout_by_hand = (spatial - mu) / np.sqrt(var + cfg.layer_norm_eps) * le["LayerNorm"]["weight"] + le[
-    "LayerNorm"
-]["bias"]
+layout_by_hand = layer_norm_by_hand(spatial, **le["LayerNorm"], eps=cfg.layer_norm_eps)
 
-layout = emb.layout_embeddings(bbox, position_ids, **le, eps=cfg.layer_norm_eps)
-print(
-    "layout embeddings", layout.shape, "| max |by hand - function| =", np.abs(layout_by_hand - layout).max()
-)
+layout = emb.layout_embeddings(bbox, position_ids, **le, config=cfg)  # [B, L, H/r]
+check("layout embeddings: by hand vs layout_embeddings", layout_by_hand, layout)
 
 # %% [markdown]
 # The layout stream of the first page, token by feature: tokens of one word share a box, so
@@ -202,22 +237,30 @@ plt.show()
 # added to every score of a padded key, so its probability underflows to exactly 0.
 
 # %%
+mask_by_hand = ((1.0 - attention_mask) * np.finfo(np.float64).min)[:, None, None, :]
 additive_mask = extended_attention_mask(attention_mask, np.float64)  # [B, 1, 1, L]
+assert np.array_equal(mask_by_hand, additive_mask)
 per_layer_head_mask = head_masks(None, cfg.num_hidden_layers, cfg.num_attention_heads, np.float64)
-print("mask", additive_mask.shape, "| page 2, keys 9..12:", additive_mask[1, 0, 0, 9:13])
+print(
+    "mask",
+    additive_mask.shape,
+    f"| page 2, keys {pad_start - 2}..{pad_start + 1}:",
+    additive_mask[1, 0, 0, pad_start - 2 : pad_start + 2],
+)
 
 # %% [markdown]
 # ## 5. Layer 0 attention, by hand: BiACM
 #
 # Both streams project queries and keys with their own weights; the text heads are `d` wide,
-# the layout heads `d/r`. Each stream's scores are scaled by its own head size, then **both
+# the layout heads `d/r`. Each stream's scores are scaled by its own head size (the oracle
+# writes the layout one as `d // r`, the text head size floor-divided by `r`), then **both
 # streams use the sum**:
 #
-# $$S = \frac{QK^\top}{\sqrt d} + \frac{Q_\ell K_\ell^\top}{\sqrt{d/r}}, \qquad A = \mathrm{softmax}(S + M), \qquad C_\text{text} = AV, \quad C_\text{layout} = AV_\ell$$
+# $$S = \frac{QK^\top}{\sqrt d} + \frac{Q_\ell K_\ell^\top}{\sqrt{d /\!/ r}}, \qquad P = \mathrm{softmax}(S + M), \qquad C_\text{text} = PV, \quad C_\text{layout} = PV_\ell$$
 
 # %%
 sa = w["encoder"]["layer"]["0"]["attention"]["self"]
-n = cfg.num_attention_heads
+n, r = cfg.num_attention_heads, cfg.channel_shrink_ratio
 
 
 def heads(x):  # [B, L, n*k] -> [B, n, L, k]
@@ -225,40 +268,62 @@ def heads(x):  # [B, L, n*k] -> [B, n, L, k]
     return x.reshape(B, L, n, F // n).transpose(0, 2, 1, 3)
 
 
-q, k, v = (heads(linear(text, **sa[name])) for name in ("query", "key", "value"))
-ql, kl, vl = (heads(linear(layout, **sa[name])) for name in ("layout_query", "layout_key", "layout_value"))
-d, dl = q.shape[-1], ql.shape[-1]
+def proj(x, lin):  # x W^T + b
+    return x @ lin["weight"].T + lin["bias"]
+
+
+q, k, v = (heads(proj(text, sa[name])) for name in ("query", "key", "value"))
+ql, kl, vl = (heads(proj(layout, sa[name])) for name in ("layout_query", "layout_key", "layout_value"))
+d = q.shape[-1]
 print("text heads", q.shape, "| layout heads", ql.shape)  # [B, n, L, d], [B, n, L, d/r]
 
 s_text = q @ k.transpose(0, 1, 3, 2) / np.sqrt(d)  # [B, n, L, L]
-s_layout = ql @ kl.transpose(0, 1, 3, 2) / np.sqrt(dl)  # [B, n, L, L]
+s_layout = ql @ kl.transpose(0, 1, 3, 2) / np.sqrt(d // r)  # [B, n, L, L]
 s = s_text + s_layout + additive_mask
 a = np.exp(s - s.max(-1, keepdims=True))
 a = a / a.sum(-1, keepdims=True)  # [B, n, L, L], shared by both streams
 ctx_text = (a @ v).transpose(0, 2, 1, 3).reshape(text.shape)  # [B, L, H]
 ctx_layout = (a @ vl).transpose(0, 2, 1, 3).reshape(layout.shape)  # [B, L, H/r]
 
-# The same step with refimpl's function:
-ctx_f, lctx_f, probs_f, lprobs_f = layers.lilt_self_attention(
-    text,
-    layout,
-    additive_mask,
-    per_layer_head_mask[0],
-    **sa,
-    num_heads=n,
-    channel_shrink_ratio=cfg.channel_shrink_ratio,
-    position_embedding_type=cfg.position_embedding_type,
-    max_position_embeddings=cfg.max_position_embeddings,
+# The same step with refimpl's function: one probability array, shared by both streams
+ctx_f, lctx_f, probs_f = layers.lilt_self_attention(
+    text, layout, additive_mask, per_layer_head_mask[0], **sa, config=cfg
 )
-print(
-    "max |by hand - function|: probs",
-    np.abs(a - probs_f).max(),
-    "| text context",
-    np.abs(ctx_text - ctx_f).max(),
-    "| layout context",
-    np.abs(ctx_layout - lctx_f).max(),
+check("probs: by hand vs lilt_self_attention", a, probs_f)
+check("text context: by hand vs lilt_self_attention", ctx_text, ctx_f)
+check("layout context: by hand vs lilt_self_attention", ctx_layout, lctx_f)
+
+# %% [markdown]
+# ### The fused BiACM ops beside their plain twins
+#
+# `lilt_self_attention` computes $S$ and both contexts with two fused ops of
+# `refimpl.attention`. Scaling the queries instead of the scores turns the two products and
+# the sum into one product per head, and the two value products into one:
+#
+# $$S = \Big[\tfrac{Q}{\sqrt d} \;\Big|\; \tfrac{Q_\ell}{\sqrt{d /\!/ r}}\Big]\,\big[K \;\big|\; K_\ell\big]^\top, \qquad \big[C_\text{text} \;\big|\; C_\text{layout}\big] = P\,\big[V \;\big|\; V_\ell\big]$$
+#
+# Each sits beside a plain twin that is the formula as written above (`bi_acm_scores_plain`,
+# `bi_acm_contexts_plain`). Called by themselves on the same heads, the plain twins equal the
+# hand computation, and each fused op equals its twin: the scores to round-off (here
+# $\sqrt d = \sqrt{24}$ is not a power of two, so scaling the queries first rounds
+# differently in the last bits; at base size, $\sqrt{64}$ and $\sqrt{16}$, it is exact), the
+# contexts bit for bit (each element is the same dot product).
+
+# %%
+qh, kh, vh = (split_heads(proj(text, sa[name]), n) for name in ("query", "key", "value"))
+qlh, klh, vlh = (
+    split_heads(proj(layout, sa[name]), n) for name in ("layout_query", "layout_key", "layout_value")
 )
-print("the two streams' probabilities are the same numbers:", np.array_equal(probs_f, lprobs_f))
+scores_fused = bi_acm_scores(qh, kh, qlh, klh, r)  # [B, n, L, L]
+scores_plain = bi_acm_scores_plain(qh, kh, qlh, klh, r)  # [B, n, L, L]
+check("S: by hand vs bi_acm_scores_plain", s_text + s_layout, scores_plain)
+check("S: bi_acm_scores (fused) vs plain twin", scores_fused, scores_plain)
+print("  fused == plain bit for bit:", np.array_equal(scores_fused, scores_plain))
+ctx_fused, lctx_fused = bi_acm_contexts(a, vh, vlh)
+ctx_plain, lctx_plain = bi_acm_contexts_plain(a, vh, vlh)
+check("contexts: by hand vs bi_acm_contexts_plain", ctx_text, ctx_plain)
+assert np.array_equal(ctx_fused, ctx_plain) and np.array_equal(lctx_fused, lctx_plain)
+print("bi_acm_contexts (fused) == bi_acm_contexts_plain, bit for bit (text and layout)")
 
 # %% [markdown]
 # What each stream contributes, head 0 of page 1: the text scores, the layout scores, and the
@@ -271,7 +336,7 @@ fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), layout="constrained")
 for ax, m, title in zip(
     axes,
     (s_text[0, 0], s_layout[0, 0], a[0, 0]),
-    ("text scores QK^T/sqrt(d)", "layout scores Q_l K_l^T/sqrt(d/r)", "shared probabilities A"),
+    ("text scores QK^T/sqrt(d)", "layout scores Q_l K_l^T/sqrt(d//r)", "shared probabilities P"),
     strict=True,
 ):
     im = ax.imshow(m, cmap="viridis")
@@ -280,46 +345,122 @@ for ax, m, title in zip(
 plt.show()
 
 # %% [markdown]
-# Every head of layer 0 for the padded second page: the padded keys (columns from the
-# sixth token on) get probability exactly 0.
+# Every head of layer 0 for the padded second page: the padded keys (the columns from
+# `pad_start`, computed in step 1, on) get probability exactly 0.
 
 # %%
 fig, axes = plt.subplots(1, n, figsize=(3 * n, 3))
 for h, ax in enumerate(axes):
     ax.imshow(a[1, h], cmap="viridis", vmin=0, vmax=1)
+    ax.axvline(pad_start - 0.5, color="w", lw=0.8)
     ax.set(title=f"page 2, head {h}", xticks=[], yticks=[])
 plt.show()
-print("largest probability on a padded key:", a[1][..., attention_mask[1] == 0].max())
+print(f"padded keys of page 2: columns {pad_start}..{input_ids.shape[1] - 1}")
+print("largest probability on a padded key:", a[1][..., pad_start:].max())
+assert a[1][..., pad_start:].max() == 0.0
 
 # %% [markdown]
-# ## 6. Residual blocks and feed-forward, one per stream
+# ## 6. Add and norm, one per stream
 #
-# $$X' = \mathrm{LN}(C_\text{text}W^O + b^O + X), \quad Y' = \mathrm{LN}(C_\text{layout}W^O_\ell + b^O_\ell + Y)$$
-# $$X'' = \mathrm{LN}\big(\mathrm{gelu}(X'W_1 + b_1)W_2 + b_2 + X'\big), \quad Y'' = \text{the same with the layout weights, } r \text{ times narrower}$$
+# Each stream's context is projected back and added to that stream's input, then normalised:
 #
-# `lilt_layer` does steps 5 and 6 for one layer; we run every layer and keep both streams.
+# $$X' = \mathrm{LN}(C_\text{text}{W^O}^\top + b^O + X), \qquad Y' = \mathrm{LN}(C_\text{layout}{W^O_\ell}^\top + b^O_\ell + Y)$$
+#
+# `refimpl.bert.add_and_norm` is this block (BERT's SelfOutput and Output); `lilt_attention`
+# is step 5 plus one `add_and_norm` per stream.
+
+# %%
+att = w["encoder"]["layer"]["0"]["attention"]
+eps = cfg.layer_norm_eps
+x_att_by_hand = layer_norm_by_hand(
+    proj(ctx_text, att["output"]["dense"]) + text, **att["output"]["LayerNorm"], eps=eps
+)
+y_att_by_hand = layer_norm_by_hand(
+    proj(ctx_layout, att["layout_output"]["dense"]) + layout, **att["layout_output"]["LayerNorm"], eps=eps
+)
+x_att = bert.add_and_norm(ctx_f, text, **att["output"], layer_norm_eps=eps)  # [B, L, H]
+y_att = bert.add_and_norm(lctx_f, layout, **att["layout_output"], layer_norm_eps=eps)  # [B, L, H/r]
+check("X': by hand vs add_and_norm", x_att_by_hand, x_att)
+check("Y': by hand vs add_and_norm", y_att_by_hand, y_att)
+
+x_la, y_la, probs_la = layers.lilt_attention(
+    text, layout, additive_mask, per_layer_head_mask[0], **att, config=cfg
+)
+check("X': add_and_norm vs lilt_attention", x_att, x_la)
+check("Y': add_and_norm vs lilt_attention", y_att, y_la)
+check("P: lilt_self_attention vs lilt_attention", probs_f, probs_la)
+
+# %% [markdown]
+# ## 7. Feed-forward, one per stream
+#
+# $$X'' = \mathrm{LN}\big(\mathrm{gelu}(X'W_1^\top + b_1)W_2^\top + b_2 + X'\big), \qquad \mathrm{gelu}(x) = \tfrac x2\big(1 + \mathrm{erf}(x/\sqrt2)\big)$$
+#
+# and the same for $Y''$ with the layout weights, $r$ times narrower
+# (`H/r -> intermediate/r -> H/r`). `refimpl.bert.intermediate` is the first half
+# (`hidden_act` is the exact erf GELU here), `add_and_norm` the second; `lilt_layer` is steps
+# 5 to 7 for one layer. By hand, GELU uses Python's `math.erf` element by element.
+
+# %%
+erf = np.vectorize(math.erf)
+layer0 = w["encoder"]["layer"]["0"]
+
+
+def gelu_by_hand(x):
+    return x / 2 * (1 + erf(x / np.sqrt(2)))
+
+
+inner_by_hand = gelu_by_hand(proj(x_att, layer0["intermediate"]["dense"]))  # [B, L, intermediate]
+x_ffn_by_hand = layer_norm_by_hand(
+    proj(inner_by_hand, layer0["output"]["dense"]) + x_att, **layer0["output"]["LayerNorm"], eps=eps
+)
+inner = bert.intermediate(x_att, **layer0["intermediate"], hidden_act=cfg.hidden_act)  # [B, L, intermediate]
+layout_inner = bert.intermediate(y_att, **layer0["layout_intermediate"], hidden_act=cfg.hidden_act)
+x_ffn = bert.add_and_norm(inner, x_att, **layer0["output"], layer_norm_eps=eps)  # [B, L, H]
+y_ffn = bert.add_and_norm(layout_inner, y_att, **layer0["layout_output"], layer_norm_eps=eps)  # [B, L, H/r]
+print("intermediate: text", inner.shape, "| layout", layout_inner.shape)
+check("gelu(X'W1^T + b1): by hand vs intermediate", inner_by_hand, inner)
+check("X'': by hand vs intermediate + add_and_norm", x_ffn_by_hand, x_ffn)
+
+x_l0, y_l0, probs_l0 = layers.lilt_layer(
+    text, layout, additive_mask, per_layer_head_mask[0], **layer0, config=cfg
+)
+check("X'': the blocks vs lilt_layer", x_ffn, x_l0)
+check("Y'': the blocks vs lilt_layer", y_ffn, y_l0)
+check("P: lilt_self_attention vs lilt_layer", probs_f, probs_l0)
+
+# %% [markdown]
+# ## 8. Every layer
+#
+# `lilt_layer` once per layer, keeping both streams and the shared probabilities;
+# `lilt_encoder` is this loop.
 
 # %%
 X, Y = text, layout
 text_states, layout_states, attentions = [X], [Y], []
 for i in range(cfg.num_hidden_layers):
-    X, Y, probs, _ = layers.lilt_layer(
-        X,
-        Y,
-        additive_mask,
-        per_layer_head_mask[i],
-        **w["encoder"]["layer"][str(i)],
-        hidden_act=cfg.hidden_act,
-        eps=cfg.layer_norm_eps,
-        num_heads=n,
-        channel_shrink_ratio=cfg.channel_shrink_ratio,
-        position_embedding_type=cfg.position_embedding_type,
-        max_position_embeddings=cfg.max_position_embeddings,
+    X, Y, probs = layers.lilt_layer(
+        X, Y, additive_mask, per_layer_head_mask[i], **w["encoder"]["layer"][str(i)], config=cfg
     )
     text_states.append(X)
     layout_states.append(Y)
     attentions.append(probs)
     print(f"layer {i}: text {X.shape}  layout {Y.shape}")
+
+encoder = layers.lilt_encoder(
+    text,
+    layout,
+    additive_mask,
+    per_layer_head_mask,
+    **w["encoder"],
+    config=cfg,
+    output_hidden_states=True,
+    output_attentions=True,
+)
+for i in range(cfg.num_hidden_layers + 1):
+    check(f"text stream {i}: the loop vs lilt_encoder", text_states[i], encoder["hidden_states"][i])
+    check(
+        f"layout stream {i}: the loop vs lilt_encoder", layout_states[i], encoder["layout_hidden_states"][i]
+    )
 
 # %% [markdown]
 # The layout stream through the layers (page 1, feature norms per token): it is never
@@ -339,10 +480,10 @@ for ax, states, title in zip(
 plt.show()
 
 # %% [markdown]
-# ## 7. The head: one label per token
+# ## 9. The head: one label per token
 #
 # `LiltForTokenClassification` has no pooler: a linear layer maps each token's final text
-# state to the 7 FUNSD labels, `logits = X'' W_c + b_c` with shape `[B, L, num_labels]`.
+# state to the 7 FUNSD labels, $\text{logits} = X''W_c^\top + b_c$ with shape `[B, L, num_labels]`.
 
 # %%
 logits = linear(X, **model.weights["classifier"])  # [B, L, 7]
@@ -350,7 +491,7 @@ print("logits", logits.shape)
 print("predicted labels, page 1:", [cfg.id2label[int(j)] for j in logits[0].argmax(-1)][:8], "...")
 
 # %% [markdown]
-# ## 8. Check: the steps equal one call of the model
+# ## 10. Check: the steps equal one call of the model
 #
 # The same inputs through `model(...)`, which runs the functions above inside
 # `refimpl.lilt.modeling.lilt_model`. Every output must agree to float64 round-off.
@@ -364,25 +505,13 @@ out = model(
     output_attentions=True,
 )
 checks = {"logits": (logits, out.logits)}
-checks.update(
-    {
-        f"hidden_states.{i}": (ours, theirs)
-        for i, (ours, theirs) in enumerate(zip(text_states, out.hidden_states, strict=True))
-    }
-)
-checks.update(
-    {
-        f"attentions.{i}": (ours, theirs)
-        for i, (ours, theirs) in enumerate(zip(attentions, out.attentions, strict=True))
-    }
-)
-checks.update(
-    {
-        f"layout_hidden_states.{i}": (ours, theirs)
-        for i, (ours, theirs) in enumerate(zip(layout_states, out.layout_hidden_states, strict=True))
-    }
-)
+for field, ours_all in (
+    ("hidden_states", text_states),
+    ("layout_hidden_states", layout_states),
+    ("attentions", attentions),
+):
+    for i, (ours, theirs) in enumerate(zip(ours_all, getattr(out, field), strict=True)):
+        checks[f"{field}.{i}"] = (ours, theirs)
 for name, (ours, theirs) in checks.items():
-    print(f"{name:<26} {str(ours.shape):<16} max |diff| = {np.abs(ours - theirs).max():.1e}")
-    assert np.allclose(ours, theirs, rtol=0, atol=1e-12), name
+    check(name, ours, theirs)
 print("step-by-step == model(...)")
