@@ -13,8 +13,8 @@ float64): LiLT base (hidden 768, 12 layers, 12 heads, channel_shrink_ratio 4, in
 20 tokens, 36 boxes.
 
 Each command is one subprocess (``python -m refimpl.cli ...`` with ``PYTHONPATH`` = the tree
-measured); its peak resident memory is ``ru_maxrss`` from ``os.wait4`` of that child alone
-(anonymous memory and touched file pages alike), its wall time the time to exit. ``compare``
+measured) run under ``/usr/bin/time``: its peak resident memory is that process's
+``ru_maxrss`` (anonymous memory and touched file pages alike), its wall time the time to exit. ``compare``
 compares the ``all`` file with itself. A tree without ``--select`` (the base commit) runs
 ``all`` only. Results are printed as a markdown table (and appended as JSON lines to
 ``--json`` when given).
@@ -38,14 +38,24 @@ CASES = {"lilt": ("lilt", 1, 512, 0), "lxmert": ("lxmert", 8, 20, 36)}
 
 
 def run_measured(cmd: list[str], env: dict) -> tuple[int, float, float, str]:
-    """Run ``cmd``; return (exit code, wall seconds, peak RSS in MB, stderr tail)."""
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    err = p.stderr.read().decode(errors="replace")
-    _, status, ru = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t0
-    p.returncode = os.waitstatus_to_exitcode(status)
-    return p.returncode, wall, ru.ru_maxrss * 1024 / 1e6, err[-400:]
+    """Run ``cmd`` under ``/usr/bin/time``; return (exit code, wall s, peak RSS in MB, stderr tail).
+
+    ``/usr/bin/time`` forks the command from its own small process. ``os.wait4`` on a direct
+    child of this (large, torch-importing) process would not do: Linux carries the parent's
+    resident set at fork into the child's ``ru_maxrss`` across ``exec``.
+    """
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
+        t0 = time.perf_counter()
+        p = subprocess.run(
+            ["/usr/bin/time", "-f", "%M %e", "-o", tf.name, *cmd],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        wall = time.perf_counter() - t0
+        last = [ln for ln in open(tf.name).read().splitlines() if ln.strip()][-1]
+    kib, _ = last.split()
+    return p.returncode, wall, int(kib) * 1024 / 1e6, p.stderr.decode(errors="replace")[-400:]
 
 
 def main(argv=None) -> int:
