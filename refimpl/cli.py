@@ -354,7 +354,7 @@ def cmd_golden(args: argparse.Namespace) -> int:
     for done, i in enumerate(mine, 1):
         (inputs, source), path = cases[i], paths[i]
         arrays, flags = golden._prepare_inputs(model, inputs)
-        fwd = {"output_attentions": True, "output_hidden_states": True, **flags}
+        fwd = {"output_attentions": golden.wants_attentions(selection), "output_hidden_states": True, **flags}
         if many and _up_to_date(path, golden.inputs_hash(arrays, fwd), weights, args.dtype, selection):
             skipped += 1
         else:

@@ -366,12 +366,25 @@ _ATTENTION_SHAPED = (
 )
 _BLOCKS = (
     r"(.*\.)?(embeddings|layout_embeddings)(\.LayerNorm)?",  # text and layout embedding outputs
+    r"(.*\.)?embeddings\.position_ids",  # the position ids the embeddings computed
     r"(.*\.)?visn_fc",  # LXMERT's visual feature embedding
     r"(.*\.)?(layer|layers|r_layers)\.\d+(\.layout|\.output)?",  # each layer's output(s)
     r"(.*\.)?x_layers\.\d+\.(lang_output|visn_output)",  # LXMERT's cross layers, both streams
     r"(.*\.)?pooler",
     r"(classifier|qa_outputs|answer_head|cls\.predictions|cls\.seq_relationship|loss)(\..*)?",  # heads
     r"outputs\..*",
+)
+
+#: output fields that hold attention probabilities (``outputs.<field>.<i>``).
+_ATTENTION_FIELDS = (
+    "attentions",
+    "layout_attentions",
+    "language_attentions",
+    "vision_attentions",
+    "cross_encoder_attentions",
+    "cross_encoder_vision_attentions",
+    "cross_encoder_language_self_attentions",
+    "cross_encoder_vision_self_attentions",
 )
 
 #: ``--select`` presets: (include, exclude) regular expressions over tensor names.
@@ -418,6 +431,12 @@ def _compiled(spec_json: str) -> list[tuple[re.Pattern, re.Pattern | None]]:
         exc = re.compile("|".join(f"(?:{r})" for r in term["exclude"])) if term["exclude"] else None
         out.append((inc, exc))
     return out
+
+
+def wants_attentions(selection: Mapping[str, Any]) -> bool:
+    """Whether a selection (:func:`selection_spec`) keeps any attention output
+    (``outputs.attentions.<i>`` and LXMERT's kinds): if not, the forward runs without them."""
+    return any(is_selected(selection, f"outputs.{f}.0") for f in _ATTENTION_FIELDS)
 
 
 def is_selected(manifest: Mapping[str, Any], name: str) -> bool:
@@ -837,14 +856,14 @@ def write_case(
         the written case as a :class:`Golden` (read back lazily from ``path``).
     """
     arrays, flags = _prepare_inputs(model, inputs)
-    kwargs = {**arrays, **flags}
-    kwargs.setdefault("output_attentions", True)
-    kwargs.setdefault("output_hidden_states", True)
-    fwd = {k: v for k, v in inputs.items() if v is None or isinstance(v, (bool, str))}
-    fwd.setdefault("output_attentions", True)
-    fwd.setdefault("output_hidden_states", True)
-    digest = inputs_hash(arrays, fwd)
     w = GoldenWriter(path, select=select)
+    fwd = {k: v for k, v in inputs.items() if v is None or isinstance(v, (bool, str))}
+    # a selection without attention outputs need not hold every layer's probabilities until
+    # the forward returns (12 x [1, 12, 512, 512] float64 for LiLT base: 300 MB per stream)
+    fwd.setdefault("output_attentions", wants_attentions(w.selection))
+    fwd.setdefault("output_hidden_states", True)
+    kwargs = {**arrays, **fwd}
+    digest = inputs_hash(arrays, fwd)
     try:
         for k, v in arrays.items():
             w.add(f"inputs.{k}", v)

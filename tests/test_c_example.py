@@ -38,7 +38,9 @@ def built(tmp_path_factory):
     model = refimpl.from_pretrained(ckpt, dtype="float64")
     rng = np.random.default_rng(3)
     x0, y0 = rng.integers(0, 800, (2, 12, 1)), rng.integers(0, 800, (2, 12, 1))
-    bbox = np.concatenate([x0, y0, x0 + rng.integers(0, 150, x0.shape), y0 + rng.integers(0, 60, y0.shape)], -1)
+    bbox = np.concatenate(
+        [x0, y0, x0 + rng.integers(0, 150, x0.shape), y0 + rng.integers(0, 60, y0.shape)], -1
+    )
     mask = np.ones((2, 12), np.int64)
     mask[1, 8:] = 0  # the second row is shorter: padded
     ids = rng.integers(3, model.config.vocab_size, (2, 12))
