@@ -656,6 +656,51 @@ def _demo_lilt(out_dir: str, dtype: str, say: Callable[[str], None]) -> str:
     return path
 
 
+def _demo_padded(out_dir: str, dtype: str, say: Callable[[str], None]) -> str:
+    """LiLT on the bundled padded batch (``example/forms.json``: a form and a shorter receipt,
+    tokenized together): the golden file carries mask specs, and comparing skips padded positions."""
+    import refimpl
+
+    from . import golden
+
+    ckpt, case_file = bundled_path("lilt-tiny"), bundled_path("example", "forms.json")
+    model = refimpl.from_pretrained(ckpt, dtype=dtype)
+    with open(case_file, encoding="utf-8") as f:
+        pages = json.load(f)["pages"]
+    tok = _tokenizer(ckpt, "lilt")
+    enc = tok(
+        [p["words"] for p in pages],
+        boxes=[p["boxes"] for p in pages],
+        word_labels=[p["labels"] for p in pages],
+        padding=True,
+        return_tensors="np",
+    )
+    inputs = _batched(enc)
+    path = os.path.join(out_dir, "lilt-forms-padded.safetensors")
+    g = golden.write_case(
+        path,
+        model,
+        inputs,
+        checkpoint=ckpt,
+        inputs_source={
+            "kind": "json",
+            "path": "example/forms.json",
+            "description": "bundled batch of two pages, the second padded; lilt-tiny tokenizer",
+        },
+    )
+    real = inputs["attention_mask"].sum(axis=1).tolist()
+    masked = sum(1 for e in g.manifest["tensors"] if e["masks"])
+    say(
+        f"== LiLT, padded batch (example/forms.json): rows of {real} real tokens, padded to {inputs['input_ids'].shape[1]}"
+    )
+    say(
+        f"   {masked} of {len(g.tensors)} tensors carry mask specs: compare skips the padded rows (and the "
+        f"padded query rows / key columns of attention)"
+    )
+    say(f"   wrote {path}")
+    return path
+
+
 def _demo_lxmert(out_dir: str, dtype: str, say: Callable[[str], None]) -> str:
     model, case, inputs, tok, path, g = _demo_case(
         "lxmert",
@@ -718,13 +763,18 @@ def _demo_lxmert(out_dir: str, dtype: str, say: Callable[[str], None]) -> str:
 
 def run_demo(out_dir: str = "refimpl-demo", dtype: str = "float64", quiet: bool = False) -> int:
     """Run both bundled models on the bundled example, print a step-through summary and write
-    the golden files ``lilt-form.safetensors`` and ``lxmert-question.safetensors`` to ``out_dir``."""
+    the golden files ``lilt-form.safetensors``, ``lilt-forms-padded.safetensors`` (a padded
+    batch of two pages) and ``lxmert-question.safetensors`` to ``out_dir``."""
     from . import golden
 
     t0 = time.perf_counter()
     say: Callable[[str], None] = (lambda s: None) if quiet else print
     os.makedirs(out_dir, exist_ok=True)
-    paths = [_demo_lilt(out_dir, dtype, say), _demo_lxmert(out_dir, dtype, say)]
+    paths = [
+        _demo_lilt(out_dir, dtype, say),
+        _demo_padded(out_dir, dtype, say),
+        _demo_lxmert(out_dir, dtype, say),
+    ]
     for p in paths:  # the files read back and compare equal to themselves' reference layout
         if not golden.compare(p, p).ok:
             raise CliError(f"{p} does not read back")

@@ -325,3 +325,33 @@ def test_progress_shows_count_rate_and_eta_on_a_terminal_only():
         bar.update(1)
         bar.close()
         assert stream.getvalue() == ""
+
+
+# ------------------------------------------------------------------------------ padded example
+def test_demo_writes_a_padded_batch_whose_masks_and_values_match_the_oracle(tmp_path):
+    import torch
+    from transformers import AutoTokenizer, LiltForTokenClassification
+
+    assert cli.main(["demo", "-q", "--out", str(tmp_path)]) == 0
+    g = golden.read(tmp_path / "lilt-forms-padded.safetensors")
+    pages = json.load(open(bundled_path("example", "forms.json")))["pages"]
+    hf_tok = AutoTokenizer.from_pretrained(LILT_TINY)
+    enc = hf_tok(
+        [p["words"] for p in pages],
+        boxes=[p["boxes"] for p in pages],
+        word_labels=[p["labels"] for p in pages],
+        padding=True,
+        return_tensors="np",
+    )
+    for k in ("input_ids", "bbox", "attention_mask", "labels"):
+        np.testing.assert_array_equal(g.inputs[k], enc[k], err_msg=k)
+    mask = g.inputs["attention_mask"]
+    assert mask.shape[0] == 2 and mask[0].all() and not mask[1].all()  # the second row is padded
+    assert g.entry("lilt.encoder.layer.0.output.LayerNorm")["masks"] == [
+        {"input": "inputs.attention_mask", "axes": [0, 1]}
+    ]
+    hf = LiltForTokenClassification.from_pretrained(LILT_TINY, dtype=torch.float64).eval()
+    with torch.no_grad():
+        want = hf(**{k: torch.tensor(enc[k]) for k in ("input_ids", "bbox", "attention_mask", "labels")})
+    keep = mask.astype(bool)
+    assert np.abs(g.outputs["logits"][keep] - want.logits.numpy()[keep]).max() <= 1e-10
