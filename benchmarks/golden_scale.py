@@ -37,7 +37,7 @@ sys.path.insert(0, HERE)
 CASES = {"lilt": ("lilt", 1, 512, 0), "lxmert": ("lxmert", 8, 20, 36)}
 
 
-def run_measured(cmd: list[str], env: dict) -> tuple[int, float, float, str]:
+def run_measured(cmd: list[str], env: dict, cwd: str | None = None) -> tuple[int, float, float, str]:
     """Run ``cmd`` under ``/usr/bin/time``; return (exit code, wall s, peak RSS in MB, stderr tail).
 
     ``/usr/bin/time`` forks the command from its own small process. ``os.wait4`` on a direct
@@ -49,6 +49,7 @@ def run_measured(cmd: list[str], env: dict) -> tuple[int, float, float, str]:
         p = subprocess.run(
             ["/usr/bin/time", "-f", "%M %e", "-o", tf.name, *cmd],
             env=env,
+            cwd=cwd,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
@@ -74,7 +75,9 @@ def main(argv=None) -> int:
     work = args.checkpoints or tempfile.mkdtemp(prefix="golden-bench-")
     os.makedirs(work, exist_ok=True)
     ckpts = build_checkpoints(work)
-    env = dict(os.environ, PYTHONPATH=os.path.abspath(args.tree), OMP_NUM_THREADS="2")
+    # run in the tree: ``python -m`` puts the working directory first on sys.path
+    tree = os.path.abspath(args.tree)
+    env = dict(os.environ, PYTHONPATH=tree, OMP_NUM_THREADS="2")
     py = sys.executable
     rows = []
     for case in args.cases.split(","):
@@ -86,7 +89,7 @@ def main(argv=None) -> int:
             cmd = [py, "-m", "refimpl.cli", "golden", ckpts[model], "--inputs", npz, "--out", out, "-q"]
             if sel != "all":
                 cmd += ["--select", sel]
-            rc, wall, peak, err = run_measured(cmd, env)
+            rc, wall, peak, err = run_measured(cmd, env, cwd=tree)
             if rc != 0:
                 print(f"{case} golden --select {sel}: exit {rc}: {err}", file=sys.stderr)
                 continue
@@ -105,7 +108,7 @@ def main(argv=None) -> int:
         ref = os.path.join(work, f"{case}-{args.label}-all.safetensors")
         if os.path.exists(ref):
             rc, wall, peak, err = run_measured(
-                [py, "-m", "refimpl.cli", "compare", ref, ref, "--only-failed"], env
+                [py, "-m", "refimpl.cli", "compare", ref, ref, "--only-failed"], env, cwd=tree
             )
             rows.append(
                 dict(
