@@ -690,7 +690,12 @@ class GoldenWriter(trace.Recorder):
         return None
 
     def store(self, name: str, value: Any, aliases: tuple[str, ...] = ()) -> None:
-        """Spill ``value`` (or alias it to an equal stored tensor) under the selected names."""
+        """Spill ``value`` (or alias it to an equal stored tensor) under the selected names.
+
+        Args:
+            name: the full name; ``aliases``: other full names of the same value.
+            value: an array of any shape (or a scalar); stored with its dtype and shape.
+        """
         if self.in_forward:
             for n in (name, *aliases):
                 if n.startswith(("inputs.", "outputs.")):
