@@ -3,6 +3,7 @@
 ::
 
     refimpl golden CHECKPOINT --inputs FILE --out FILE [--dtype float64] [--device cpu]
+                   [--select all|modules|blocks|GLOB ...] [--shard I/N] [-q]
     refimpl compare GOLDEN CANDIDATE [--atol A --rtol R] [--rule R] [--strict] [--checkpoint DIR]
     refimpl inspect PATH
     refimpl convert pytorch_model.bin model.safetensors
@@ -19,7 +20,6 @@ traceback; set ``REFIMPL_DEBUG=1`` to see the traceback).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
@@ -93,67 +93,17 @@ def _need_file(path: str, what: str) -> str:
     return path
 
 
-def _parse_npy(data: bytes, what: str) -> np.ndarray:
-    """One ``.npy`` image -> array, checked before allocation: numeric dtype, bounded rank and
-    shape, and exactly the data bytes the header's shape needs. No pickles."""
-    from .files import CheckpointError, check_shape
-
-    fp = io.BytesIO(data)
-    try:
-        version = np.lib.format.read_magic(fp)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp, max_header_size=10_000)
-        elif version in ((2, 0), (3, 0)):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp, max_header_size=10_000)
-        else:
-            raise ValueError(f"unsupported .npy format version {version}")
-    except (ValueError, TypeError, SyntaxError, OverflowError, MemoryError, RecursionError) as e:
-        raise CheckpointError(f"{what}: not a readable .npy file: {_one_line(e)}") from None
-    if dtype.hasobject or dtype.kind not in "biufc" or dtype.fields is not None or dtype.subdtype is not None:
-        raise CheckpointError(f"{what}: dtype {dtype} is not allowed (only bool, integer, float, complex)")
-    shape = check_shape(shape, what)
-    count = int(np.prod(shape, dtype=object)) if shape else 1
-    start = fp.tell()
-    if count * dtype.itemsize != len(data) - start:
-        raise CheckpointError(
-            f"{what}: shape {shape} x {dtype.itemsize} bytes needs {count * dtype.itemsize} bytes of data, "
-            f"the file holds {len(data) - start}"
-        )
-    arr = np.frombuffer(data, dtype=dtype, count=count, offset=start)
-    return arr.reshape(shape, order="F" if fortran else "C").copy()
-
-
 def _load_npz(path: str) -> dict[str, np.ndarray]:
-    """An ``.npz`` of arrays, read member by member through the zip checks of
-    :func:`refimpl.files.read_zip_member` (a zip bomb is refused) and :func:`_parse_npy`."""
-    import zipfile
+    from .files import read_npz
 
-    from .files import CheckpointError, open_regular, read_zip_member
-
-    out: dict[str, np.ndarray] = {}
-    with open_regular(path, "inputs file", MAX_INPUT_BYTES) as f:
-        try:
-            with zipfile.ZipFile(f) as zf:
-                for name in zf.namelist():
-                    if not name.endswith(".npy") or name[:-4] in out:
-                        raise CheckpointError(
-                            f"{path}: .npz member {name!r} is not a uniquely named .npy array"
-                        )
-                    data = read_zip_member(zf, name, path, MAX_INPUT_BYTES)
-                    out[name[:-4]] = _parse_npy(data, f"{path}: {name}")
-        except CheckpointError:
-            raise
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, RuntimeError,
-                NotImplementedError, OverflowError) as e:  # fmt: skip
-            raise CheckpointError(f"{path} is not a readable .npz file: {_one_line(e)}") from None
-    return out
+    return read_npz(path, "inputs file", MAX_INPUT_BYTES)
 
 
 def _load_npy(path: str, what: str) -> np.ndarray:
-    from .files import read_bytes
+    from .files import read_npy
 
     _need_file(path, what)
-    return _parse_npy(read_bytes(path, what, MAX_INPUT_BYTES), f"{what} {path}")
+    return read_npy(path, what, MAX_INPUT_BYTES)
 
 
 def _tokenizer(checkpoint: str, model_type: str):
@@ -291,25 +241,41 @@ def read_cases(
 
 
 class _Progress:
-    """A plain text progress bar on stderr (no dependency)."""
+    """A one-line progress display on stderr: count, rate and ETA (no dependency).
 
-    def __init__(self, total: int, width: int = 30):
+    Shown only on a terminal (``stream.isatty()``) and when not ``quiet``; otherwise silent.
+    """
+
+    def __init__(self, total: int, quiet: bool = False, stream: Any = None, width: int = 24):
+        self.stream = stream if stream is not None else sys.stderr
         self.total, self.width, self.t0 = total, width, time.perf_counter()
+        self.on = not quiet and bool(getattr(self.stream, "isatty", lambda: False)())
 
-    def update(self, done: int, label: str = "") -> None:
+    def update(self, done: int, label: str = "", skipped: int = 0) -> None:
+        """Show ``done`` of ``total`` cases (``skipped`` of them resumed, not recomputed)."""
+        if not self.on:
+            return
         n = int(self.width * done / max(self.total, 1))
         el = time.perf_counter() - self.t0
-        sys.stderr.write(
-            f"\r[{'#' * n}{'.' * (self.width - n)}] {done}/{self.total} {el:5.1f}s {label[:40]:<40}"
+        worked = done - skipped
+        rate = worked / el if el > 0 and worked else 0.0
+        eta = (self.total - done) / rate if rate else float("nan")
+        eta_s = f"ETA {eta:5.0f}s" if eta == eta else "ETA     ?"
+        self.stream.write(
+            f"\r[{'#' * n}{'.' * (self.width - n)}] {done}/{self.total} {rate:5.2f} cases/s {eta_s} "
+            f"{label[:32]:<32}"
         )
-        sys.stderr.flush()
+        self.stream.flush()
 
     def close(self) -> None:
-        sys.stderr.write("\n")
-        sys.stderr.flush()
+        if self.on:
+            self.stream.write("\n")
+            self.stream.flush()
 
 
 def _out_paths(out: str, n: int, many: bool) -> list[str]:
+    """Output file per case: ``out`` itself for one case; for a batch, ``out`` as a directory
+    (``case-0000.safetensors``...) or a pattern with ``{index}``."""
     if not many:
         return [out]
     if "{index" in out:
@@ -325,6 +291,39 @@ def _out_paths(out: str, n: int, many: bool) -> list[str]:
             "several cases need --out DIR or a pattern with {index}, e.g. out/case-{index:03d}.safetensors"
         )
     return [os.path.join(out, f"case-{i:04d}.safetensors") for i in range(n)]
+
+
+def _parse_shard(text: str | None) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n) with 0 <= i < n."""
+    if text is None:
+        return 0, 1
+    try:
+        i_s, n_s = text.split("/")
+        i, n = int(i_s), int(n_s)
+    except ValueError:
+        raise CliError(f"--shard must be I/N (e.g. 0/4), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise CliError(f"--shard {text}: need N >= 1 and 0 <= I < N (I in 0..{max(n - 1, 0)})")
+    return i, n
+
+
+def _up_to_date(path: str, inputs_sha: str, weights: list[dict], dtype: str, selection: dict) -> bool:
+    """Whether ``path`` is a golden file of the same case (inputs and weights hashes, dtype
+    and selection): a batch run skips it (resume)."""
+    from . import golden
+
+    if not os.path.isfile(path):
+        return False
+    try:
+        m = golden.read(path).manifest
+    except (ValueError, OSError):
+        return False
+    return (
+        m.get("inputs_sha256") == inputs_sha
+        and [w.get("sha256") for w in m.get("weights", [])] == [w["sha256"] for w in weights]
+        and m.get("dtype") == dtype
+        and m.get("selection") == selection
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,24 +345,50 @@ def cmd_golden(args: argparse.Namespace) -> int:
     ckpt = args.checkpoint
     _need_file(ckpt, "checkpoint")
     _need_file(args.inputs, "inputs file")
+    shard_i, shard_n = _parse_shard(args.shard)
+    try:
+        selection = golden.selection_spec(args.select)
+    except ValueError as e:
+        raise CliError(f"--select: {e}") from None
     model_type = read_config_json(ckpt).get("model_type")
     model = _load_model(ckpt, args.dtype, args.device)
     cases = read_cases(args.inputs, ckpt, model_type)
     many = args.inputs.lower().endswith(".jsonl")
     paths = _out_paths(args.out, len(cases), many)
-    bar = _Progress(len(cases)) if many else None
-    for i, ((inputs, source), path) in enumerate(zip(cases, paths, strict=True)):
-        g = golden.write_case(path, model, inputs, checkpoint=ckpt, inputs_source=source)
-        if bar:
-            bar.update(i + 1, os.path.basename(path))
-        elif not args.quiet:
-            print(
-                f"wrote {path}: {len(g.tensors)} tensors ({len(g.intermediates)} intermediates), {args.dtype}"
+    mine = [i for i in range(len(cases)) if i % shard_n == shard_i]
+    weights = golden.weight_entries(ckpt)  # hashed once for the whole batch
+    bar = _Progress(len(mine), quiet=args.quiet) if many else None
+    written = skipped = 0
+    for done, i in enumerate(mine, 1):
+        (inputs, source), path = cases[i], paths[i]
+        arrays, flags = golden._prepare_inputs(model, inputs)
+        fwd = {"output_attentions": golden.wants_attentions(selection), "output_hidden_states": True, **flags}
+        if many and _up_to_date(path, golden.inputs_hash(arrays, fwd), weights, args.dtype, selection):
+            skipped += 1
+        else:
+            g = golden.write_case(
+                path,
+                model,
+                inputs,
+                checkpoint=ckpt,
+                inputs_source=source,
+                select=args.select,
+                weights=weights,
             )
+            written += 1
+            if not many and not args.quiet:
+                n_stored = len(g.tensors) - len(g.aliases)
+                print(
+                    f"wrote {path}: {len(g.tensors)} tensors ({len(g.intermediates)} intermediates; "
+                    f"{n_stored} stored, {len(g.aliases)} aliases), {args.dtype}"
+                )
+        if bar:
+            bar.update(done, os.path.basename(path), skipped)
     if bar:
         bar.close()
         if not args.quiet:
-            print(f"wrote {len(paths)} golden files ({paths[0]} ... {paths[-1]})")
+            shard = f" (shard {shard_i}/{shard_n})" if shard_n > 1 else ""
+            print(f"{len(mine)} cases{shard}: wrote {written}, skipped {skipped} up to date")
     return 0
 
 
@@ -492,13 +517,20 @@ def _inspect_golden(path: str) -> None:
             print(f"weights     {w['file']} sha256 {w['sha256']} ({_fmt_bytes(w['bytes'])})")
     n_in, n_mid, n_out = len(g.inputs), len(g.intermediates), len(g.outputs)
     print(f"tensors     {len(g.tensors)}: {n_in} inputs, {n_mid} intermediates, {n_out} outputs")
+    if m.get("aliases"):
+        print(f"stored      {len(g.tensors) - len(g.aliases)} (the other {len(g.aliases)} names are aliases)")
+    if m.get("selection"):
+        print(f"selection   {' '.join(g.selection.get('select', []))}")
     w = max(len(k) for k in g.tensors) if g.tensors else 10
-    for k, v in g.tensors.items():
-        e = next((x for x in m.get("tensors", []) if x["name"] == k), {})
+    entries = {x["name"]: x for x in m.get("tensors", [])}
+    for k in g.tensors:
+        dt, shape = g.info(k)
+        e = entries.get(k, {})
         masks = ",".join(f"{s['input'].split('.', 1)[1]}@{s['axes'][1]}" for s in e.get("masks", []))
         tol = f"atol {e['atol']:.0e}" if e else ""
+        alias = f"= {g.aliases[k]}" if k in g.aliases else ""
         print(
-            f"  {k:<{w}}  {str(v.dtype):<8} {'x'.join(map(str, v.shape)) or 'scalar':<16} {tol:<11} {masks}"
+            f"  {k:<{w}}  {str(dt):<8} {'x'.join(map(str, shape)) or 'scalar':<16} {tol:<11} {masks} {alias}".rstrip()
         )
 
 
@@ -646,6 +678,51 @@ def _demo_lilt(out_dir: str, dtype: str, say: Callable[[str], None]) -> str:
     return path
 
 
+def _demo_padded(out_dir: str, dtype: str, say: Callable[[str], None]) -> str:
+    """LiLT on the bundled padded batch (``example/forms.json``: a form and a shorter receipt,
+    tokenized together): the golden file carries mask specs, and comparing skips padded positions."""
+    import refimpl
+
+    from . import golden
+
+    ckpt, case_file = data.path("lilt-tiny"), data.path("example", "forms.json")
+    model = refimpl.from_pretrained(ckpt, dtype=dtype)
+    with open(case_file, encoding="utf-8") as f:
+        pages = json.load(f)["pages"]
+    tok = _tokenizer(ckpt, "lilt")
+    enc = tok(
+        [p["words"] for p in pages],
+        boxes=[p["boxes"] for p in pages],
+        word_labels=[p["labels"] for p in pages],
+        padding=True,
+        return_tensors="np",
+    )
+    inputs = _batched(enc)
+    path = os.path.join(out_dir, "lilt-forms-padded.safetensors")
+    g = golden.write_case(
+        path,
+        model,
+        inputs,
+        checkpoint=ckpt,
+        inputs_source={
+            "kind": "json",
+            "path": "example/forms.json",
+            "description": "bundled batch of two pages, the second padded; lilt-tiny tokenizer",
+        },
+    )
+    real = inputs["attention_mask"].sum(axis=1).tolist()
+    masked = sum(1 for e in g.manifest["tensors"] if e["masks"])
+    say(
+        f"== LiLT, padded batch (example/forms.json): rows of {real} real tokens, padded to {inputs['input_ids'].shape[1]}"
+    )
+    say(
+        f"   {masked} of {len(g.tensors)} tensors carry mask specs: compare skips the padded rows (and the "
+        f"padded query rows / key columns of attention)"
+    )
+    say(f"   wrote {path}")
+    return path
+
+
 def _demo_lxmert(out_dir: str, dtype: str, say: Callable[[str], None]) -> str:
     model, case, inputs, tok, path, g = _demo_case(
         "lxmert",
@@ -708,13 +785,18 @@ def _demo_lxmert(out_dir: str, dtype: str, say: Callable[[str], None]) -> str:
 
 def run_demo(out_dir: str = "refimpl-demo", dtype: str = "float64", quiet: bool = False) -> int:
     """Run both bundled models on the bundled example, print a step-through summary and write
-    the golden files ``lilt-form.safetensors`` and ``lxmert-question.safetensors`` to ``out_dir``."""
+    the golden files ``lilt-form.safetensors``, ``lilt-forms-padded.safetensors`` (a padded
+    batch of two pages) and ``lxmert-question.safetensors`` to ``out_dir``."""
     from . import golden
 
     t0 = time.perf_counter()
     say: Callable[[str], None] = (lambda s: None) if quiet else print
     os.makedirs(out_dir, exist_ok=True)
-    paths = [_demo_lilt(out_dir, dtype, say), _demo_lxmert(out_dir, dtype, say)]
+    paths = [
+        _demo_lilt(out_dir, dtype, say),
+        _demo_padded(out_dir, dtype, say),
+        _demo_lxmert(out_dir, dtype, say),
+    ]
     for p in paths:  # the files read back and compare equal to themselves' reference layout
         if not golden.compare(p, p).ok:
             raise CliError(f"{p} does not read back")
@@ -760,7 +842,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype", choices=backend.DTYPES, default="float64", help="compute dtype (default float64)"
     )
     g.add_argument("--device", choices=backend.DEVICES, default="cpu")
-    g.add_argument("-q", "--quiet", action="store_true")
+    g.add_argument(
+        "--select",
+        action="append",
+        metavar="WHAT",
+        help="which tensors to keep (repeatable, combined): all (default), modules (every module "
+        "output, no attention scores/probabilities), blocks (embeddings, layer outputs, poolers, "
+        "heads, outputs), or a glob over names such as '*.attention.self.query'",
+    )
+    g.add_argument(
+        "--shard", metavar="I/N", help="process every N-th case of a .jsonl, starting at case I (0-based)"
+    )
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
     g.set_defaults(func=cmd_golden)
 
     c = sub.add_parser(

@@ -193,27 +193,36 @@ def read_candidate(path: str | os.PathLike | Golden | Mapping[str, Any]) -> Cand
                 tensors[k], dtypes[k] = np.asarray(r.array), _dtype_name(r.array)
         manifest: dict[str, Any] = {}
         if MANIFEST_KEY in meta:
-            try:
-                manifest = json.loads(meta[MANIFEST_KEY])
-            except json.JSONDecodeError:
-                manifest = {}
+            from . import golden
+
+            try:  # a golden file (another refimpl run, say): validated, its aliases resolved
+                g = golden.read(p)
+            except (ValueError, OSError) as e:
+                raise CompareError(f"candidate {e}") from None
+            manifest = g.manifest
+            for alias, stored in (manifest.get("aliases") or {}).items():
+                if stored in tensors:
+                    tensors[alias], dtypes[alias] = tensors[stored], dtypes[stored]
         return Candidate(p, "safetensors", tensors, dtypes, manifest)
     if kind == "npz":
+        from .files import read_npz
+
         try:
-            with np.load(p, allow_pickle=False) as z:
-                tensors = {k: np.asarray(z[k]) for k in z.files}
-        except Exception as e:
-            raise CompareError(f"candidate {p}: not a readable .npz of .npy members: {e}") from None
+            tensors = read_npz(p, "candidate")
+        except (ValueError, OSError) as e:  # CheckpointError is a ValueError
+            raise CompareError(f"candidate {e}") from None
         return Candidate(p, "npz", tensors, {k: _dtype_name(v) for k, v in tensors.items()})
     files = sorted(f for f in os.listdir(p) if f.endswith(".npy") and os.path.isfile(os.path.join(p, f)))
     if not files:
         raise CompareError(f"candidate directory {p} holds no .npy files (expected <tensor name>.npy)")
     tensors = {}
     for f in files:
+        from .files import read_npy
+
         try:
-            tensors[f[:-4]] = np.load(os.path.join(p, f), allow_pickle=False)
-        except Exception as e:
-            raise CompareError(f"candidate {os.path.join(p, f)}: not a readable .npy file: {e}") from None
+            tensors[f[:-4]] = read_npy(os.path.join(p, f), "candidate")
+        except (ValueError, OSError) as e:
+            raise CompareError(f"{e}") from None
     return Candidate(p, "npy-dir", tensors, {k: _dtype_name(v) for k, v in tensors.items()})
 
 

@@ -31,6 +31,7 @@ on the open descriptor. A symlink to a regular file is followed.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -62,6 +63,9 @@ __all__ = [
     "zip_member_info",
     "read_zip_member",
     "short_repr",
+    "parse_npy",
+    "read_npy",
+    "read_npz",
 ]
 
 MAX_JSON_BYTES = 64 << 20
@@ -384,3 +388,75 @@ def read_zip_member(zf: zipfile.ZipFile, name: str, what: str, max_bytes: int) -
     if got != info.file_size:
         raise CheckpointError(f"{what}: zip member {name!r} holds {got} bytes, declared {info.file_size}")
     return b"".join(chunks)
+
+
+def parse_npy(data: bytes, what: str) -> np.ndarray:
+    """One ``.npy`` image -> array, checked before allocation: numeric dtype, bounded rank and
+    shape, and exactly the data bytes the header's shape needs. No pickles."""
+    fp = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(fp)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp, max_header_size=10_000)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp, max_header_size=10_000)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    except (ValueError, TypeError, SyntaxError, OverflowError, MemoryError, RecursionError) as e:
+        raise CheckpointError(f"{what}: not a readable .npy file: {short_repr(str(e))}") from None
+    if dtype.hasobject or dtype.kind not in "biufc" or dtype.fields is not None or dtype.subdtype is not None:
+        raise CheckpointError(f"{what}: dtype {dtype} is not allowed (only bool, integer, float, complex)")
+    shape = check_shape(shape, what)
+    count = int(np.prod(shape, dtype=object)) if shape else 1
+    start = fp.tell()
+    if count * dtype.itemsize != len(data) - start:
+        raise CheckpointError(
+            f"{what}: shape {shape} x {dtype.itemsize} bytes needs {count * dtype.itemsize} bytes of data, "
+            f"the file holds {len(data) - start}"
+        )
+    arr = np.frombuffer(data, dtype=dtype, count=count, offset=start)
+    return arr.reshape(shape, order="F" if fortran else "C").copy()
+
+
+def read_npz(path: str | os.PathLike, what: str = "file", max_bytes: int = 1 << 30) -> dict[str, np.ndarray]:
+    """An ``.npz`` of arrays (any shapes), read member by member through the zip checks of
+    :func:`read_zip_member` (a zip bomb is refused) and :func:`parse_npy` (no pickles).
+
+    Args:
+        path: the ``.npz`` file (a regular file).
+        what: names the file's role in messages ("inputs file", "candidate").
+        max_bytes: the most bytes the file, and each member inflated, may hold.
+
+    Returns:
+        member name without ``.npy`` -> array.
+    """
+    path = os.fspath(path)
+    out: dict[str, np.ndarray] = {}
+    with open_regular(path, what, max_bytes) as f:
+        try:
+            with zipfile.ZipFile(f) as zf:
+                for name in zf.namelist():
+                    if not name.endswith(".npy") or name[:-4] in out:
+                        raise CheckpointError(
+                            f"{path}: .npz member {name!r} is not a uniquely named .npy array"
+                        )
+                    data = read_zip_member(zf, name, path, max_bytes)
+                    out[name[:-4]] = parse_npy(data, f"{path}: {name}")
+        except CheckpointError:
+            raise
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, RuntimeError,
+                NotImplementedError, OverflowError) as e:  # fmt: skip
+            raise CheckpointError(f"{path} is not a readable .npz file: {short_repr(str(e))}") from None
+    return out
+
+
+def read_npy(path: str | os.PathLike, what: str = "file", max_bytes: int = 1 << 30) -> np.ndarray:
+    """One ``.npy`` file as an array (any shape), checked by :func:`parse_npy` (no pickles).
+
+    Args:
+        path: the ``.npy`` file (a regular file).
+        what: names the file's role in messages.
+        max_bytes: the most bytes the file may hold.
+    """
+    path = os.fspath(path)
+    return parse_npy(read_bytes(path, what, max_bytes), f"{what} {path}")

@@ -16,6 +16,7 @@ from transformers import LiltConfig, LiltForTokenClassification, LxmertConfig, L
 
 import refimpl
 from refimpl import golden
+from refimpl.weights import CheckpointError
 
 ATOL64 = 1e-10
 
@@ -219,7 +220,17 @@ def test_manifest_is_plain_json_in_the_safetensors_header(lilt_case):
     manifest = json.loads(header["__metadata__"][golden.MANIFEST_KEY])
     assert header["inputs.input_ids"]["dtype"] == "I64"
     assert header["lilt.embeddings.LayerNorm"]["dtype"] == "F64"
-    assert {e["name"] for e in manifest["tensors"]} == set(header) - {"__metadata__"}
+    stored = set(header) - {"__metadata__"}
+    aliases = manifest["aliases"]
+    # every listed name is stored once or is an alias of a stored tensor (format version 2)
+    assert {e["name"] for e in manifest["tensors"]} == stored | set(aliases)
+    assert not stored & set(aliases) and set(aliases.values()) <= stored
+    # the oracle's bit-identical copies are aliases, not second copies
+    probs = "lilt.encoder.layer.1.attention.self.attention_probs"
+    assert aliases["outputs.attentions.1"] in (probs, aliases.get(probs))
+    # a layer's output is its output.LayerNorm, and hidden_states[i + 1] is layer i's output
+    assert aliases["lilt.encoder.layer.1"] == "lilt.encoder.layer.1.output.LayerNorm"
+    assert aliases["outputs.hidden_states.2"] == "lilt.encoder.layer.1.output.LayerNorm"
 
 
 def test_compare_identical_passes_and_perturbed_fails_naming_the_tensor(lilt_case, tmp_path):
@@ -376,5 +387,5 @@ def test_read_rejects_non_golden_files(tmp_path):
     with pytest.raises(FileNotFoundError):
         golden.read(tmp_path / "nope.safetensors")
     (tmp_path / "x.safetensors").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="not a readable safetensors"):
+    with pytest.raises(CheckpointError, match="x.safetensors.*truncated"):
         golden.read(tmp_path / "x.safetensors")
