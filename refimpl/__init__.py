@@ -63,20 +63,26 @@ def model_class(name: str):
 
 
 def architecture_of(path: str | os.PathLike) -> str:
-    """The architecture ``from_pretrained`` would build for a checkpoint directory."""
-    from .config import read_config_json
+    """The architecture ``from_pretrained`` would build for a checkpoint directory.
+
+    Raises:
+        refimpl.config.ConfigError: (a ``CheckpointError``, so a ``ValueError``) naming
+            ``config.json`` and the field, for an architecture or model type refimpl lacks.
+    """
+    from .config import ConfigError, _config_path, read_config_json
 
     d = read_config_json(path)
+    where = _config_path(path)
     archs = d.get("architectures") or []
     if archs:
         if archs[0] not in SUPPORTED_ARCHITECTURES:
-            raise ValueError(
-                f"config.architectures[0] = {archs[0]!r} is not supported; supported: {sorted(SUPPORTED_ARCHITECTURES)}"
+            raise ConfigError(
+                f"{where}: architectures[0] = {archs[0]!r} is not supported; supported: {sorted(SUPPORTED_ARCHITECTURES)}"
             )
         return archs[0]
     mt = d.get("model_type")
     if mt not in BASE_MODELS:
-        raise ValueError(f"config.model_type = {mt!r} is not supported; supported: {sorted(BASE_MODELS)}")
+        raise ConfigError(f"{where}: model_type = {mt!r} is not supported; supported: {sorted(BASE_MODELS)}")
     return BASE_MODELS[mt]
 
 

@@ -145,6 +145,18 @@ def _batched(enc: Any) -> dict[str, np.ndarray]:
     return out
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _need_type(value: Any, field: str, ok: Callable[[Any], bool], want: str) -> None:
+    """Raise :class:`CliError` naming the case field unless ``ok(value)``."""
+    if not ok(value):
+        from .files import short_repr
+
+        raise CliError(f"case field {field!r} must be {want}, got {short_repr(value)}")
+
+
 def encode_case(case: dict[str, Any], checkpoint: str, model_type: str, base_dir: str, tok: Any = None):
     """Turn one JSON case into forward keywords with the checkpoint's tokenizer.
 
@@ -164,6 +176,28 @@ def encode_case(case: dict[str, Any], checkpoint: str, model_type: str, base_dir
             if key not in case:
                 raise CliError(f"LiLT case needs {key!r} (has {sorted(case)})")
         words, boxes = case["words"], case["boxes"]
+        _need_type(
+            words,
+            "words",
+            lambda v: isinstance(v, list) and all(isinstance(w, str) for w in v),
+            "a list of strings",
+        )
+        _need_type(
+            boxes,
+            "boxes",
+            lambda v: (
+                isinstance(v, list)
+                and all(isinstance(b, list) and len(b) == 4 and all(_is_int(c) for c in b) for b in v)
+            ),
+            "a list of [x0, y0, x1, y1] integer lists",
+        )
+        _need_type(case.get("question"), "question", lambda v: v is None or isinstance(v, str), "a string")
+        _need_type(
+            case.get("labels"),
+            "labels",
+            lambda v: v is None or (isinstance(v, list) and all(_is_int(x) for x in v)),
+            "a list of integers",
+        )
         if len(words) != len(boxes):
             raise CliError(f"LiLT case: {len(words)} words but {len(boxes)} boxes")
         kwargs: dict[str, Any] = {"boxes": boxes}
@@ -178,6 +212,8 @@ def encode_case(case: dict[str, Any], checkpoint: str, model_type: str, base_dir
         for key in ("question", "features", "boxes"):
             if key not in case:
                 raise CliError(f"LXMERT case needs {key!r} (has {sorted(case)})")
+        for key in ("question", "features", "boxes"):
+            _need_type(case[key], key, lambda v: isinstance(v, str), "a string")
         feats = _load_npy(os.path.join(base_dir, case["features"]), "features file")
         boxes = _load_npy(os.path.join(base_dir, case["boxes"]), "boxes file")
         feats = feats[None] if feats.ndim == 2 else feats

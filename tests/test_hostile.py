@@ -473,3 +473,37 @@ def test_safetensors_offsets_gap_and_out_of_order_are_refused(tmp_path):
     path.write_bytes(st_bytes(backwards, b"\0"))
     with pytest.raises(CheckpointError, match="data_offsets"):
         W.read_safetensors(path)
+
+
+@pytest.mark.parametrize(
+    "case, field",
+    [
+        ({"words": ["a", 3], "boxes": [[0, 0, 1, 1], [0, 0, 1, 1]]}, "words"),
+        ({"words": ["a"], "boxes": [[0, 0, 1]]}, "boxes"),
+        ({"words": ["a"], "boxes": [[0, 0, 1, 1.5]]}, "boxes"),
+        ({"words": ["a"], "boxes": [[0, 0, 1, 1]], "question": 7}, "question"),
+        ({"words": ["a"], "boxes": [[0, 0, 1, 1]], "labels": ["x"]}, "labels"),
+    ],
+)
+def test_inputs_case_fields_of_the_wrong_type_are_named(tmp_path, capsys, case, field):
+    from refimpl.cli import main
+    from refimpl.data import path
+
+    f = tmp_path / "case.json"
+    f.write_text(json.dumps(case))
+    rc = main(["golden", path("lilt-tiny"), "--inputs", str(f), "--out", str(tmp_path / "o.safetensors")])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"case field {field!r}" in err
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_unsupported_architecture_is_a_config_error_naming_the_file(tmp_path):
+    import refimpl
+    from refimpl.config import ConfigError
+
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "model_type": "bert"}))
+    with pytest.raises(ConfigError, match=r"config\.json: architectures\[0\] = 'BertModel'"):
+        refimpl.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(refimpl.CheckpointError, match=r"config\.json: model_type = 'bert'"):
+        refimpl.architecture_of(tmp_path)
