@@ -28,12 +28,20 @@ How it measures:
   page of every weight (memory-mapped weights become resident, as torch's are), read
   ``VmRSS``, reset the high-water mark (``echo 5 > /proc/self/clear_refs``), run one
   forward, read ``VmHWM``: the extra memory one forward needs.
-* Every worker calls ``refimpl.backend.tune_allocator()`` (glibc keeps freed memory instead
-  of unmapping it), so neither library pays page faults the other avoids.
-* NumPy's OpenBLAS gets ``OPENBLAS_THREAD_TIMEOUT=4`` (unless already set): its idle threads
-  sleep right after a GEMM instead of spinning, which would steal the second core from the
-  elementwise work that follows (about 10% of a LiLT forward at 2 threads). Only OpenBLAS
-  reads it; torch runs at its defaults.
+* **Two rows per case** (``SETTINGS``), never one side tuned only: ``defaults`` runs each
+  library as a user gets it (tuning variables such as ``OPENBLAS_THREAD_TIMEOUT`` or
+  ``OMP_WAIT_POLICY`` are removed from the worker's environment; only the thread count is
+  set, for both); ``tuned`` gives both ``refimpl.backend.tune_allocator()`` (process-wide
+  glibc settings), ours ``refimpl.backend.quiet_blas_threads()`` and torch the OpenMP
+  settings of its CPU performance guide (``TORCH_TUNED_ENV``, or ``--torch-tuned-env``).
+* Memory runs call ``tune_allocator()`` for both.
+
+``--sweep`` runs the issue-16 table instead (``sweep.py``: LiLT 1x/8x {64..512}, LXMERT
+b1/8/32/64; f32 and f64 on every core, f32 on one thread; both settings), as medians of
+paired ratios with their min-max, into ``sweep.json`` and ``sweep.md``. It prints its
+estimated time first; ``--cases lilt:1x512,lxmert:b32``, ``--configs f32``, ``--settings
+defaults``, ``--quick`` (3 repeats) or ``--repeats N`` make it fit a budget, ``--dry-run``
+prints the plan only.
 """
 
 from __future__ import annotations

@@ -369,12 +369,23 @@ def masked_softmax(scores, additive_mask=None):
     if additive_mask is not None:
         mask = additive_mask.reshape((1,) * (4 - additive_mask.ndim) + additive_mask.shape)  # 4-D
 
-    def block(start, stop):  # slabs [start, stop) = (batch, head) pairs in row-major order
-        if mask is not None:
-            for i in range(start // h, (stop - 1) // h + 1):  # each batch item the block touches
-                h0, h1 = max(start - i * h, 0), min(stop - i * h, h)
+    def add_mask(start, stop):  # slabs [start, stop) = (batch, head) pairs in row-major order
+        pos = start
+        while pos < stop:  # at most three steps: a partial item, whole items, a partial item
+            i, h0 = divmod(pos, h)
+            h1 = min(stop - i * h, h)
+            if h0 == 0 and h1 == h:  # whole batch items [i, j): one broadcast add
+                j = stop // h
+                scores[i:j] += mask[i:j] if mask.shape[0] > 1 else mask
+                pos = j * h
+            else:
                 m = mask[i if mask.shape[0] > 1 else 0]  # [1 or h, 1 or q, k]
                 scores[i, h0:h1] += m[h0:h1] if m.shape[0] > 1 else m
+                pos = i * h + h1
+
+    def block(start, stop):
+        if mask is not None:
+            add_mask(start, stop)
         _softmax_block(xp, slabs[start:stop])
 
     _row_blocks(block, b * h, q * k * scores.itemsize)

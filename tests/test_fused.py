@@ -152,6 +152,9 @@ def test_linear_add_layer_norm_equals_plain_twin(threads, dtype):
         ((3, 12, 20, 36), (3, 1, 1, 36)),
         ((2, 4, 200, 300), (2, 1, 200, 300)),
         ((1, 12, 64, 64), (1, 1, 1, 64)),
+        ((5, 12, 64, 100), (1, 1, 1, 100)),  # blocks of 20 slabs cross batch items; batch-broadcast mask
+        ((5, 12, 64, 100), (5, 12, 64, 100)),  # a full mask, per head
+
     ],
 )
 @pytest.mark.parametrize("masked", [True, False])
