@@ -32,8 +32,9 @@ How it measures:
   library as a user gets it (tuning variables such as ``OPENBLAS_THREAD_TIMEOUT`` or
   ``OMP_WAIT_POLICY`` are removed from the worker's environment; only the thread count is
   set, for both); ``tuned`` gives both ``refimpl.backend.tune_allocator()`` (process-wide
-  glibc settings), ours ``refimpl.backend.quiet_blas_threads()`` and torch the OpenMP
-  settings of its CPU performance guide (``TORCH_TUNED_ENV``, or ``--torch-tuned-env``).
+  glibc settings, torch's guide's allocator advice), ours also
+  ``refimpl.backend.quiet_blas_threads()``, torch ``TORCH_TUNED_ENV`` (see there why it is
+  empty by default; ``--torch-tuned-env`` sets it).
 * Memory runs call ``tune_allocator()`` for both.
 
 ``--sweep`` runs the issue-16 table instead (``sweep.py``: LiLT 1x/8x {64..512}, LXMERT
@@ -80,10 +81,14 @@ TUNING_VARS = (
     "MALLOC_TRIM_THRESHOLD_", "LD_PRELOAD",
 )  # fmt: skip
 
-#: torch's tuning from its CPU performance guide (GNU OpenMP, which the CPU wheel uses):
-#: threads bound to cores, static schedule; its allocator gets ``tune_allocator()`` (the
-#: process-wide glibc settings) in the worker. Override with ``--torch-tuned-env``.
-TORCH_TUNED_ENV = {"OMP_PROC_BIND": "close", "OMP_PLACES": "cores", "OMP_SCHEDULE": "static"}
+#: torch's tuned environment beyond ``tune_allocator()`` (its guide's allocator advice, applied
+#: process-wide in the worker) and the thread count (set for both). Empty by default: the
+#: guide's thread binding (``OMP_PROC_BIND=close OMP_PLACES=cores``) makes libgomp pin the
+#: process's main thread to core 0 when torch is imported (``os.sched_getaffinity(0)`` goes
+#: from {0, 1} to {0}), and every thread NumPy or refimpl starts afterwards inherits that
+#: mask: in a shared process it tunes torch by starving the other library (ours/torch went
+#: from about 1.7 to 7.5 at LiLT 1x64). Try other settings with ``--torch-tuned-env``.
+TORCH_TUNED_ENV: dict = {}
 
 CASES = {
     # name: (model, batch, seq, boxes)
@@ -639,7 +644,7 @@ def to_markdown(results: dict) -> str:
         f"| versions | Python {m['python']}, NumPy {m['numpy']}, torch {m['torch']}, transformers {m['transformers']} |",
         "| settings | **defaults**: both libraries as a user gets them (only the thread count set); **tuned**: "
         "both call `tune_allocator()`, ours `quiet_blas_threads()`, torch "
-        f"`{' '.join(f'{k}={v}' for k, v in m['torch_tuned_env'].items())}` |",
+        f"`{' '.join(f'{k}={v}' for k, v in m['torch_tuned_env'].items()) or 'no extra environment'}` |",
         f"| platform | {m['platform']} |",
         f"| load average at start | {load_avg} |",
         "",

@@ -204,7 +204,7 @@ def to_markdown(results: dict, reps: int) -> str:
         f"Each cell: median of {reps} paired ratios ours_i / torch_i (ours and torch alternating in one "
         "process, after two warm-ups each), with the min-max of the ratios. Below 1: ours is faster. "
         "**defaults**: both libraries as a user gets them (only the thread count set, for both). "
-        f"**tuned**: both `tune_allocator()`; ours `quiet_blas_threads()`; torch `{tuned_env}`.",
+        f"**tuned**: both `tune_allocator()`; ours `quiet_blas_threads()`; torch `{tuned_env or 'no extra environment'}`.",
     ]
     by_setting: dict = {}
     for w in results["workers"]:
