@@ -402,8 +402,10 @@ def machine_info(threads: list[int]) -> dict:
         from threadpoolctl import threadpool_info
 
         pools = [
-            f"{p['internal_api']} {p['version']} {p.get('architecture') or ''} kernel, "
-            f"{p.get('threading_layer', '')} ({p['num_threads']} threads)"
+            f"{p['internal_api']} {p['version'] or ''}"
+            + (f" {p['architecture']} kernel" if p.get("architecture") else "")
+            + (f", {p['threading_layer']}" if p.get("threading_layer") else "")
+            + f" ({p['num_threads']} threads)"
             for p in threadpool_info()
         ]
         blas += "; runtime: " + ", ".join(pools)
@@ -419,6 +421,11 @@ def machine_info(threads: list[int]) -> dict:
         "transformers": transformers.__version__,
         "blas": blas,
         "torch_parallel": torch.__config__.parallel_info().splitlines()[0:3],
+        "torch_blas": [
+            line.strip()
+            for line in torch.__config__.parallel_info().splitlines()
+            if "Math Kernel" in line or line.startswith("OpenMP") or "MKL-DNN" in line
+        ],
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "platform": platform.platform(),
         "load_average_at_start": os.getloadavg(),

@@ -197,7 +197,7 @@ def to_markdown(results: dict, reps: int) -> str:
         "|---|---|",
         f"| CPU | {m['cpu']} ({m['cores']} cores available) |",
         f"| BLAS | {m['blas']} |",
-        f"| torch | {' / '.join(x.strip() for x in m['torch_parallel'])} |",
+        f"| torch's BLAS and threads | {'; '.join(m.get('torch_blas', []))} |",
         f"| versions | Python {m['python']}, NumPy {m['numpy']}, torch {m['torch']}, transformers {m['transformers']} |",
         f"| platform | {m['platform']}; load average at start {m['load_average_at_start'][0]:.1f} |",
         "",

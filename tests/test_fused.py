@@ -154,7 +154,6 @@ def test_linear_add_layer_norm_equals_plain_twin(threads, dtype):
         ((1, 12, 64, 64), (1, 1, 1, 64)),
         ((5, 12, 64, 100), (1, 1, 1, 100)),  # blocks of 20 slabs cross batch items; batch-broadcast mask
         ((5, 12, 64, 100), (5, 12, 64, 100)),  # a full mask, per head
-
     ],
 )
 @pytest.mark.parametrize("masked", [True, False])
