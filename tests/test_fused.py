@@ -118,6 +118,10 @@ def test_add_layer_norm_equals_plain_twin(threads, dtype):
     np.testing.assert_array_equal(
         _fused.add_layer_norm(x, res, g, b, 1e-5), one_pass_layer_norm(x + res, g, b, 1e-5)
     )
+    shared = res[:1]  # [1, 300, 768]: one residual broadcast over the batch
+    np.testing.assert_array_equal(
+        _fused.add_layer_norm(x, shared, g, b, 1e-5), one_pass_layer_norm(x + shared, g, b, 1e-5)
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
