@@ -263,7 +263,8 @@ def layer_norm_rows(x, weight, bias, eps: float, out=None, *, add=()):
         return out
     rows_out = out.reshape(-1, d)  # [r, d], a view
     rows_x = x.reshape(-1, d)
-    rows_add = [a.reshape(-1, d) if a.ndim > 1 and a.shape[:-1] == x.shape[:-1] else a for a in add]
+    # [d] terms broadcast over every row; any other shape is broadcast to x's and seen as rows
+    rows_add = [a if a.ndim <= 1 else xp.broadcast_to(a, x.shape).reshape(-1, d) for a in add]
 
     def block(start, stop):
         y = rows_out[start:stop]  # [r, d]
