@@ -402,7 +402,8 @@ def machine_info(threads: list[int]) -> dict:
         from threadpoolctl import threadpool_info
 
         pools = [
-            f"{p['internal_api']} {p['version'] or ''}"
+            p["internal_api"]
+            + (f" {p['version']}" if p.get("version") else "")
             + (f" {p['architecture']} kernel" if p.get("architecture") else "")
             + (f", {p['threading_layer']}" if p.get("threading_layer") else "")
             + f" ({p['num_threads']} threads)"
