@@ -184,14 +184,94 @@ def layer_norm_case(rng, dtype) -> None:
     )
 
 
+def paired_ms(a, b, reps: int = 15) -> tuple[float, float, float, float]:
+    """Wall-clock medians (ms) of ``a`` and ``b`` run alternately, and the median / max of the
+    paired ratios ``a_i / b_i`` (threaded ops: CPU time would add the threads up)."""
+    a(), b()
+    ta, tb = [], []
+    for i in range(reps):
+        for f, ts in ((a, ta), (b, tb)) if i % 2 == 0 else ((b, tb), (a, ta)):
+            t0 = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t0)
+    ratios = [x / y for x, y in zip(ta, tb, strict=True)]
+    return 1e3 * float(np.median(ta)), 1e3 * float(np.median(tb)), float(np.median(ratios)), max(ratios)
+
+
+def fused_vs_plain() -> None:
+    """Each fused kernel of refimpl._fused against its plain twin, at LXMERT b32 / LiLT 1x512 shapes."""
+    from refimpl import _fused, attention
+
+    rng = np.random.default_rng(0)
+    print(f"== fused kernels vs plain twins (wall ms, paired medians; {backend.num_threads()} host threads)")
+
+    def run_dtype(dtype):
+        name = np.dtype(dtype).name
+        x = rng.standard_normal((640, 768)).astype(dtype)
+        w, bias = (
+            (0.03 * rng.standard_normal((3072, 768))).astype(dtype),
+            rng.standard_normal(3072).astype(dtype),
+        )
+        h = rng.standard_normal((640, 3072)).astype(dtype)
+        w2, b2 = (
+            (0.02 * rng.standard_normal((768, 3072))).astype(dtype),
+            rng.standard_normal(768).astype(dtype),
+        )
+        g, b = (1 + 0.1 * rng.standard_normal(768)).astype(dtype), rng.standard_normal(768).astype(dtype)
+
+        def plain_add_norm():
+            y = ops.linear(h, w2, b2)
+            y += x
+            return ops.layer_norm(y, g, b, 1e-12, out=y)
+
+        cases = {
+            "linear_gelu [640,768]->[640,3072]": (
+                lambda: _fused.linear_gelu(x, w, bias),
+                lambda: ops.gelu(ops.linear(x, w, bias)),
+            ),
+            "linear_add_layer_norm [640,3072]->[640,768]": (
+                lambda: _fused.linear_add_layer_norm(h, w2, b2, x, g, b, 1e-12),
+                plain_add_norm,
+            ),
+        }
+        for shape, mshape in (((32, 12, 20, 36), (32, 1, 1, 36)), ((1, 12, 512, 512), (1, 1, 1, 512))):
+            s0 = rng.standard_normal(shape).astype(dtype)
+            mask = np.zeros(mshape, dtype)
+            mask[..., -3:] = np.finfo(dtype).min  # some padded keys
+            zero = np.zeros(mshape, dtype)
+            work = s0.copy()
+            for label, m in (("masked", mask), ("all-zero mask", zero)):
+                cases[f"masked_softmax {list(shape)} {label}"] = (
+                    lambda m=m, s0=s0, work=work: _fused.masked_softmax(np.copyto(work, s0) or work, m),
+                    lambda m=m, s0=s0, work=work: attention.attention_probs(np.copyto(work, s0) or work, m),
+                )
+            v = rng.standard_normal(shape[:3][:2] + (shape[3], 64)).astype(dtype)
+            cases[f"attention_context {list(shape)}"] = (
+                lambda p=s0, v=v: _fused.attention_context(p, v),
+                lambda p=s0, v=v: attention.merge_heads(np.matmul(p, v)),
+            )
+        for label, (fused, plain) in cases.items():
+            tf, tp, r, rmax = paired_ms(fused, plain)
+            print(
+                f"{name} {label}: fused {tf:.2f} ms, plain {tp:.2f} ms, fused/plain {r:.2f} (max {rmax:.2f})"
+            )
+
+    for dtype in (np.float32, np.float64):
+        run_dtype(dtype)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--exhaustive-float32", action="store_true", help="check erf on every float32 in [0, 6.5]")
     p.add_argument("--no-tune", action="store_true", help="leave glibc malloc settings alone")
+    p.add_argument("--fused", action="store_true", help="only: each fused kernel vs its plain twin")
     args = p.parse_args()
     if not args.no_tune:
         backend.tune_allocator()
     print(f"numpy {np.__version__}")
+    if args.fused:
+        fused_vs_plain()
+        return
     erf_accuracy(args.exhaustive_float32)
     erf_speed()
     ops_vs_torch()

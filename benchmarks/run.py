@@ -21,19 +21,28 @@ How it measures:
 * **Threads**: each thread count in ``--threads`` (default: every core, then 1) is used by both
   libraries: ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` and ``MKL_NUM_THREADS`` are set
   before NumPy / torch are imported, and ``torch.set_num_threads`` gets the same number.
-* **Time**: one process per (case, thread count) loads every variant (ours / torch, float32 /
+* **Time**: one process per (case, thread count, setting) loads every variant (ours / torch, float32 /
   float64), warms each up twice, then runs them in turn, ``ours, torch, ours, torch, ...``,
   so background load on a shared machine hits both alike. Medians are reported.
 * **Peak memory**: one process per (case, implementation, dtype): load, read one value per
   page of every weight (memory-mapped weights become resident, as torch's are), read
   ``VmRSS``, reset the high-water mark (``echo 5 > /proc/self/clear_refs``), run one
   forward, read ``VmHWM``: the extra memory one forward needs.
-* Every worker calls ``refimpl.backend.tune_allocator()`` (glibc keeps freed memory instead
-  of unmapping it), so neither library pays page faults the other avoids.
-* NumPy's OpenBLAS gets ``OPENBLAS_THREAD_TIMEOUT=4`` (unless already set): its idle threads
-  sleep right after a GEMM instead of spinning, which would steal the second core from the
-  elementwise work that follows (about 10% of a LiLT forward at 2 threads). Only OpenBLAS
-  reads it; torch runs at its defaults.
+* **Two rows per case** (``SETTINGS``), never one side tuned only: ``defaults`` runs each
+  library as a user gets it (tuning variables such as ``OPENBLAS_THREAD_TIMEOUT`` or
+  ``OMP_WAIT_POLICY`` are removed from the worker's environment; only the thread count is
+  set, for both); ``tuned`` gives both ``refimpl.backend.tune_allocator()`` (process-wide
+  glibc settings, torch's guide's allocator advice), ours also
+  ``refimpl.backend.quiet_blas_threads()``, torch ``TORCH_TUNED_ENV`` (see there why it is
+  empty by default; ``--torch-tuned-env`` sets it).
+* Memory runs call ``tune_allocator()`` for both.
+
+``--sweep`` runs the issue-16 table instead (``sweep.py``: LiLT 1x/8x {64..512}, LXMERT
+b1/8/32/64; f32 and f64 on every core, f32 on one thread; both settings), as medians of
+paired ratios with their min-max, into ``sweep.json`` and ``sweep.md``. It prints its
+estimated time first; ``--cases lilt:1x512,lxmert:b32``, ``--configs f32``, ``--settings
+defaults``, ``--quick`` (3 repeats) or ``--repeats N`` make it fit a budget, ``--dry-run``
+prints the plan only.
 """
 
 from __future__ import annotations
@@ -60,8 +69,26 @@ LXMERT_BASE = dict(
     l_layers=9, x_layers=5, r_layers=5, hidden_size=768, visual_feat_dim=2048, visual_pos_dim=4
 )
 
-#: OpenBLAS parks idle threads after 2^4 cycles (its minimum) instead of 2^28 (default).
-OPENBLAS_THREAD_TIMEOUT = "4"
+#: The two rows of every case. ``defaults``: each library as a user gets it (only the thread
+#: count is set, for both). ``tuned``: each library with its documented tuning, both at once.
+SETTINGS = ("defaults", "tuned")
+
+#: Environment variables that change either library's threading or allocation; a ``defaults``
+#: worker runs without them (a ``tuned`` one gets TORCH_TUNED_ENV and our helpers instead).
+TUNING_VARS = (
+    "OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY", "OMP_PROC_BIND", "OMP_PLACES", "OMP_SCHEDULE",
+    "GOMP_SPINCOUNT", "GOMP_CPU_AFFINITY", "KMP_BLOCKTIME", "KMP_AFFINITY", "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_", "LD_PRELOAD",
+)  # fmt: skip
+
+#: torch's tuned environment beyond ``tune_allocator()`` (its guide's allocator advice, applied
+#: process-wide in the worker) and the thread count (set for both). Empty by default: the
+#: guide's thread binding (``OMP_PROC_BIND=close OMP_PLACES=cores``) makes libgomp pin the
+#: process's main thread to core 0 when torch is imported (``os.sched_getaffinity(0)`` goes
+#: from {0, 1} to {0}), and every thread NumPy or refimpl starts afterwards inherits that
+#: mask: in a shared process it tunes torch by starving the other library (ours/torch went
+#: from about 1.7 to 7.5 at LiLT 1x64). Try other settings with ``--torch-tuned-env``.
+TORCH_TUNED_ENV: dict = {}
 
 CASES = {
     # name: (model, batch, seq, boxes)
@@ -145,10 +172,15 @@ def load_model(impl: str, case: str, dtype: str, device: str, path: str, threads
     """Load one implementation and return ``(model, forward)``; ``forward()`` runs the case's
     inputs and returns the main output (LiLT ``last_hidden_state``, LXMERT ``language_output``)
     as a host NumPy array, synchronising the device first."""
-    from refimpl import backend
-
     model_name, batch, seq, boxes = CASES[case]
-    inputs = make_inputs(model_name, batch, seq, boxes)
+    model = load_impl(impl, model_name, dtype, device, path, threads)
+    return model, make_forward(
+        impl, model, model_name, dtype, device, make_inputs(model_name, batch, seq, boxes)
+    )
+
+
+def load_impl(impl: str, model_name: str, dtype: str, device: str, path: str, threads: int):
+    """Load ours (``refimpl.from_pretrained``) or the oracle's model from ``path``."""
     if impl == "torch":
         import torch
         import transformers
@@ -156,7 +188,20 @@ def load_model(impl: str, case: str, dtype: str, device: str, path: str, threads
         torch.set_num_threads(threads)
         cls = transformers.LiltModel if model_name == "lilt" else transformers.LxmertModel
         tdtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
-        model = cls.from_pretrained(path, dtype=tdtype).eval().to(device)
+        return cls.from_pretrained(path, dtype=tdtype).eval().to(device)
+    import refimpl
+
+    return refimpl.from_pretrained(path, dtype=dtype, device=device)
+
+
+def make_forward(impl: str, model, model_name: str, dtype: str, device: str, inputs: dict):
+    """A no-argument forward of ``model`` on ``inputs`` that returns the main output on the host."""
+    from refimpl import backend
+
+    if impl == "torch":
+        import torch
+
+        tdtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
         tin = {k: torch.from_numpy(v).to(device) for k, v in inputs.items()}
         tin = {k: (v.to(tdtype) if v.is_floating_point() else v) for k, v in tin.items()}
         sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -167,11 +212,8 @@ def load_model(impl: str, case: str, dtype: str, device: str, path: str, threads
             sync()
             return out.cpu().numpy()
 
-        return model, forward
+        return forward
 
-    import refimpl
-
-    model = refimpl.from_pretrained(path, dtype=dtype, device=device)
     rin = {k: (v.astype(dtype) if v.dtype.kind == "f" else v) for k, v in inputs.items()}
     rin = {k: backend.to_device(v, device) for k, v in rin.items()}
     sync = backend.cupy().cuda.Device().synchronize if device == "cuda" else (lambda: None)
@@ -181,7 +223,22 @@ def load_model(impl: str, case: str, dtype: str, device: str, path: str, threads
         sync()
         return backend.to_numpy(out)
 
-    return model, forward
+    return forward
+
+
+def apply_setting(setting: str) -> dict:
+    """Apply the in-process part of a row's setting (see :data:`SETTINGS`); returns what was done.
+
+    ``defaults``: nothing. ``tuned``: ``refimpl.backend.tune_allocator()`` (glibc keeps freed
+    memory: process-wide, so torch gets it too) and ``refimpl.backend.quiet_blas_threads()``
+    (NumPy's OpenBLAS workers sleep after each GEMM); torch's OpenMP settings come from the
+    environment the parent gave this process (:data:`TORCH_TUNED_ENV`).
+    """
+    from refimpl import backend
+
+    if setting == "defaults":
+        return {}
+    return {"tune_allocator": backend.tune_allocator(), "quiet_blas_threads": backend.quiet_blas_threads()}
 
 
 def memory_worker(spec: dict) -> dict:
@@ -219,9 +276,7 @@ def timing_worker(spec: dict) -> dict:
     """
     import numpy as np
 
-    from refimpl import backend
-
-    backend.tune_allocator()
+    applied = apply_setting(spec.get("setting", "tuned"))
     runs = []
     for impl, dtype in spec["variants"]:
         _, forward = load_model(impl, spec["case"], dtype, spec["device"], spec["path"], spec["threads"])
@@ -233,7 +288,7 @@ def timing_worker(spec: dict) -> dict:
             t = time.perf_counter()
             forward()
             times.append(time.perf_counter() - t)
-    result = dict(spec, load_average=os.getloadavg())
+    result = dict(spec, load_average=os.getloadavg(), applied=applied)
     result["timings"] = [
         {
             "impl": impl,
@@ -347,7 +402,12 @@ def machine_info(threads: list[int]) -> dict:
         from threadpoolctl import threadpool_info
 
         pools = [
-            f"{p['internal_api']} {p['version']} ({p['num_threads']} threads)" for p in threadpool_info()
+            p["internal_api"]
+            + (f" {p['version']}" if p.get("version") else "")
+            + (f" {p['architecture']} kernel" if p.get("architecture") else "")
+            + (f", {p['threading_layer']}" if p.get("threading_layer") else "")
+            + f" ({p['num_threads']} threads)"
+            for p in threadpool_info()
         ]
         blas += "; runtime: " + ", ".join(pools)
     except ImportError:
@@ -362,10 +422,15 @@ def machine_info(threads: list[int]) -> dict:
         "transformers": transformers.__version__,
         "blas": blas,
         "torch_parallel": torch.__config__.parallel_info().splitlines()[0:3],
+        "torch_blas": [
+            line.strip()
+            for line in torch.__config__.parallel_info().splitlines()
+            if "Math Kernel" in line or line.startswith("OpenMP") or "MKL-DNN" in line
+        ],
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "platform": platform.platform(),
         "load_average_at_start": os.getloadavg(),
-        "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT", OPENBLAS_THREAD_TIMEOUT),
+        "torch_tuned_env": TORCH_TUNED_ENV,
     }
 
 
@@ -383,15 +448,37 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=HERE, help="directory for results.json / results.md")
     parser.add_argument("--checkpoints", help="keep (and reuse) the built checkpoints in this directory")
     parser.add_argument("--only", help="comma-separated subset of: lilt, lxmert, load")
+    parser.add_argument("--sweep", action="store_true", help="run the issue-16 sweep (see sweep.py)")
+    parser.add_argument("--cases", help="sweep subset, e.g. lilt:1x512,lxmert:b32 (or lilt, lxmert)")
+    parser.add_argument("--configs", help="sweep subset of f32,f64,f32x1 (default: all)")
+    parser.add_argument("--settings", help="sweep subset of defaults,tuned (default: both)")
+    parser.add_argument("--repeats", type=int, help="sweep: paired repeats per shape (default 7, --quick 3)")
+    parser.add_argument("--dry-run", action="store_true", help="sweep: print the plan and estimate only")
+    parser.add_argument(
+        "--torch-tuned-env", help="torch's tuned settings as KEY=VAL,... (default: TORCH_TUNED_ENV)"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
         sys.path.insert(0, ROOT)
+        sys.path.insert(0, HERE)
         spec = json.loads(args.worker)
+        if spec["kind"] == "sweep":
+            from sweep import sweep_worker
+
+            print(json.dumps(sweep_worker(spec)))
+            return 0
         run = {"load": load_worker, "memory": memory_worker, "timing": timing_worker}[spec["kind"]]
         print(json.dumps(run(spec)))
         return 0
+
+    if args.sweep:
+        sys.path.insert(0, ROOT)
+        sys.path.insert(0, HERE)
+        from sweep import run_sweep
+
+        return run_sweep(args, cores, args.out)
 
     repeats = 3 if args.quick else 10
     thread_counts = [int(t) for t in args.threads.split(",")]
@@ -425,11 +512,26 @@ def main(argv=None) -> int:
                 spec = dict(common, kind="memory", impl=impl, dtype=dtype, out=out)
                 results["memory"].append(run_worker(spec, env))
             for threads in thread_counts:
-                spec = dict(common, kind="timing", threads=threads, variants=variants, repeats=repeats)
-                results["timing"].append(run_worker(spec, _env(threads)))
+                for setting in SETTINGS:
+                    spec = dict(
+                        common,
+                        kind="timing",
+                        threads=threads,
+                        variants=variants,
+                        repeats=repeats,
+                        setting=setting,
+                    )
+                    results["timing"].append(run_worker(spec, _env(threads, setting)))
             if gpu:
                 gpu_variants = [("ours", "float32"), ("torch", "float32")]
-                spec = dict(common, kind="timing", case=case + "_gpu", device="cuda", variants=gpu_variants)
+                spec = dict(
+                    common,
+                    kind="timing",
+                    case=case + "_gpu",
+                    device="cuda",
+                    variants=gpu_variants,
+                    setting="tuned",
+                )
                 results["timing"].append(run_worker(dict(spec, repeats=repeats), env))
         if "load" in only:
             spec = dict(kind="load", case="lilt", threads=thread_counts[0], path=paths["lilt"], repeats=11)
@@ -446,16 +548,14 @@ def main(argv=None) -> int:
     return 0
 
 
-def _env(threads: int) -> dict:
-    """The worker environment: ``threads`` for every BLAS / OpenMP pool, the repo importable."""
-    env = dict(os.environ)
+def _env(threads: int, setting: str = "tuned", torch_env: dict | None = None) -> dict:
+    """The worker environment: ``threads`` for every BLAS / OpenMP pool, the repo importable,
+    no tuning variable (``defaults``) or torch's tuned OpenMP settings (``tuned``)."""
+    env = {k: v for k, v in os.environ.items() if k not in TUNING_VARS}
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
-    # NumPy's OpenBLAS: idle worker threads sleep at once instead of spinning for ~2^28 cycles
-    # after every GEMM (they would compete with the single-threaded elementwise work between
-    # GEMMs). Only OpenBLAS reads it; torch (MKL + OpenMP) keeps its defaults, which were its
-    # fastest here (OMP_WAIT_POLICY=PASSIVE was not faster).
-    env.setdefault("OPENBLAS_THREAD_TIMEOUT", OPENBLAS_THREAD_TIMEOUT)
+    if setting == "tuned":
+        env.update(TORCH_TUNED_ENV if torch_env is None else torch_env)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
@@ -463,6 +563,10 @@ def _env(threads: int) -> dict:
 def _one_line(r: dict) -> str:
     if "error" in r:
         return f"{r['kind']:>7} {r['case']}: ERROR {r['error']}"
+    if r["kind"] == "sweep":
+        return f"  sweep {r['model']} {r['config']} {r['setting']}: " + ", ".join(
+            f"{x['case']} {x['ratio_median']:.2f}" for x in r["rows"]
+        )
     if r["kind"] == "load":
         return f"   load {r['case']}: first {r['first_ms']:.1f} ms, warm {r['warm_ms']:.2f} ms"
     if r["kind"] == "memory":
@@ -490,6 +594,7 @@ def summarize(results: dict) -> list[dict]:
                 "device": timing["device"],
                 "dtype": dtype,
                 "threads": timing["threads"],
+                "setting": timing.get("setting", "tuned"),
                 "load_average": timing.get("load_average", [float("nan")])[0],
                 "ours_s": t["ours", dtype],
             }
@@ -515,10 +620,10 @@ def summarize(results: dict) -> list[dict]:
 
 
 TARGETS = {
-    ("lilt", "float32"): "time ratio <= 1.0, peak ratio <= 1",
-    ("lxmert", "float32"): "time ratio <= 1.1, peak ratio <= 1",
-    ("lilt", "float64"): "ours f64 <= 2.5x ours f32",
-    ("lxmert", "float64"): "ours f64 <= 2.5x ours f32",
+    ("lilt", "float32"): "time ratio <= 1.0 (<= 0.85 at defaults), peak ratio <= 1",
+    ("lxmert", "float32"): "time ratio <= 1.0, peak ratio <= 1",
+    ("lilt", "float64"): "time ratio <= 1.0, ours f64 <= 2.2x ours f32",
+    ("lxmert", "float64"): "time ratio <= 1.0, ours f64 <= 2.2x ours f32",
 }
 SHAPES = {
     "lilt": "1 x 512",
@@ -545,8 +650,9 @@ def to_markdown(results: dict) -> str:
         "(`OMP/OPENBLAS/MKL_NUM_THREADS` and `torch.set_num_threads`) |",
         f"| BLAS (NumPy) | {m['blas']} |",
         f"| versions | Python {m['python']}, NumPy {m['numpy']}, torch {m['torch']}, transformers {m['transformers']} |",
-        f"| NumPy's OpenBLAS | `OPENBLAS_THREAD_TIMEOUT={m['openblas_thread_timeout']}` (idle BLAS threads sleep "
-        "instead of spinning between GEMMs); torch at its defaults |",
+        "| settings | **defaults**: both libraries as a user gets them (only the thread count set); **tuned**: "
+        "both call `tune_allocator()`, ours `quiet_blas_threads()`, torch "
+        f"`{' '.join(f'{k}={v}' for k, v in m['torch_tuned_env'].items()) or 'no extra environment'}` |",
         f"| platform | {m['platform']} |",
         f"| load average at start | {load_avg} |",
         "",
@@ -554,16 +660,16 @@ def to_markdown(results: dict) -> str:
         "torch loaded in one process and run alternately, so both see the same background load. "
         "**Peak**: extra resident memory of one forward (`VmHWM` after `clear_refs` minus `VmRSS` with the "
         f"weights resident), each implementation in its own process, at {m['threads'][0]} thread(s). "
-        "Both call `refimpl.backend.tune_allocator()`. "
+        "Both call `refimpl.backend.tune_allocator()` in the memory runs. "
         "**Diff**: max |ours - torch| of the main output (LiLT `last_hidden_state`, LXMERT `language_output`). "
         "**Load**: the machine's 1-minute load average when that timing ended: other work on the machine "
         "(with fewer free cores than threads) moves the 2-thread ratio by several percent either way.",
         "",
         "## CPU",
         "",
-        "| model | input | dtype | threads | ours (s) | torch (s) | ours / torch | load | ours peak (MiB) "
+        "| model | input | dtype | threads | setting | ours (s) | torch (s) | ours / torch | load | ours peak (MiB) "
         "| torch peak (MiB) | peak ratio | diff | target |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results.get("rows", []):
         if row["device"] != "cpu":
@@ -572,7 +678,8 @@ def to_markdown(results: dict) -> str:
         if "f64_over_f32" in row:
             target += f" (is {row['f64_over_f32']:.2f}x)"
         lines.append(
-            f"| {row['case']} base | {SHAPES[row['case']]} | {row['dtype']} | {row['threads']} | {_f(row, 'ours_s', 3)} "
+            f"| {row['case']} base | {SHAPES[row['case']]} | {row['dtype']} | {row['threads']} | {row['setting']} "
+            f"| {_f(row, 'ours_s', 3)} "
             f"| {_f(row, 'torch_s', 3)} | {_f(row, 'time_ratio', 2)} | {_f(row, 'load_average', 1)} "
             f"| {_f(row, 'ours_peak_mib', 0)} "
             f"| {_f(row, 'torch_peak_mib', 0)} | {_f(row, 'peak_ratio', 2)} | {_e(row, 'max_abs_diff_vs_torch')} "

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 
-from . import trace
+from . import _fused, trace
 from .backend import get_namespace
 from .ops import embedding, softmax
 
@@ -44,8 +44,11 @@ __all__ = [
     "extended_attention_mask",
     "head_masks",
     "attention_scores",
+    "attention_probs_plain",
     "attention_probs",
     "apply_head_mask",
+    "attention_context_plain",
+    "attention_context",
     "scaled_dot_product_attention",
     "relative_position_embeddings",
     "relative_position_scores_query",
@@ -178,8 +181,26 @@ def attention_scores(query, key):
     return xp.matmul(query, key.swapaxes(-1, -2))
 
 
+def attention_probs_plain(scores, additive_mask=None):
+    """``softmax(scores + additive_mask)`` over the key axis, as written (the plain twin of
+    :func:`attention_probs`).
+
+    Args:
+        scores: ``[batch, heads, q_len, k_len]`` (already scaled).
+        additive_mask: ``None`` or broadcastable to ``scores`` (see :func:`extended_attention_mask`).
+
+    Returns:
+        ``[batch, heads, q_len, k_len]``, rows summing to 1.
+    """
+    return softmax(scores if additive_mask is None else scores + additive_mask, axis=-1)
+
+
 def attention_probs(scores, additive_mask=None):
-    """``softmax(scores + additive_mask)`` over the key axis.
+    """``softmax(scores + additive_mask)`` over the key axis (fused; see :func:`attention_probs_plain`).
+
+    The mask is added and the softmax taken per block of ``[batch, heads]`` slabs while they
+    are in cache, and an all-zero mask (every key kept) is skipped. Bit-identical to the plain
+    twin; ``scores`` is left as it is.
 
     Args:
         scores: ``[batch, heads, q_len, k_len]`` (already scaled).
@@ -189,10 +210,7 @@ def attention_probs(scores, additive_mask=None):
         ``[batch, heads, q_len, k_len]``, rows summing to 1. A fully masked row is uniform,
         as in the oracle.
     """
-    if additive_mask is None:
-        return softmax(scores, axis=-1)
-    masked = scores + additive_mask  # [b, n, l, r], fresh
-    return softmax(masked, axis=-1, out=masked)
+    return _fused.masked_softmax(scores, additive_mask)
 
 
 def apply_head_mask(probs, layer_head_mask=None):
@@ -205,6 +223,34 @@ def apply_head_mask(probs, layer_head_mask=None):
     if layer_head_mask is None:
         return probs
     return probs * layer_head_mask
+
+
+def attention_context_plain(probs, value):
+    """``merge_heads(probs @ value)`` as written (the plain twin of :func:`attention_context`).
+
+    Args:
+        probs: ``[batch, heads, q_len, k_len]``.
+        value: ``[batch, heads, k_len, head_size]``.
+
+    Returns:
+        ``[batch, q_len, heads * head_size]``.
+    """
+    xp = get_namespace(probs, value)
+    return merge_heads(xp.matmul(probs, value))
+
+
+def attention_context(probs, value):
+    """``merge_heads(probs @ value)`` with the batched product written straight into the merged
+    layout (fused; see :func:`attention_context_plain`): no transpose copy. Bit-identical.
+
+    Args:
+        probs: ``[batch, heads, q_len, k_len]``.
+        value: ``[batch, heads, k_len, head_size]``.
+
+    Returns:
+        ``[batch, q_len, heads * head_size]``.
+    """
+    return _fused.attention_context(probs, value)
 
 
 def scaled_dot_product_attention(query, key, value, additive_mask=None, layer_head_mask=None):
@@ -224,7 +270,6 @@ def scaled_dot_product_attention(query, key, value, additive_mask=None, layer_he
         ``(context, probs)``: ``[batch, q_len, heads * head_size]`` (heads merged) and the
         probabilities ``[batch, heads, q_len, k_len]`` after the head mask.
     """
-    xp = get_namespace(query, key, value)
     # scaled dot products: [b, n, l, d] @ [b, n, d, r] -> [b, n, l, r]
     scores = attention_scores(query, key) / math.sqrt(query.shape[-1])
     trace.record("attention_scores", scores)
@@ -232,7 +277,7 @@ def scaled_dot_product_attention(query, key, value, additive_mask=None, layer_he
     probs = apply_head_mask(attention_probs(scores, additive_mask), layer_head_mask)
     trace.record("attention_probs", probs)
     # weighted sum of the values, heads merged back: [b, n, l, d] -> [b, l, n*d]
-    context = merge_heads(xp.matmul(probs, value))
+    context = attention_context(probs, value)
     trace.record("context", context)
     return context, probs
 

@@ -33,6 +33,7 @@ __all__ = [
     "cupy",
     "cuda_available",
     "tune_allocator",
+    "quiet_blas_threads",
     "num_threads",
     "set_num_threads",
     "host_map",
@@ -143,11 +144,7 @@ def tune_allocator(mmap_threshold: int = _MAX_MMAP_THRESHOLD, trim_threshold: in
     This changes process-wide malloc settings, so the library never calls it on import:
     the CLI and the benchmarks call it, and an application may call it once at start-up.
 
-    A related setting that only the environment can make (OpenBLAS reads it when NumPy is
-    imported): ``OPENBLAS_THREAD_TIMEOUT=4`` lets NumPy's idle BLAS threads sleep right after
-    each matrix product instead of spinning, so they do not compete with the single-threaded
-    elementwise work between products (about 10% of a LiLT-base forward on 2 cores; see
-    ``benchmarks/run.py``).
+    Its companion for NumPy's BLAS threads is :func:`quiet_blas_threads`.
 
     Args:
         mmap_threshold: allocations at least this large (bytes) still use ``mmap``; at most
@@ -179,6 +176,67 @@ def tune_allocator(mmap_threshold: int = _MAX_MMAP_THRESHOLD, trim_threshold: in
     return ok_mmap and ok_trim
 
 
+def _loaded_openblas():
+    """The OpenBLAS library NumPy loaded (a ``ctypes.CDLL``), found in ``/proc/self/maps``; or None."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line}
+    except OSError:  # not Linux
+        return None
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)  # already loaded: the same handle, nothing runs
+        except OSError:
+            continue
+        if all(
+            hasattr(lib, name)
+            for name in ("openblas_read_env", "blas_thread_shutdown_", "openblas_thread_timeout")
+        ):
+            return lib
+    return None
+
+
+def quiet_blas_threads(timeout: int = 4) -> bool:
+    """Opt in to letting NumPy's idle OpenBLAS threads sleep right after each BLAS call.
+
+    After every matrix product OpenBLAS keeps its worker threads spinning for about 2^28
+    cycles (its default ``OPENBLAS_THREAD_TIMEOUT``), waiting for the next product. Between
+    two GEMMs a forward pass does elementwise work (GELU, LayerNorm, softmax) on the host
+    threads, and a spinning BLAS thread takes a core from it. With ``timeout=4`` (OpenBLAS's
+    minimum, 2^4 cycles) the workers sleep at once and wake on the next call, which costs a
+    few microseconds per GEMM. Measured on 2 cores: 5-9% off a LiLT or LXMERT base forward
+    (``benchmarks/run.py``, tuned rows).
+
+    OpenBLAS reads ``OPENBLAS_THREAD_TIMEOUT`` only when it starts its threads, so this sets
+    the variable, has OpenBLAS re-read its environment (``openblas_read_env``) and stops its
+    worker threads (``blas_thread_shutdown_``); they start again, with the new timeout, on the
+    next BLAS call. It changes process-wide state, so the library never calls it on import:
+    call it once at start-up, when no BLAS call is running on another thread (the CLI and
+    the benchmarks own their process and may). Setting ``OPENBLAS_THREAD_TIMEOUT=4`` in the
+    environment before Python starts has the same effect.
+
+    Args:
+        timeout: ``log2`` of the spin cycles, in ``[4, 30]`` (OpenBLAS clamps to this range).
+
+    Returns:
+        True when NumPy's OpenBLAS now uses ``timeout``; False when NumPy's BLAS is not a
+        (threaded) OpenBLAS that exports these functions, where it does nothing.
+
+    Raises:
+        ValueError: ``timeout`` outside ``[4, 30]``.
+    """
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or not 4 <= timeout <= 30:
+        raise ValueError(f"timeout must be an integer in [4, 30], got {timeout!r}")
+    lib = _loaded_openblas()
+    if lib is None:
+        return False
+    lib.openblas_thread_timeout.restype = ctypes.c_int
+    os.environ["OPENBLAS_THREAD_TIMEOUT"] = str(timeout)
+    lib.openblas_read_env()
+    lib.blas_thread_shutdown_()  # threads restart on the next call, reading the new timeout
+    return int(lib.openblas_thread_timeout()) == timeout
+
+
 # --------------------------------------------------------------------------------------------
 # host threads for elementwise work
 # --------------------------------------------------------------------------------------------
@@ -186,6 +244,7 @@ def tune_allocator(mmap_threshold: int = _MAX_MMAP_THRESHOLD, trim_threshold: in
 _threads: int | None = None
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
+_in_worker = threading.local()  # set in the pool's threads: a nested host_map runs inline
 
 
 def num_threads() -> int:
@@ -233,7 +292,8 @@ def host_map(fn: Callable[[Any], Any], items: Iterable[Any]) -> list:
 
     ``fn`` must write only memory that no other item writes (one chunk of an output array,
     say). Each call runs in a copy of the caller's context, so ``numpy.errstate`` applies.
-    With one thread or one item everything runs in the calling thread, in order.
+    With one thread or one item, or when called from inside another ``host_map`` item,
+    everything runs in the calling thread, in order.
 
     Args:
         fn: called once per item.
@@ -245,7 +305,7 @@ def host_map(fn: Callable[[Any], Any], items: Iterable[Any]) -> list:
     global _pool
     items = list(items)
     n = num_threads()
-    if n <= 1 or len(items) <= 1:
+    if n <= 1 or len(items) <= 1 or getattr(_in_worker, "active", False):
         return [fn(item) for item in items]
     with _pool_lock:
         if _pool is None or _pool._max_workers != n:
@@ -254,4 +314,12 @@ def host_map(fn: Callable[[Any], Any], items: Iterable[Any]) -> list:
             _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="refimpl")
         pool = _pool
     context = contextvars.copy_context()  # NumPy's errstate (a context variable) travels along
-    return list(pool.map(lambda item: context.copy().run(fn, item), items))
+
+    def run(item):
+        _in_worker.active = True
+        try:
+            return context.copy().run(fn, item)
+        finally:
+            _in_worker.active = False
+
+    return list(pool.map(run, items))

@@ -15,10 +15,9 @@ arithmetic are in :mod:`refimpl.attention`.
 from __future__ import annotations
 
 from . import trace
-from .activations import get_activation
 from .attention import scaled_dot_product_attention, split_heads
 from .backend import get_namespace
-from .ops import add_layer_norm, linear
+from .ops import add_layer_norm, linear, linear_act
 
 __all__ = ["self_attention", "add_and_norm", "intermediate", "pooler"]
 
@@ -81,6 +80,12 @@ def add_and_norm(hidden_states, input_tensor, *, dense, LayerNorm, layer_norm_ep
     return out
 
 
+def _dense_output(hidden_states, *args, dense, **kwargs):
+    """The block's ``dense`` output, recorded while tracing (the fused op never forms it alone)."""
+    return {"dense": linear(hidden_states, **dense)}
+
+
+@trace.observed_by(_dense_output)
 def intermediate(hidden_states, *, dense, hidden_act: str):
     """``act(dense(hidden_states))``: BERT's Intermediate block.
 
@@ -93,11 +98,8 @@ def intermediate(hidden_states, *, dense, hidden_act: str):
     Returns:
         ``[batch, seq, inner]``.
     """
-    # project: [b, s, f] -> [b, s, inner]
-    h = linear(hidden_states, **dense)
-    trace.record("dense", h)
-    # activation: [b, s, inner]
-    return get_activation(hidden_act)(h)
+    # act(x W^T + b): [b, s, f] -> [b, s, inner] (one fused pass for the exact GELU, see ops.linear_act)
+    return linear_act(hidden_states, **dense, hidden_act=hidden_act)
 
 
 def pooler(hidden_states, *, dense):

@@ -968,6 +968,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_tuned = False
+
+
+def _tune_process() -> None:
+    """``backend.tune_allocator()`` and ``backend.quiet_blas_threads()``, once per process."""
+    global _tuned
+    if not _tuned:
+        backend.tune_allocator()
+        backend.quiet_blas_threads()
+        _tuned = True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``refimpl`` console script; returns the exit code."""
     parser = build_parser()
@@ -976,10 +988,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     func: Callable[[argparse.Namespace], int] = args.func
-    # the command owns its process: keep freed memory for the next forward (backend.tune_allocator)
-    from .backend import tune_allocator
-
-    tune_allocator()
+    # the command owns its process: keep freed memory for the next forward, and let OpenBLAS's
+    # idle threads sleep after each product instead of taking a core from the elementwise work
+    _tune_process()
     try:
         return int(func(args) or 0)
     except KeyboardInterrupt:

@@ -122,3 +122,58 @@ def test_softmax_over_an_empty_axis_returns_it_as_torch():
     out = ops.softmax(x, axis=-1)
     assert out.shape == (2, 3, 0)
     assert torch.softmax(torch.zeros(2, 3, 0), dim=-1).shape == (2, 3, 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("mask_kind", ["none", "zeros", "padding", "full"])
+def test_attention_probs_equals_its_plain_twin_bit_for_bit(dtype, mask_kind):
+    rng = np.random.default_rng(5)
+    scores = (rng.standard_normal((3, 4, 40, 40)) * 3).astype(dtype)
+    mask = None
+    if mask_kind != "none":
+        keep = np.ones((3, 1, 1, 40), dtype) if mask_kind == "zeros" else (rng.random((3, 1, 1, 40)) > 0.3)
+        if mask_kind == "full":
+            keep = rng.random((3, 1, 40, 40)) > 0.3
+        mask = attention.extended_attention_mask(
+            keep.reshape(keep.shape[0], *keep.shape[2:]).squeeze(1)
+            if keep.shape[2] == 1
+            else keep.reshape(3, 40, 40),
+            dtype,
+        )
+    before = scores.copy()
+    fused = attention.attention_probs(scores, mask)
+    np.testing.assert_array_equal(fused, attention.attention_probs_plain(scores, mask))
+    np.testing.assert_array_equal(scores, before)
+    want = torch.softmax(torch.from_numpy(scores if mask is None else scores + mask), dim=-1)
+    np.testing.assert_allclose(fused, want.numpy(), rtol=0, atol=1e-6 if dtype == np.float32 else 1e-15)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_attention_context_equals_its_plain_twin_bit_for_bit(dtype):
+    rng = np.random.default_rng(6)
+    probs = ops.softmax(rng.standard_normal((2, 3, 7, 9)).astype(dtype))
+    value = rng.standard_normal((2, 3, 9, 8)).astype(dtype)
+    fused = attention.attention_context(probs, value)
+    np.testing.assert_array_equal(fused, attention.attention_context_plain(probs, value))
+    assert fused.shape == (2, 7, 24) and fused.flags.c_contiguous
+
+
+def test_linear_act_equals_its_plain_twin():
+    rng = np.random.default_rng(7)
+    x, w, b = rng.standard_normal((3, 50, 16)), rng.standard_normal((64, 16)), rng.standard_normal(64)
+    # float64: the same erf, bit for bit
+    np.testing.assert_array_equal(ops.linear_act(x, w, b, "gelu"), ops.linear_act_plain(x, w, b, "gelu"))
+    # float32: GELU in float32 arithmetic, within 1e-6 * max(1, |x|) of the exact GELU (torch in float64)
+    x32, w32, b32 = (a.astype(np.float32) for a in (x, w, b))
+    pre = torch.from_numpy(x32.astype(np.float64)) @ torch.from_numpy(
+        w32.astype(np.float64)
+    ).T + torch.from_numpy(b32.astype(np.float64))
+    exact = torch.nn.functional.gelu(pre).numpy()
+    got = ops.linear_act(x32, w32, b32, "gelu")
+    assert got.dtype == np.float32
+    bound = 1e-6 * np.maximum(1.0, np.abs(pre.numpy())) + 4e-6 * np.abs(
+        pre.numpy()
+    )  # + the GEMM's float32 rounding
+    assert np.all(np.abs(got - exact) <= bound)
+    # another activation runs the plain twin
+    np.testing.assert_array_equal(ops.linear_act(x, w, b, "relu"), np.maximum(x @ w.T + b, 0.0))
