@@ -46,6 +46,7 @@ __all__ = [
     "attention_scores",
     "attention_probs_plain",
     "attention_probs",
+    "attention_probs_",
     "apply_head_mask",
     "attention_context_plain",
     "attention_context",
@@ -213,6 +214,25 @@ def attention_probs(scores, additive_mask=None):
     return _fused.masked_softmax(scores, additive_mask)
 
 
+def attention_probs_(scores, additive_mask=None):
+    """``softmax(scores + additive_mask)`` computed in the memory of ``scores``, which it
+    consumes (the trailing underscore is torch's mark of an in-place op). Otherwise the same
+    fused op as :func:`attention_probs`, bit-identical to :func:`attention_probs_plain`.
+
+    For a caller whose scores are fresh and not needed again (every attention layer here: the
+    trace has already copied them): one ``[batch, heads, q_len, k_len]`` array fewer, which at
+    a 512-token page is 12.6 MB per layer in float32 and 25 MB in float64.
+
+    Args:
+        scores: ``[batch, heads, q_len, k_len]`` (already scaled), C-contiguous; overwritten.
+        additive_mask: ``None`` or broadcastable to ``scores``.
+
+    Returns:
+        ``scores``, now the probabilities.
+    """
+    return _fused.masked_softmax(scores, additive_mask, out=scores)
+
+
 def apply_head_mask(probs, layer_head_mask=None):
     """``probs * layer_head_mask`` (no-op for ``None``).
 
@@ -273,8 +293,8 @@ def scaled_dot_product_attention(query, key, value, additive_mask=None, layer_he
     # scaled dot products: [b, n, l, d] @ [b, n, d, r] -> [b, n, l, r]
     scores = attention_scores(query, key) / math.sqrt(query.shape[-1])
     trace.record("attention_scores", scores)
-    # masked keys get finfo.min, softmax over the keys, then the head mask: [b, n, l, r]
-    probs = apply_head_mask(attention_probs(scores, additive_mask), layer_head_mask)
+    # masked keys get finfo.min, softmax over the keys (in the scores' memory), then the head mask: [b, n, l, r]
+    probs = apply_head_mask(attention_probs_(scores, additive_mask), layer_head_mask)
     trace.record("attention_probs", probs)
     # weighted sum of the values, heads merged back: [b, n, l, d] -> [b, l, n*d]
     context = attention_context(probs, value)

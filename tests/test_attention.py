@@ -177,3 +177,13 @@ def test_linear_act_equals_its_plain_twin():
     assert np.all(np.abs(got - exact) <= bound)
     # another activation runs the plain twin
     np.testing.assert_array_equal(ops.linear_act(x, w, b, "relu"), np.maximum(x @ w.T + b, 0.0))
+
+
+def test_attention_probs_in_place_consumes_its_scores_and_equals_the_plain_twin():
+    rng = np.random.default_rng(8)
+    scores = rng.standard_normal((2, 3, 6, 6))
+    mask = attention.extended_attention_mask(np.array([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]]), np.float64)
+    want = attention.attention_probs_plain(scores, mask)
+    got = attention.attention_probs_(scores, mask)
+    assert got is scores  # the scores' memory now holds the probabilities
+    np.testing.assert_array_equal(got, want)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from .. import bert, trace
 from ..attention import (
     apply_head_mask,
-    attention_probs,
+    attention_probs_,
     bi_acm_contexts,
     bi_acm_scores,
     relative_position_embeddings,
@@ -114,8 +114,8 @@ def lilt_self_attention(
     scores = bi_acm_scores(query_layer, key_layer, layout_query_layer, layout_key_layer, r, relative_scores)
     trace.record("attention_scores", scores, also="layout_attention_scores")
 
-    # P = softmax(S + mask), then the head mask: [b, n, s, s]
-    probs = apply_head_mask(attention_probs(scores, attention_mask), head_mask)
+    # P = softmax(S + mask) (in the memory of S, which is not needed again), then the head mask: [b, n, s, s]
+    probs = apply_head_mask(attention_probs_(scores, attention_mask), head_mask)
     trace.record("layout_attention_probs", probs, also="attention_probs")
 
     # both streams' contexts from the shared P, heads merged: [b, s, h] and [b, s, h/r]
@@ -242,6 +242,8 @@ def lilt_encoder(
         ``hidden_states`` / ``layout_hidden_states`` (embeddings + every layer's output) and
         ``attentions`` / ``layout_attentions`` (every layer's probabilities), as tuples.
     """
+    # the per-layer tuples are kept only on request: every layer's probabilities are
+    # [b, n, s, s] each, which would otherwise stay alive for the whole forward
     all_hidden, all_layout_hidden, all_probs = [hidden_states], [layout_inputs], []
     for i in range(config.num_hidden_layers):
         with trace.scope(f"layer.{i}"):
@@ -251,9 +253,11 @@ def lilt_encoder(
             # the layer's outputs, as a hook on it sees the pair: [b, s, h], [b, s, h/r]
             trace.output(hidden_states)
             trace.record("layout", layout_inputs)
-        all_hidden.append(hidden_states)
-        all_layout_hidden.append(layout_inputs)
-        all_probs.append(probs)
+        if output_hidden_states:
+            all_hidden.append(hidden_states)
+            all_layout_hidden.append(layout_inputs)
+        if output_attentions:
+            all_probs.append(probs)
     return {
         "last_hidden_state": hidden_states,
         "layout_last_hidden_state": layout_inputs,
