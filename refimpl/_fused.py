@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 
+from . import _kernels
 from .backend import get_namespace, host_map, is_device_array, num_threads
 
 __all__ = [
@@ -80,23 +81,8 @@ def _row_blocks(fn, n_rows: int, row_bytes: int, block_bytes: int = BLOCK_BYTES)
 GELU_FLOAT32_BOUND = 1e-6
 
 _SQRT1_2 = math.sqrt(0.5)
-# Eigen's generic_fast_erf_float (the same constants as refimpl.ops), highest degree first.
-_ALPHA = (
-    -2.72614225801306e-10,
-    2.77068142495902e-08,
-    -2.10102402082508e-06,
-    -5.69250639462346e-05,
-    -7.34990630326855e-04,
-    -2.95459980854025e-03,
-    -1.60960333262415e-02,
-)
-_BETA = (
-    -1.45660718464996e-05,
-    -2.13374055278905e-04,
-    -1.68282697438203e-03,
-    -7.37332916720468e-03,
-    -1.42647390514189e-02,
-)
+# Eigen's generic_fast_erf_float, highest degree first (the constants refimpl.ops.erf uses for float32).
+_ALPHA, _BETA = _kernels.EIGEN_ALPHA, _kernels.EIGEN_BETA
 
 
 def _horner(xp, u, coefs, out):

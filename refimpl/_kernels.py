@@ -177,7 +177,7 @@ _CODY_D = (
 )
 # Eigen's generic_fast_erf_float numerator (odd: x * alpha(x^2)) and denominator beta(x^2),
 # highest degree first.
-_EIGEN_ALPHA = (
+EIGEN_ALPHA = (
     -2.72614225801306e-10,
     2.77068142495902e-08,
     -2.10102402082508e-06,
@@ -186,7 +186,7 @@ _EIGEN_ALPHA = (
     -2.95459980854025e-03,
     -1.60960333262415e-02,
 )
-_EIGEN_BETA = (
+EIGEN_BETA = (
     -1.45660718464996e-05,
     -2.13374055278905e-04,
     -1.68282697438203e-03,
@@ -246,9 +246,9 @@ def _erf_float32(xp, x, out):
     t = x.astype(xp.float64)  # [n]
     xp.clip(t, -4.0, 4.0, out=t)  # erf(4) rounds to 1 in float32; nan stays nan
     t2 = t * t
-    num = _horner(t2, _EIGEN_ALPHA)
+    num = _horner(t2, EIGEN_ALPHA)
     num *= t
-    xp.divide(num, _horner(t2, _EIGEN_BETA), out=out)  # float64 -> float32 on the way out
+    xp.divide(num, _horner(t2, EIGEN_BETA), out=out)  # float64 -> float32 on the way out
 
 
 def erf_block(xp, x, out):

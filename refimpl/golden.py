@@ -111,22 +111,7 @@ def flatten_outputs(out: Any, prefix: str = "outputs") -> dict[str, np.ndarray]:
     Args:
         out: a :class:`refimpl.outputs.ModelOutput` (or a plain mapping of field -> value).
     """
-    items = out.items() if hasattr(out, "items") else dict(out).items()
-    flat: dict[str, np.ndarray] = {}
-    for k, v in items:
-        if v is None:
-            continue
-        if isinstance(v, (tuple, list)):
-            for i, t in enumerate(v):
-                if t is not None:
-                    flat[f"{prefix}.{k}.{i}"] = _to_numpy(t)
-        elif isinstance(v, Mapping):
-            for kk, t in v.items():
-                if t is not None:
-                    flat[f"{prefix}.{k}.{kk}"] = _to_numpy(t)
-        else:
-            flat[f"{prefix}.{k}"] = _to_numpy(v)
-    return flat
+    return {name: _to_numpy(v) for name, v in _iter_outputs(out, prefix)}
 
 
 def _prepare_inputs(model: Any, inputs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
