@@ -20,6 +20,7 @@ __all__ = [
     "from_pretrained",
     "SUPPORTED_ARCHITECTURES",
     "BASE_MODELS",
+    "CheckpointError",
     "lilt",
     "lxmert",
     "data",

@@ -152,3 +152,19 @@ def test_from_pretrained_names_unknown_architectures(tmp_path):
 def test_architecture_falls_back_to_the_base_model(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "lxmert"}))
     assert refimpl.architecture_of(tmp_path) == "LxmertModel"
+
+
+def test_bare_import_reaches_the_families_lazily():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, refimpl; "
+        "assert 'refimpl.lilt' not in sys.modules and 'refimpl.lxmert' not in sys.modules; "
+        "print(refimpl.lilt.LiltModel.__name__, refimpl.lxmert.LxmertModel.__name__, "
+        "refimpl.data.path('lilt-tiny').endswith('lilt-tiny'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["LiltModel", "LxmertModel", "True"]
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        refimpl.nope  # noqa: B018
