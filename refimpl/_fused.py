@@ -187,7 +187,8 @@ def linear_gelu(x, weight, bias=None):
     xp = get_namespace(x, weight, bias)
     dtype = xp.result_type(x, weight)
     if dtype != xp.float32 or is_device_array(x):
-        return gelu(linear(x, weight, bias), out=None)
+        h = linear(x, weight, bias)  # fresh: the exact GELU in place on it, as the plain twin computes
+        return gelu(h, out=h)
     lead = x.shape[:-1]
     y = xp.matmul(x.reshape(-1, x.shape[-1]), weight.T)  # [n, in] @ [in, out] -> [n, out]
     _gelu_rows(xp, y, bias)  # + bias, GELU, in place

@@ -17,7 +17,7 @@ from __future__ import annotations
 from . import trace
 from .attention import scaled_dot_product_attention, split_heads
 from .backend import get_namespace
-from .ops import add_layer_norm, linear, linear_act
+from .ops import add_layer_norm_, linear, linear_act
 
 __all__ = ["self_attention", "add_and_norm", "intermediate", "pooler"]
 
@@ -74,8 +74,8 @@ def add_and_norm(hidden_states, input_tensor, *, dense, LayerNorm, layer_norm_ep
     # project: [b, s, in] -> [b, s, f]
     h = linear(hidden_states, **dense)
     trace.record("dense", h)
-    # residual, then normalise: [b, s, f]
-    out = add_layer_norm(h, input_tensor, **LayerNorm, eps=layer_norm_eps)
+    # residual, then normalise (in the memory of the projection, not needed again): [b, s, f]
+    out = add_layer_norm_(h, input_tensor, **LayerNorm, eps=layer_norm_eps)
     trace.record("LayerNorm", out)
     return out
 

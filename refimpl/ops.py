@@ -25,6 +25,7 @@ __all__ = [
     "linear",
     "layer_norm",
     "add_layer_norm",
+    "add_layer_norm_",
     "linear_act",
     "linear_act_plain",
     "softmax",
@@ -110,6 +111,27 @@ def add_layer_norm(x, residual, weight, bias, eps: float):
     if is_device_array(x):  # one kernel per op on the GPU: the plain twin
         return layer_norm(x + residual, weight, bias, eps)
     return _fused.add_layer_norm(x, residual, weight, bias, eps)
+
+
+def add_layer_norm_(x, residual, weight, bias, eps: float):
+    """:func:`add_layer_norm` computed in the memory of ``x``, which it consumes (the trailing
+    underscore is torch's mark of an in-place op): for a block whose projected output is fresh
+    and not needed again (BERT's output blocks; the trace has already copied it), one array of
+    ``x``'s size fewer. Bit-identical to the plain twin ``layer_norm(x + residual)``.
+
+    Args:
+        x: ``[..., d]``, C-contiguous; overwritten.
+        residual: ``[..., d]``.
+        weight, bias: ``[d]``.
+        eps: added to the variance before the square root.
+
+    Returns:
+        ``x``, now ``layer_norm(x + residual)``.
+    """
+    if is_device_array(x):  # one kernel per op on the GPU
+        x += residual
+        return layer_norm(x, weight, bias, eps, out=x)
+    return _fused.add_layer_norm(x, residual, weight, bias, eps, out=x)
 
 
 def linear_act_plain(x, weight, bias, hidden_act: str):

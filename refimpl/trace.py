@@ -51,7 +51,10 @@ class Recorder:
 
     Attributes:
         tensors: name -> array, in the order they were recorded.
-        copy: store copies (default) so later in-place work cannot change a recorded value.
+        copy: store copies (default). The forward works in place on some fresh arrays after
+            recording them (``attention_probs_``, ``add_layer_norm_``), so ``copy=False`` is
+            only safe in a subclass whose :meth:`store` consumes the value at once (a
+            streaming writer).
     """
 
     def __init__(self, copy: bool = True):

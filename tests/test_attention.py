@@ -187,3 +187,15 @@ def test_attention_probs_in_place_consumes_its_scores_and_equals_the_plain_twin(
     got = attention.attention_probs_(scores, mask)
     assert got is scores  # the scores' memory now holds the probabilities
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_add_layer_norm_in_place_consumes_x_and_equals_the_plain_twin(dtype):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 300, 768)).astype(dtype)  # large enough for the blocked kernel
+    res = rng.standard_normal((2, 300, 768)).astype(dtype)
+    w, b = rng.standard_normal(768).astype(dtype), rng.standard_normal(768).astype(dtype)
+    want = ops.layer_norm(x + res, w, b, 1e-12)
+    got = ops.add_layer_norm_(x, res, w, b, 1e-12)
+    assert got is x
+    np.testing.assert_array_equal(got, want)
