@@ -175,6 +175,7 @@ def run_sweep(args, cores: int, out_dir: str) -> int:
             results["workers"].append(result)
     results["wall_s"] = time.perf_counter() - t0
     results["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "sweep.json"), "w") as f:
         json.dump(results, f, indent=1)
     text = to_markdown(results, reps)
