@@ -4,7 +4,8 @@ Variants, run in turn within every repeat (the order rotates), on one loaded mod
 
 * ``plain``: today's layer code, OpenBLAS at its default spin (``quiet_blas_threads(28)``,
   OpenBLAS's built-in 2^28 cycles);
-* ``fused``: the fused kernels swapped into the layers (``fused_wiring.wired()``);
+* ``fused``: the layers as they are (they call the fused ops; ``plain`` swaps in the twins
+  with ``fused_wiring.plain_ops()``);
 * ``quiet``: plain layers, ``quiet_blas_threads(4)``;
 * ``fused+quiet``: both.
 
@@ -18,6 +19,7 @@ Not a test; the checkpoints are built as ``run.py`` builds them (and reused from
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -31,7 +33,7 @@ def main(argv=None) -> int:
     import numpy as np
     import run
     import sweep
-    from fused_wiring import wired
+    from fused_wiring import plain_ops
 
     from refimpl import backend
 
@@ -65,7 +67,7 @@ def main(argv=None) -> int:
                 for v in order:
                     fused, timeout = variants[v]
                     backend.quiet_blas_threads(timeout)
-                    with wired(gelu=fused, add_norm=fused, softmax=fused):
+                    with contextlib.nullcontext() if fused else plain_ops():
                         t = time.perf_counter()
                         outs[v] = forward()
                         if rep:
