@@ -484,8 +484,7 @@ def bi_acm_contexts_plain(probs, value, layout_value):
     Returns:
         ``(context [batch, s, heads * d], layout_context [batch, s, heads * d / r])``.
     """
-    xp = get_namespace(probs, value, layout_value)
-    return merge_heads(xp.matmul(probs, value)), merge_heads(xp.matmul(probs, layout_value))
+    return attention_context_plain(probs, value), attention_context_plain(probs, layout_value)
 
 
 def bi_acm_contexts(probs, value, layout_value):

@@ -343,8 +343,8 @@ def lilt_model(
 def lilt_attention_mask(attention_mask, config: LiltConfig, dtype):
     """The additive mask every layer adds to its scores, as ``get_extended_attention_mask``.
 
-    A decoder config (``is_decoder``) also hides later keys. A mask that keeps every key adds
-    only zeros, so it is returned as ``None`` and the layers skip the add.
+    A decoder config (``is_decoder``) also hides later keys. (A mask that keeps every key adds
+    only zeros; :func:`refimpl.attention.attention_probs_` skips it.)
 
     Args:
         attention_mask: ``[batch, seq]`` or ``[batch, seq, seq]``, 1 = attend.
@@ -352,7 +352,7 @@ def lilt_attention_mask(attention_mask, config: LiltConfig, dtype):
         dtype: the scores' float dtype.
 
     Returns:
-        ``[batch, 1, 1|seq, seq]`` (0 keep, ``finfo(dtype).min`` drop), or ``None``.
+        ``[batch, 1, 1|seq, seq]``: 0 keep, ``finfo(dtype).min`` drop.
     """
     mask = attention_mask
     if getattr(config, "is_decoder", False) and mask.ndim == 2:
@@ -360,8 +360,7 @@ def lilt_attention_mask(attention_mask, config: LiltConfig, dtype):
         pos = xp.arange(mask.shape[1])
         causal = (pos[None, :] <= pos[:, None]).astype(mask.dtype)  # [s, s]: key <= query
         mask = causal[None, :, :] * mask[:, None, :]  # [b, s, s]
-    additive = extended_attention_mask(mask, dtype)
-    return additive if bool(additive.any()) else None
+    return extended_attention_mask(mask, dtype)
 
 
 # --------------------------------------------------------------------------------------------
