@@ -47,9 +47,8 @@ def linear(x, weight, bias=None):
     Returns:
         ``[..., out_features]`` in the common dtype of ``x`` and ``weight``.
     """
-    xp = get_namespace(x, weight)
     lead = x.shape[:-1]
-    y = xp.matmul(x.reshape(-1, x.shape[-1]), weight.T)  # [n, in] @ [in, out] -> [n, out]
+    y = _fused.matmul_wt(x.reshape(-1, x.shape[-1]), weight)  # [n, in] @ [in, out] -> [n, out]
     if bias is not None:
         y += bias  # [n, out] + [out]
     return y.reshape(*lead, weight.shape[0])  # [..., out]

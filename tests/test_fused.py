@@ -242,3 +242,24 @@ def test_quiet_blas_threads_validates_and_stops_the_spinning():
     # idle workers now sleep right after the GEMM: (almost) no CPU time while we sleep
     assert min(_spin_cpu_after_gemm(a) for _ in range(3)) < 0.01
     np.testing.assert_allclose(a @ a, np.einsum("ij,jk->ik", a, a), rtol=1e-12)  # BLAS still works
+
+
+# --------------------------------------------------------------------------------------------
+# x @ weight.T
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", [1, 20, _fused.FEW_ROWS, _fused.FEW_ROWS + 1, 300])
+def test_matmul_wt_equals_x_times_weight_transposed(rows, dtype):
+    x, w = rand(0, (rows, 96), dtype), rand(1, (160, 96), dtype)
+    got = _fused.matmul_wt(x, w)
+    assert got.shape == (rows, 160) and got.dtype == dtype and got.flags.c_contiguous
+    # the same dot products; only BLAS's blocking of the 96-term sum may differ
+    want = x.astype(np.float64) @ w.astype(np.float64).T
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+    np.testing.assert_allclose(got, x @ w.T, rtol=tol, atol=tol)
+    if rows <= _fused.FEW_ROWS and dtype == np.float32:  # the few-row path also behind linear
+        b = rand(2, (160,), dtype)
+        np.testing.assert_allclose(ops.linear(x, w, b), want + b, rtol=tol, atol=tol)
