@@ -76,13 +76,21 @@ def get_namespace(*arrays: Any):
     """
     if _namespace_override is not None:
         return _namespace_override
-    kinds = {is_device_array(a) for a in arrays if a is not None and hasattr(a, "shape")}
-    if kinds == {True}:
+    on_host = on_device = False
+    for a in arrays:  # called for every op: the common all-NumPy case costs one type check per array
+        if type(a) is np.ndarray:
+            on_host = True
+        elif a is not None and hasattr(a, "shape"):
+            if is_device_array(a):
+                on_device = True
+            else:
+                on_host = True
+    if on_device:
+        if on_host:
+            raise TypeError(
+                "arrays on different devices: move them all to one device first (refimpl.backend.to_device)"
+            )
         return cupy()
-    if kinds == {True, False}:
-        raise TypeError(
-            "arrays on different devices: move them all to one device first (refimpl.backend.to_device)"
-        )
     return np
 
 
