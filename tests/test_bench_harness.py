@@ -39,3 +39,28 @@ def test_sweep_cases_subset_and_errors():
     assert sweep.parse_cases("lxmert") == {"lxmert": sweep.LXMERT_SHAPES}
     with pytest.raises(SystemExit, match=r"unknown case 'lilt:2x64'"):
         sweep.parse_cases("lilt:2x64")
+
+
+def test_plain_ops_swaps_every_fused_op_for_its_twin_and_restores_it():
+    import numpy as np
+    from fused_wiring import _TWINS, plain_ops
+
+    from refimpl import _fused, attention, bert, data
+    from refimpl.lilt import LiltForTokenClassification
+
+    fused = {key: getattr(module, name) for key, (module, name, _) in _TWINS.items()}
+    model = LiltForTokenClassification.from_pretrained(data.path("lilt-tiny"), dtype="float32")
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, model.config.vocab_size, (2, 9))
+    x0, y0 = rng.integers(0, 500, (2, 9)), rng.integers(0, 500, (2, 9))
+    bbox = np.stack([x0, y0, x0 + 10, y0 + 10], axis=-1)
+    want = model(input_ids=ids, bbox=bbox).logits
+    with plain_ops():
+        for key, (module, name, twin) in _TWINS.items():
+            assert getattr(module, name) is twin, key
+        got = model(input_ids=ids, bbox=bbox).logits
+    assert {key: getattr(module, name) for key, (module, name, _) in _TWINS.items()} == fused
+    assert _fused.matmul_wt is fused["gemm"] and bert.linear_act is fused["gelu"]
+    assert attention.attention_context is fused["context"]
+    # float32: the fast GELU is within 1e-6 * max(1, |x|) of the exact one the twin evaluates
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
