@@ -73,6 +73,14 @@ LXMERT_BASE = dict(
 #: count is set, for both). ``tuned``: each library with its documented tuning, both at once.
 SETTINGS = ("defaults", "tuned")
 
+#: Seconds of pause before every timed forward. Both libraries share one process, and at its
+#: defaults NumPy's OpenBLAS keeps its idle workers spinning for 2^28 cycles (about 0.1 s)
+#: after each GEMM: a torch forward started right after ours ran on one core less (LiLT 1x64
+#: float32, 2 threads: 173 ms right after ours, 103 ms after a pause; ours 134 ms either way).
+#: The pause lets the other library's threads go idle, so each is timed as in a process of
+#: its own.
+SETTLE_S = 0.3
+
 #: Environment variables that change either library's threading or allocation; a ``defaults``
 #: worker runs without them (a ``tuned`` one gets TORCH_TUNED_ENV and our helpers instead).
 TUNING_VARS = (
@@ -285,6 +293,7 @@ def timing_worker(spec: dict) -> dict:
         runs.append((impl, dtype, forward, []))
     for _ in range(spec["repeats"]):
         for _, _, forward, times in runs:
+            time.sleep(SETTLE_S)  # the other library's idle threads stop spinning
             t = time.perf_counter()
             forward()
             times.append(time.perf_counter() - t)
