@@ -398,8 +398,16 @@ def machine_info(threads: list[int]) -> dict:
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
+            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        flags = set(info.get("flags", "").split())
+        isa = [
+            name
+            for name, flag in (("AVX2", "avx2"), ("AVX-512", "avx512f"), ("AMX", "amx_tile"))
+            if flag in flags
+        ]
+        cpu = f"{info['model name']}, family {info.get('cpu family')} model {info.get('model')}, {'/'.join(isa) or 'no AVX2'}"
+    except (OSError, KeyError):
         pass
     blas = "unknown"
     try:
