@@ -9,6 +9,48 @@ import numpy as np
 import torch
 
 
+def tiny_lilt_config(**changes):
+    """The small LiLT config the golden-file and compare tests share (``changes`` override)."""
+    from transformers import LiltConfig
+
+    sizes = dict(
+        vocab_size=60,
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=40,
+        type_vocab_size=1,
+        pad_token_id=1,
+        layer_norm_eps=1e-5,
+        channel_shrink_ratio=4,
+        max_2d_position_embeddings=128,
+        num_labels=5,
+    )
+    return LiltConfig(**{**sizes, **changes})
+
+
+def tiny_lxmert_config(**changes):
+    """The small LXMERT config the golden-file and compare tests share (``changes`` override)."""
+    from transformers import LxmertConfig
+
+    sizes = dict(
+        vocab_size=50,
+        hidden_size=32,
+        num_attention_heads=4,
+        intermediate_size=48,
+        l_layers=2,
+        x_layers=2,
+        r_layers=1,
+        max_position_embeddings=40,
+        visual_feat_dim=12,
+        num_qa_labels=5,
+        num_object_labels=7,
+        num_attr_labels=3,
+    )
+    return LxmertConfig(**{**sizes, **changes})
+
+
 def randomize_(model: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch.nn.Module:
     """Overwrite every parameter (LayerNorm weights and biases, every bias, padding rows included)
     with seeded random values. LayerNorm/affine weights are drawn around 1, the rest around 0."""

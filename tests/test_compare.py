@@ -14,8 +14,8 @@ import struct
 import numpy as np
 import pytest
 import torch
-from _oracle import build, save
-from transformers import LiltConfig, LiltForTokenClassification, LxmertConfig, LxmertForPreTraining
+from _oracle import build, save, tiny_lilt_config, tiny_lxmert_config
+from transformers import LiltForTokenClassification, LxmertForPreTraining
 
 import refimpl
 from refimpl import compare as C
@@ -37,20 +37,7 @@ def run(capsys, *argv):
 def lilt(tmp_path_factory):
     """A 4-layer random-weight oracle LiLT, its checkpoint, and our float64 golden file of it."""
     d = tmp_path_factory.mktemp("lilt")
-    cfg = LiltConfig(
-        vocab_size=60,
-        hidden_size=48,
-        num_hidden_layers=LILT_LAYERS,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=40,
-        type_vocab_size=1,
-        pad_token_id=1,
-        layer_norm_eps=1e-5,
-        channel_shrink_ratio=4,
-        max_2d_position_embeddings=128,
-        num_labels=5,
-    )
+    cfg = tiny_lilt_config(num_hidden_layers=LILT_LAYERS)
     oracle = build(LiltForTokenClassification, cfg, seed=21)
     save(oracle, d / "ckpt")
     rng = np.random.default_rng(0)
@@ -69,20 +56,7 @@ def lilt(tmp_path_factory):
 def lxmert(tmp_path_factory):
     """A random-weight oracle LxmertForPreTraining (2 language, 1 relationship, 3 cross layers)."""
     d = tmp_path_factory.mktemp("lxmert")
-    cfg = LxmertConfig(
-        vocab_size=50,
-        hidden_size=32,
-        num_attention_heads=4,
-        intermediate_size=48,
-        l_layers=2,
-        x_layers=3,
-        r_layers=1,
-        max_position_embeddings=40,
-        visual_feat_dim=12,
-        num_qa_labels=5,
-        num_object_labels=7,
-        num_attr_labels=3,
-    )
+    cfg = tiny_lxmert_config(x_layers=3)
     oracle = build(LxmertForPreTraining, cfg, seed=22)
     save(oracle, d / "ckpt")
     rng = np.random.default_rng(1)

@@ -11,8 +11,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from _oracle import build, save, to_numpy
-from transformers import LiltConfig, LiltForTokenClassification, LxmertConfig, LxmertForPreTraining
+from _oracle import build, save, tiny_lilt_config, tiny_lxmert_config, to_numpy
+from transformers import LiltForTokenClassification, LxmertForPreTraining
 
 import refimpl
 from refimpl import golden
@@ -22,37 +22,11 @@ ATOL64 = 1e-10
 
 
 def lilt_config():
-    return LiltConfig(
-        vocab_size=60,
-        hidden_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=40,
-        type_vocab_size=1,
-        pad_token_id=1,
-        layer_norm_eps=1e-5,
-        channel_shrink_ratio=4,
-        max_2d_position_embeddings=128,
-        num_labels=5,
-    )
+    return tiny_lilt_config()
 
 
 def lxmert_config():
-    return LxmertConfig(
-        vocab_size=50,
-        hidden_size=32,
-        num_attention_heads=4,
-        intermediate_size=48,
-        l_layers=2,
-        x_layers=2,
-        r_layers=1,
-        max_position_embeddings=40,
-        visual_feat_dim=12,
-        num_qa_labels=5,
-        num_object_labels=7,
-        num_attr_labels=3,
-    )
+    return tiny_lxmert_config()
 
 
 def lilt_inputs(rng, b=2, s=9):
