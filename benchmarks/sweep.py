@@ -212,11 +212,17 @@ def misses(results: dict) -> list[str]:
                 goal = target(case, config, setting)
                 if r["ratio_median"] > goal:
                     out.append(f"{setting} {case} {config}: {r['ratio_median']:.2f} > {goal:.2f}")
-            if "f32" in cells and "f64" in cells:
-                f64_f32 = cells["f64"]["ours_s"] / cells["f32"]["ours_s"]
-                if f64_f32 > F64_OVER_F32_TARGET:
-                    out.append(f"{setting} {case} ours f64 / f32: {f64_f32:.2f} > {F64_OVER_F32_TARGET}")
+            f64_f32 = _f64_over_f32(cells)
+            if f64_f32 is not None and f64_f32 > F64_OVER_F32_TARGET:
+                out.append(f"{setting} {case} ours f64 / f32: {f64_f32:.2f} > {F64_OVER_F32_TARGET}")
     return out
+
+
+def _f64_over_f32(cells: dict) -> float | None:
+    """Ours float64 time / ours float32 time (every core) for one case, or None if either is missing."""
+    if "f32" in cells and "f64" in cells:
+        return cells["f64"]["ours_s"] / cells["f32"]["ours_s"]
+    return None
 
 
 def _by_setting(results: dict) -> dict:
@@ -279,12 +285,12 @@ def to_markdown(results: dict, reps: int) -> str:
                     f"{r['ours_s'] * 1e3:.0f} / {r['torch_s'] * 1e3:.0f} ms"
                 )
             if both:
-                if "f32" in cells and "f64" in cells:
-                    f64_f32 = cells["f64"]["ours_s"] / cells["f32"]["ours_s"]
+                f64_f32 = _f64_over_f32(cells)
+                if f64_f32 is None:
+                    row.append("n/a")
+                else:
                     text = f"{f64_f32:.2f}"
                     row.append(f"**{text}**" if f64_f32 > F64_OVER_F32_TARGET else text)
-                else:
-                    row.append("n/a")
             lines.append(f"| {case} | " + " | ".join(row) + " |")
     missed = misses(results)
     lines += ["", "## Misses", ""] + (
