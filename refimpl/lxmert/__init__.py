@@ -4,9 +4,19 @@ Public classes: :class:`LxmertModel`, :class:`LxmertForPreTraining`,
 :class:`LxmertForQuestionAnswering`. The computation lives in :mod:`refimpl.lxmert.layers`
 (embeddings, visual feature encoder, language / relationship / cross-modality layers, pooler)
 and :mod:`refimpl.lxmert.heads` (pre-training and answer heads, losses).
+``refimpl.lxmert.labels`` names the heads' outputs: ``vocabulary(name)`` and ``decode_top``
+(the bundled VQA / GQA / pre-training answers and Visual Genome objects / attributes).
 """
 
+from .labels import decode_top, vocabulary
 from .modeling import LxmertForPreTraining, LxmertForQuestionAnswering, LxmertModel
 from .tokenization import LxmertTokenizer
 
-__all__ = ["LxmertModel", "LxmertForPreTraining", "LxmertForQuestionAnswering", "LxmertTokenizer"]
+__all__ = [
+    "LxmertModel",
+    "LxmertForPreTraining",
+    "LxmertForQuestionAnswering",
+    "LxmertTokenizer",
+    "vocabulary",
+    "decode_top",
+]
