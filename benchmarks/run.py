@@ -316,7 +316,7 @@ def load_worker(spec: dict) -> dict:
     import numpy as np
 
     sys.path.insert(0, ROOT)
-    from refimpl import weights
+    from refimpl import checkpoints
 
     path = os.path.join(spec["path"], "model.safetensors")
     result = dict(spec, file_mib=os.path.getsize(path) / 2**20)
@@ -324,7 +324,7 @@ def load_worker(spec: dict) -> dict:
     times = []
     for _ in range(spec["repeats"]):
         t = time.perf_counter()
-        state = weights.load_state_dict(spec["path"], dtype=np.float32)
+        state = checkpoints.load_state_dict(spec["path"], dtype=np.float32)
         times.append(time.perf_counter() - t)
         if len(times) == 1:
             result["rss_after_first_load_mib"] = (_status_kib("VmRSS") - rss0) / 1024

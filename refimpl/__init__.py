@@ -28,7 +28,7 @@ __all__ = [
 
 #: Subpackages reachable as attributes after a bare ``import refimpl``, imported on first use
 #: (``refimpl.lilt.LiltModel``), so that ``import refimpl`` itself stays cheap.
-_LAZY_SUBMODULES = ("lilt", "lxmert", "data", "golden", "trace", "ops", "weights", "config")
+_LAZY_SUBMODULES = ("lilt", "lxmert", "data", "golden", "trace", "ops", "checkpoints", "config")
 
 
 def __getattr__(name: str):

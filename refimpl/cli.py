@@ -511,10 +511,10 @@ def _inspect_checkpoint(path: str) -> None:
 def _checkpoint_shapes(path: str) -> dict[str, tuple[tuple[int, ...], str]] | None:
     """key -> (shape, dtype code) of every weight file of the checkpoint, or None without one.
 
-    Read through :func:`refimpl.weights.weight_files` and the loader's own parsers
-    (:func:`refimpl.weights.read_safetensors` validates each header; a ``.bin`` goes through
+    Read through :func:`refimpl.checkpoints.weight_files` and the loader's own parsers
+    (:func:`refimpl.checkpoints.read_safetensors` validates each header; a ``.bin`` goes through
     the restricted unpickler), so ``inspect`` refuses exactly what loading refuses."""
-    from . import weights
+    from . import checkpoints as weights
 
     try:
         files = weights.weight_files(path)
@@ -595,7 +595,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from . import weights
+    from . import checkpoints as weights
 
     src, dst = args.src, args.dst
     _need_file(src, "input")

@@ -179,7 +179,8 @@ def read_candidate(path: str | os.PathLike | Golden | Mapping[str, Any]) -> Cand
         raise CompareError(f"candidate not found: {p}")
     kind = _sniff(p)
     if kind == "safetensors":
-        from .weights import _bf16_to_f32, read_safetensors
+        from .checkpoints import read_safetensors
+        from .checkpoints.raw import bf16_to_f32 as _bf16_to_f32
 
         try:
             meta, raw = read_safetensors(p)

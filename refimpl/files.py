@@ -31,6 +31,7 @@ on the open descriptor. A symlink to a regular file is followed.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -66,6 +67,7 @@ __all__ = [
     "parse_npy",
     "read_npy",
     "read_npz",
+    "sha256_file",
 ]
 
 MAX_JSON_BYTES = 64 << 20
@@ -460,3 +462,12 @@ def read_npy(path: str | os.PathLike, what: str = "file", max_bytes: int = 1 << 
     """
     path = os.fspath(path)
     return parse_npy(read_bytes(path, what, max_bytes), f"{what} {path}")
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in ``chunk_size`` pieces (for golden-file manifests)."""
+    h = hashlib.sha256()
+    with open_regular(path, "file") as f:
+        while block := f.read(chunk_size):
+            h.update(block)
+    return h.hexdigest()

@@ -39,8 +39,7 @@ from typing import Any
 import numpy as np
 
 from . import backend, trace
-from .files import read_json
-from .weights import CheckpointError
+from .files import CheckpointError, read_json
 
 __all__ = [
     "FORMAT",
@@ -87,8 +86,8 @@ _LAYER_RE = re.compile(r"(?:^|\.)((?:layer|layers|r_layers|x_layers)\.\d+)(?=\.|
 # helpers
 # ---------------------------------------------------------------------------------------------
 def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes (streamed; :func:`refimpl.weights.sha256_file`)."""
-    from .weights import sha256_file as _sha
+    """Hex sha256 of a file's bytes (streamed; :func:`refimpl.checkpoints.sha256_file`)."""
+    from .files import sha256_file as _sha
 
     return _sha(path)
 
@@ -449,7 +448,7 @@ def weight_entries(checkpoint: str | os.PathLike | None) -> list[dict[str, Any]]
     path, size and mtime, so a batch run hashes a 1 GB checkpoint once)."""
     if checkpoint is None:
         return []
-    from .weights import weight_files
+    from .checkpoints import weight_files
 
     out = []
     for p in weight_files(checkpoint):  # the files loading reads (shard index and shards)
@@ -1176,7 +1175,7 @@ def validate_manifest(
 def read(path: str | os.PathLike) -> Golden:
     """Read a golden file (version 1 or 2): manifest now, tensors lazily in forward order.
 
-    The file is parsed and validated by :func:`refimpl.weights.read_safetensors`; the
+    The file is parsed and validated by :func:`refimpl.checkpoints.read_safetensors`; the
     manifest is checked against it (:func:`validate_manifest`). ``tensors`` resolves aliases
     and reads one tensor at a time from disk. A plain safetensors file without a manifest is
     read too (tensors in file order, empty manifest): handy for a port's candidate output.
@@ -1185,7 +1184,7 @@ def read(path: str | os.PathLike) -> Golden:
         FileNotFoundError: no such file. CheckpointError (a ValueError): not a safetensors
             file, or a manifest that is not valid JSON or does not fit the file.
     """
-    from .weights import read_safetensors
+    from .checkpoints import read_safetensors
 
     p = os.fspath(path)
     if not os.path.isfile(p):

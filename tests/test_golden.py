@@ -16,7 +16,7 @@ from transformers import LiltForTokenClassification, LxmertForPreTraining
 
 import refimpl
 from refimpl import golden
-from refimpl.weights import CheckpointError
+from refimpl.checkpoints import CheckpointError
 
 ATOL64 = 1e-10
 

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 import refimpl
 from refimpl import cli, golden
+from refimpl.checkpoints import CheckpointError, save_safetensors
 from refimpl.data import path as bundled_path
-from refimpl.weights import CheckpointError, save_safetensors
 
 LILT_TINY = bundled_path("lilt-tiny")
 
