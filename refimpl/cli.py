@@ -397,7 +397,7 @@ def cmd_golden(args: argparse.Namespace) -> int:
     written = skipped = 0
     for done, i in enumerate(mine, 1):
         (inputs, source), path = cases[i], paths[i]
-        arrays, flags = golden._prepare_inputs(model, inputs)
+        arrays, flags = golden.prepare_inputs(model, inputs)
         fwd = {"output_attentions": golden.wants_attentions(selection), "output_hidden_states": True, **flags}
         if many and _up_to_date(path, golden.inputs_hash(arrays, fwd), weights, args.dtype, selection):
             skipped += 1
@@ -823,7 +823,7 @@ def run_demo(out_dir: str = "refimpl-demo", dtype: str = "float64", quiet: bool 
     """Run both bundled models on the bundled example, print a step-through summary and write
     the golden files ``lilt-form.safetensors``, ``lilt-forms-padded.safetensors`` (a padded
     batch of two pages) and ``lxmert-question.safetensors`` to ``out_dir``."""
-    from . import golden
+    from .compare import compare
 
     t0 = time.perf_counter()
     say: Callable[[str], None] = (lambda s: None) if quiet else print
@@ -834,7 +834,7 @@ def run_demo(out_dir: str = "refimpl-demo", dtype: str = "float64", quiet: bool 
         _demo_lxmert(out_dir, dtype, say),
     ]
     for p in paths:  # the files read back and compare equal to themselves' reference layout
-        if not golden.compare(p, p).ok:
+        if not compare(p, p).ok:
             raise CliError(f"{p} does not read back")
     say(
         f"done in {time.perf_counter() - t0:.2f}s. Next: refimpl inspect {paths[0]}  |  refimpl compare {paths[0]} YOUR_PORT.safetensors"

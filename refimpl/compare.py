@@ -36,7 +36,9 @@ from typing import Any
 import numpy as np
 
 from . import backend
-from .golden import FLOAT32_ATOL, FLOAT64_ATOL, FLOAT64_RTOL, FORMAT, MANIFEST_KEY, Golden, keep_mask
+from .golden.format import FLOAT32_ATOL, FLOAT64_ATOL, FLOAT64_RTOL, FORMAT, MANIFEST_KEY
+from .golden.masks import keep_mask
+from .golden.reader import Golden
 
 __all__ = [
     "RULES",
