@@ -315,14 +315,14 @@ class _Tty(io.StringIO):
 
 def test_progress_shows_count_rate_and_eta_on_a_terminal_only():
     tty = _Tty()
-    bar = cli._Progress(4, stream=tty)
+    bar = cli.golden._Progress(4, stream=tty)
     bar.update(1, "case-0000")
     bar.update(2, "case-0001", skipped=1)
     bar.close()
     text = tty.getvalue()
     assert "2/4" in text and "cases/s" in text and "ETA" in text and "case-0001" in text
     for quiet, stream in ((True, _Tty()), (False, io.StringIO())):
-        bar = cli._Progress(4, quiet=quiet, stream=stream)
+        bar = cli.golden._Progress(4, quiet=quiet, stream=stream)
         bar.update(1)
         bar.close()
         assert stream.getvalue() == ""
