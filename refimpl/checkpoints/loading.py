@@ -35,7 +35,7 @@ WEIGHT_FILES = (
 
 
 def _read_safetensors(path: str) -> dict[str, RawTensor]:
-    """The tensors of :func:`read_safetensors` (without the metadata)."""
+    """The tensors of `read_safetensors` (without the metadata)."""
     return read_safetensors(path)[1]
 
 
@@ -95,12 +95,12 @@ def load_raw_state_dict(path: str | os.PathLike) -> dict[str, RawTensor]:
         path: a checkpoint directory, a weight file, or a shard index (``*.index.json``).
 
     Returns:
-        checkpoint key -> :class:`RawTensor`. Arrays may be read-only views of the file.
+        checkpoint key -> `RawTensor`. Arrays may be read-only views of the file.
 
     Raises:
         FileNotFoundError: no weights found.
         CheckpointError: a corrupt / truncated file, a refused pickle global
-            (:class:`UnsafeCheckpointError`), or a shard that lacks a key its index names.
+            (`UnsafeCheckpointError`), or a shard that lacks a key its index names.
     """
     files = weight_files(path)
     if len(files) == 1:

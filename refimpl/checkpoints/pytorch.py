@@ -251,7 +251,7 @@ def _codecs_encode(obj, encoding="utf-8"):
 
 
 #: (module, name) -> what the restricted unpickler returns for it. Nothing else is allowed.
-#: Functions and classes are wrapped in :class:`_Global`, whose state a pickle cannot set.
+#: Functions and classes are wrapped in `_Global`, whose state a pickle cannot set.
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): _Global(collections.OrderedDict, "collections.OrderedDict"),
     **{("torch._utils", r.fn.__name__): r for r in _REBUILDERS},
@@ -270,9 +270,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
     """Unpickles a torch checkpoint without running anything from it.
 
     ``find_class`` answers only the globals in ``_ALLOWED_GLOBALS``, with stand-ins defined
-    in this module; any other global raises :class:`UnsafeCheckpointError` when the pickle
+    in this module; any other global raises `UnsafeCheckpointError` when the pickle
     names it, i.e. before it could be called. ``persistent_load`` turns torch's storage ids
-    into :class:`_Storage` records (one per key) whose bytes are found afterwards.
+    into `_Storage` records (one per key) whose bytes are found afterwards.
     """
 
     def __init__(self, file, source: str, storages: dict[str, _Storage], legacy: bool = False):
@@ -368,7 +368,7 @@ class _Bounded:
 
 
 def _unpickle(file, source: str, storages: dict[str, _Storage], legacy: bool = False):
-    """One restricted ``load``; any failure becomes a :class:`CheckpointError` naming ``source``."""
+    """One restricted ``load``; any failure becomes a `CheckpointError` naming ``source``."""
     try:
         return _RestrictedUnpickler(file, source, storages, legacy).load()
     except CheckpointError:
@@ -471,7 +471,7 @@ def _zip_member_span(zf: zipfile.ZipFile, info: zipfile.ZipInfo, size: int, sour
 def _read_torch_zip(path: str) -> dict[str, RawTensor]:
     """torch >= 1.6 format: ``<archive>/data.pkl`` + ``<archive>/data/<key>`` + ``<archive>/byteorder``.
 
-    Every member is checked before it is read (:func:`refimpl.files.zip_member_info`: stored or
+    Every member is checked before it is read (`refimpl.files.zip_member_info`: stored or
     deflated, not encrypted, a declared size that the pickle expects and that its compressed
     size can hold); a deflated member is inflated in a stream capped at that size."""
     try:

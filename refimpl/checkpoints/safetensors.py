@@ -28,7 +28,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, str], dict[str,
 
     Returns:
         ``(metadata, tensors)``: the header's ``__metadata__`` (``{}`` when absent) and
-        name -> :class:`RawTensor`, in the header's order.
+        name -> `RawTensor`, in the header's order.
 
     Layout: ``u64 little-endian N | N bytes of JSON header | data``. The header maps each
     name to ``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets relative to the
@@ -132,7 +132,7 @@ def save_safetensors(
 
     Args:
         path: output file.
-        tensors: name -> array, or name -> :class:`RawTensor` (needed for ``"BF16"``, which
+        tensors: name -> array, or name -> `RawTensor` (needed for ``"BF16"``, which
             NumPy cannot express: the array holds the uint16 bit patterns).
         metadata: string -> string; defaults to ``{"format": "pt"}`` (what transformers expects).
 
