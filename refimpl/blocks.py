@@ -15,7 +15,7 @@ import numpy as np
 
 from .attention import extended_attention_mask
 
-__all__ = ["Block", "BlockNamesError", "model_prefix", "additive_mask"]
+__all__ = ["Block", "BlockNamesError", "model_prefix", "additive_mask", "ids_and_token_types"]
 
 
 class BlockNamesError(ValueError):
@@ -44,6 +44,13 @@ def model_prefix(names, base: str) -> str | None:
         if p + "encoder.layer.0" in names or p + "embeddings.LayerNorm" in names or p + "embeddings" in names:
             return p
     return None
+
+
+def ids_and_token_types(inputs) -> tuple[np.ndarray, np.ndarray]:
+    """A case's ``input_ids [b, s]`` and its ``token_type_ids [b, s]`` (zeros where it has none)."""
+    ids = inputs["input_ids"]
+    tt = inputs.get("token_type_ids")
+    return ids, (np.zeros_like(ids) if tt is None else tt)
 
 
 def additive_mask(mask: np.ndarray | None) -> np.ndarray | None:

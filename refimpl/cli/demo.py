@@ -145,6 +145,30 @@ def _demo_padded(out_dir: str, dtype: str, say: Callable[[str], None]) -> str:
     return path
 
 
+def _stream_rows(t, stream: str, n_own: int, names, other, keep, other_keep, say) -> None:
+    """One line per hidden state of an LXMERT stream (``"language"`` or ``"vision"``): its own
+    ``n_own`` layers, then the cross layers, each with its strongest (cross-)attention."""
+    tag, cross = {
+        "language": ("lang", "cross_encoder_attentions"),
+        "vision": ("vision", "cross_encoder_vision_attentions"),
+    }[stream]
+    keys = sorted(
+        (k for k in t if k.startswith(f"outputs.{stream}_hidden_states.")),
+        key=lambda k: int(k.rsplit(".", 1)[1]),
+    )
+    for i, k in enumerate(keys):
+        stage = f"{stream} layer {i}" if i < n_own else f"cross layer {i - n_own} ({tag})"
+        line = _stat_row(stage, t[k], keep)
+        if i < n_own and f"outputs.{stream}_attentions.{i}" in t:
+            line += "  top attention " + _top_attention(
+                t[f"outputs.{stream}_attentions.{i}"][0], names, names, keep, keep
+            )
+        elif f"outputs.{cross}.{i - n_own}" in t:
+            a = t[f"outputs.{cross}.{i - n_own}"][0]
+            line += "  top cross-attention " + _top_attention(a, names, other, keep, other_keep)
+        say(line)
+
+
 def _demo_lxmert(out_dir: str, dtype: str, say: Callable[[str], None]) -> str:
     model, case, inputs, tok, path, g = _demo_case(
         "lxmert",
@@ -164,36 +188,8 @@ def _demo_lxmert(out_dir: str, dtype: str, say: Callable[[str], None]) -> str:
     say(
         f"   question -> {len(ids)} tokens: {' '.join(words)}; {n_reg} regions x {inputs['visual_feats'].shape[2]} features"
     )
-    lang = sorted(
-        (k for k in t if k.startswith("outputs.language_hidden_states.")),
-        key=lambda k: int(k.rsplit(".", 1)[1]),
-    )
-    vis = sorted(
-        (k for k in t if k.startswith("outputs.vision_hidden_states.")),
-        key=lambda k: int(k.rsplit(".", 1)[1]),
-    )
-    for i, k in enumerate(lang):
-        stage = f"language layer {i}" if i < cfg.l_layers else f"cross layer {i - cfg.l_layers} (lang)"
-        line = _stat_row(stage, t[k], lkeep)
-        if i < cfg.l_layers and f"outputs.language_attentions.{i}" in t:
-            line += "  top attention " + _top_attention(
-                t[f"outputs.language_attentions.{i}"][0], words, words, lkeep, lkeep
-            )
-        elif f"outputs.cross_encoder_attentions.{i - cfg.l_layers}" in t:
-            a = t[f"outputs.cross_encoder_attentions.{i - cfg.l_layers}"][0]
-            line += "  top cross-attention " + _top_attention(a, words, regions, lkeep, vkeep)
-        say(line)
-    for i, k in enumerate(vis):
-        stage = f"vision layer {i}" if i < cfg.r_layers else f"cross layer {i - cfg.r_layers} (vision)"
-        line = _stat_row(stage, t[k], vkeep)
-        if i < cfg.r_layers and f"outputs.vision_attentions.{i}" in t:
-            line += "  top attention " + _top_attention(
-                t[f"outputs.vision_attentions.{i}"][0], regions, regions, vkeep, vkeep
-            )
-        elif f"outputs.cross_encoder_vision_attentions.{i - cfg.r_layers}" in t:
-            a = t[f"outputs.cross_encoder_vision_attentions.{i - cfg.r_layers}"][0]
-            line += "  top cross-attention " + _top_attention(a, regions, words, vkeep, lkeep)
-        say(line)
+    _stream_rows(t, "language", cfg.l_layers, words, regions, lkeep, vkeep, say)
+    _stream_rows(t, "vision", cfg.r_layers, regions, words, vkeep, lkeep, say)
     if "outputs.cross_relationship_score" in t:
         s = t["outputs.cross_relationship_score"][0]
         say(

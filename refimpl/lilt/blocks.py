@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import ops
 from ..bert import pooler
-from ..blocks import Block, BlockNamesError, additive_mask, model_prefix
+from ..blocks import Block, BlockNamesError, additive_mask, ids_and_token_types, model_prefix
 from .embeddings import create_position_ids_from_input_ids, layout_embeddings, text_embeddings
 from .heads import classification_head
 from .layers import lilt_layer
@@ -21,9 +21,7 @@ __all__ = ["isolation_blocks"]
 
 def _text_embeddings(w, config, inputs) -> np.ndarray:
     """LiLT text embeddings (``embeddings.LayerNorm``) from the model inputs."""
-    ids = inputs["input_ids"]
-    tt = inputs.get("token_type_ids")
-    tt = np.zeros_like(ids) if tt is None else tt
+    ids, tt = ids_and_token_types(inputs)
     return text_embeddings(ids, None, tt, inputs["position_ids"], **w["embeddings"], config=config)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import ops
 from ..bert import pooler
-from ..blocks import Block, BlockNamesError, additive_mask, model_prefix
+from ..blocks import Block, BlockNamesError, additive_mask, ids_and_token_types, model_prefix
 from .heads import answer_head, lm_prediction_head
 from .layers import lxmert_embeddings, lxmert_layer, lxmert_visual_feature_encoder, lxmert_x_layer
 
@@ -21,9 +21,7 @@ __all__ = ["isolation_blocks"]
 
 def _embeddings(w, config, inputs) -> np.ndarray:
     """LXMERT ``embeddings`` from ``input_ids`` / ``token_type_ids``."""
-    ids = inputs["input_ids"]
-    tt = inputs.get("token_type_ids")
-    tt = np.zeros_like(ids) if tt is None else tt
+    ids, tt = ids_and_token_types(inputs)
     return lxmert_embeddings(ids, tt, None, **w["embeddings"])
 
 
