@@ -30,8 +30,8 @@ sys.path.insert(0, HERE)
 
 
 def main(argv=None) -> int:
+    import harness
     import numpy as np
-    import run
     import sweep
     from fused_wiring import plain_ops
 
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not args.no_tune:
         backend.tune_allocator()
-    paths = run.build_checkpoints(args.checkpoints)
+    paths = harness.build_checkpoints(args.checkpoints)
     variants = {
         "plain": (False, 28),
         "fused": (True, 28),
@@ -55,10 +55,12 @@ def main(argv=None) -> int:
     }
     print(f"{backend.num_threads()} host threads, {args.dtype}, load {os.getloadavg()[0]:.1f}")
     for model_name, shapes in sweep.parse_cases(args.cases).items():
-        model = run.load_impl("ours", model_name, args.dtype, "cpu", paths[model_name], backend.num_threads())
+        model = harness.load_impl(
+            "ours", model_name, args.dtype, "cpu", paths[model_name], backend.num_threads()
+        )
         for shape in shapes:
-            forward = run.make_forward(
-                "ours", model, model_name, args.dtype, "cpu", run.make_inputs(model_name, *shape)
+            forward = harness.make_forward(
+                "ours", model, model_name, args.dtype, "cpu", harness.make_inputs(model_name, *shape)
             )
             outs, times = {}, {v: [] for v in variants}
             names = list(variants)

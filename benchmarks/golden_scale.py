@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import numpy as np
-    from run import build_checkpoints, make_inputs
+    from harness import build_checkpoints, make_inputs
 
     work = args.checkpoints or tempfile.mkdtemp(prefix="golden-bench-")
     os.makedirs(work, exist_ok=True)

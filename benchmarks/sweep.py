@@ -6,13 +6,13 @@ Cases (random-weight base checkpoints, as ``run.py`` builds them):
 * LXMERT base, batch 1, 8, 32, 64 x 20 tokens x 36 boxes;
 
 each in three configurations (float32 on every core, float64 on every core, float32 on one
-thread) and two settings (:data:`run.SETTINGS`: ``defaults`` as a user gets each library,
+thread) and two settings (:data:`harness.SETTINGS`: ``defaults`` as a user gets each library,
 ``tuned`` with each library's documented tuning, never one side only).
 
 How it measures: one worker process per (model, dtype, threads, setting) loads ours and
 torch once, then for each shape warms both up twice and times ``reps`` pairs, alternating
 which runs first, so drift in background load hits both alike; a pause of
-``run.SETTLE_S`` before every timed forward lets the other library's idle threads stop
+``harness.SETTLE_S`` before every timed forward lets the other library's idle threads stop
 spinning (OpenBLAS's spin for about 0.1 s after each GEMM). The statistic is the median
 of the paired ratios ``ours_i / torch_i`` with their min and max, plus the median times.
 Results go to ``sweep.json`` and ``sweep.md`` (the table, with the machine described).
@@ -24,6 +24,8 @@ import datetime
 import json
 import os
 import time
+
+import harness
 
 LILT_SHAPES = [(b, s, 0) for b in (1, 8) for s in (64, 128, 256, 512)]
 LXMERT_SHAPES = [(b, 20, 36) for b in (1, 8, 32, 64)]
@@ -91,19 +93,19 @@ def plan(cases: dict, configs: list, settings: list, reps: int, cores: int) -> l
 def sweep_worker(spec: dict) -> dict:
     """Time every shape of one (model, dtype, threads, setting), ours and torch alternating."""
     import numpy as np
-    import run
 
-    applied = run.apply_setting(spec["setting"])
+    applied = harness.apply_setting(spec["setting"])
     model_name, dtype, threads = spec["model"], spec["dtype"], spec["threads"]
     models = {
-        impl: run.load_impl(impl, model_name, dtype, "cpu", spec["path"], threads)
+        impl: harness.load_impl(impl, model_name, dtype, "cpu", spec["path"], threads)
         for impl in ("ours", "torch")
     }
     rows = []
     for shape in spec["shapes"]:
-        inputs = run.make_inputs(model_name, *shape)
+        inputs = harness.make_inputs(model_name, *shape)
         fwd = {
-            impl: run.make_forward(impl, m, model_name, dtype, "cpu", inputs) for impl, m in models.items()
+            impl: harness.make_forward(impl, m, model_name, dtype, "cpu", inputs)
+            for impl, m in models.items()
         }
         outs = {impl: f() for impl, f in fwd.items()}  # warm-up 1 (and the outputs to compare)
         for f in fwd.values():
@@ -111,7 +113,7 @@ def sweep_worker(spec: dict) -> dict:
         times = {"ours": [], "torch": []}
         for i in range(spec["repeats"]):
             for impl in ("ours", "torch") if i % 2 == 0 else ("torch", "ours"):
-                time.sleep(run.SETTLE_S)  # the other library's idle threads stop spinning
+                time.sleep(harness.SETTLE_S)  # the other library's idle threads stop spinning
                 t = time.perf_counter()
                 fwd[impl]()
                 times[impl].append(time.perf_counter() - t)
@@ -140,11 +142,9 @@ def run_sweep(args, cores: int, out_dir: str) -> int:
     """Parent side of ``run.py --sweep``: plan, print the estimate, run the workers, write the tables."""
     import tempfile
 
-    import run
-
     cases = parse_cases(args.cases)
     configs = [c for c in CONFIGS if not args.configs or c[0] in args.configs.split(",")]
-    settings = [s for s in run.SETTINGS if not args.settings or s in args.settings.split(",")]
+    settings = [s for s in harness.SETTINGS if not args.settings or s in args.settings.split(",")]
     reps = args.repeats or (3 if args.quick else 7)
     specs = plan(cases, configs, settings, reps, cores)
     total = sum(s["estimate_s"] for s in specs)
@@ -159,21 +159,21 @@ def run_sweep(args, cores: int, out_dir: str) -> int:
         dict(kv.split("=", 1) for kv in args.torch_tuned_env.split(",")) if args.torch_tuned_env else None
     )
     results = {
-        "machine": run.machine_info(sorted({s["threads"] for s in specs}, reverse=True)),
+        "machine": harness.machine_info(sorted({s["threads"] for s in specs}, reverse=True)),
         "workers": [],
     }
-    results["machine"]["torch_tuned_env"] = run.TORCH_TUNED_ENV if torch_env is None else torch_env
+    results["machine"]["torch_tuned_env"] = harness.TORCH_TUNED_ENV if torch_env is None else torch_env
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="refimpl-sweep-") as tmp:
-        paths = run.build_checkpoints(args.checkpoints or tmp)
+        paths = harness.build_checkpoints(args.checkpoints or tmp)
         for spec in specs:
             spec = dict(spec, path=paths[spec["model"]])
-            env = run._env(spec["threads"], spec["setting"], torch_env)
+            env = harness._env(spec["threads"], spec["setting"], torch_env)
             print(
                 f"{spec['model']} {spec['config']} {spec['setting']} (est. {spec['estimate_s']:.0f} s)",
                 flush=True,
             )
-            result = run.run_worker(spec, env)
+            result = harness.run_worker(spec, env)
             result.pop("path", None)
             results["workers"].append(result)
     results["wall_s"] = time.perf_counter() - t0

@@ -29,7 +29,7 @@ def on_files(files, config):
                 config,
                 "golden-format.md",
                 content="# Golden file format\n\nThis page is written by the golden-file tooling "
-                "(`refimpl/golden.py`); this checkout does not have it yet. See "
+                "(`refimpl/golden/`); this checkout does not have it yet. See "
                 "[Golden outputs](golden.md).\n",
             )
         )

@@ -28,7 +28,7 @@ __all__ = [
 
 #: Subpackages reachable as attributes after a bare ``import refimpl``, imported on first use
 #: (``refimpl.lilt.LiltModel``), so that ``import refimpl`` itself stays cheap.
-_LAZY_SUBMODULES = ("lilt", "lxmert", "data", "golden", "trace", "ops", "weights", "config")
+_LAZY_SUBMODULES = ("lilt", "lxmert", "data", "golden", "trace", "ops", "checkpoints", "config")
 
 
 def __getattr__(name: str):
@@ -70,6 +70,7 @@ def architecture_of(path: str | os.PathLike) -> str:
         refimpl.config.ConfigError: (a ``CheckpointError``, so a ``ValueError``) naming
             ``config.json`` and the field, for an architecture or model type refimpl lacks.
     """
+    # lazy: config imports the ops and their kernels; a bare `import refimpl` stays cheap
     from .config import ConfigError, _config_path, read_config_json
 
     d = read_config_json(path)

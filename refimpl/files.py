@@ -3,7 +3,7 @@
 Every file refimpl reads (checkpoint weights, ``config.json``, shard indexes, ``--inputs``
 files, golden manifests) may come from anywhere. The helpers here are the one place those
 files are opened and their JSON parsed, so that a hostile or broken file ends in one
-documented error, :class:`CheckpointError` (a ``ValueError``), naming the file and, where
+documented error, `CheckpointError` (a ``ValueError``), naming the file and, where
 there is one, the tensor or field; or in an ``OSError`` for a genuine I/O failure (a
 missing file, a permission refused). Nothing else escapes, and every limit below is
 checked before memory is allocated for what a file merely claims.
@@ -31,6 +31,7 @@ on the open descriptor. A symlink to a regular file is followed.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -66,6 +67,7 @@ __all__ = [
     "parse_npy",
     "read_npy",
     "read_npz",
+    "sha256_file",
 ]
 
 MAX_JSON_BYTES = 64 << 20
@@ -176,7 +178,7 @@ def open_regular(path: str | os.PathLike, what: str = "file", max_bytes: int | N
 
 
 def read_bytes(path: str | os.PathLike, what: str = "file", max_bytes: int = MAX_JSON_BYTES) -> bytes:
-    """The whole content of a regular file of at most ``max_bytes`` (see :func:`open_regular`)."""
+    """The whole content of a regular file of at most ``max_bytes`` (see `open_regular`)."""
     with open_regular(path, what, max_bytes) as f:
         data = f.read(max_bytes + 1)
     if len(data) > max_bytes:  # it grew after the check
@@ -210,7 +212,7 @@ def read_json(
     """Parse JSON strictly: UTF-8, no duplicate keys, bounded size, depth and numbers.
 
     Args:
-        source: a path (opened with :func:`open_regular`) or the bytes themselves.
+        source: a path (opened with `open_regular`) or the bytes themselves.
         what: names the source in messages (a path, or "path: header").
         max_bytes: size limit of the text.
         max_depth: nesting limit of arrays and objects.
@@ -360,13 +362,13 @@ def zip_member_info(zf: zipfile.ZipFile, name: str, what: str, max_bytes: int) -
 
 
 def read_zip_member(zf: zipfile.ZipFile, name: str, what: str, max_bytes: int) -> bytes:
-    """Read one zip member in a stream capped at its declared size (checked by :func:`zip_member_info`).
+    """Read one zip member in a stream capped at its declared size (checked by `zip_member_info`).
 
     Returns:
         exactly the member's declared bytes (its CRC checked by ``zipfile``).
 
     Raises:
-        CheckpointError: refused by :func:`zip_member_info`, or corrupt / short data.
+        CheckpointError: refused by `zip_member_info`, or corrupt / short data.
     """
     info = zip_member_info(zf, name, what, max_bytes)
     chunks = []
@@ -420,7 +422,7 @@ def parse_npy(data: bytes, what: str) -> np.ndarray:
 
 def read_npz(path: str | os.PathLike, what: str = "file", max_bytes: int = 1 << 30) -> dict[str, np.ndarray]:
     """An ``.npz`` of arrays (any shapes), read member by member through the zip checks of
-    :func:`read_zip_member` (a zip bomb is refused) and :func:`parse_npy` (no pickles).
+    `read_zip_member` (a zip bomb is refused) and `parse_npy` (no pickles).
 
     Args:
         path: the ``.npz`` file (a regular file).
@@ -451,7 +453,7 @@ def read_npz(path: str | os.PathLike, what: str = "file", max_bytes: int = 1 << 
 
 
 def read_npy(path: str | os.PathLike, what: str = "file", max_bytes: int = 1 << 30) -> np.ndarray:
-    """One ``.npy`` file as an array (any shape), checked by :func:`parse_npy` (no pickles).
+    """One ``.npy`` file as an array (any shape), checked by `parse_npy` (no pickles).
 
     Args:
         path: the ``.npy`` file (a regular file).
@@ -460,3 +462,12 @@ def read_npy(path: str | os.PathLike, what: str = "file", max_bytes: int = 1 << 
     """
     path = os.fspath(path)
     return parse_npy(read_bytes(path, what, max_bytes), f"{what} {path}")
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in ``chunk_size`` pieces (for golden-file manifests)."""
+    h = hashlib.sha256()
+    with open_regular(path, "file") as f:
+        while block := f.read(chunk_size):
+            h.update(block)
+    return h.hexdigest()

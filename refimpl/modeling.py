@@ -10,7 +10,7 @@ A model class declares
 * ``forward(**inputs)``.
 
 ``from_pretrained`` reads ``config.json`` and the weights, matches keys strictly (see
-:func:`refimpl.weights.match_state_dict`) and keeps a flat ``params`` dict keyed by the
+:func:`refimpl.checkpoints.match_state_dict`) and keeps a flat ``params`` dict keyed by the
 checkpoint's own names, in the requested dtype and on the requested device.
 """
 
@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from . import backend
+from . import backend, checkpoints
 from .config import PretrainedConfig
 
 __all__ = ["PreTrainedModel", "nest", "resolve_dtype"]
@@ -87,17 +87,15 @@ class PreTrainedModel:
             config: a config to use instead of ``config.json``.
 
         Raises:
-            refimpl.weights.CheckpointError: listing every missing, unexpected or misshaped key.
+            refimpl.checkpoints.CheckpointError: listing every missing, unexpected or misshaped key.
         """
-        from . import weights
-
         dt = resolve_dtype(dtype)
         if device not in backend.DEVICES:
             raise ValueError(f"device must be one of {backend.DEVICES}, got {device!r}")
         if config is None:
             config = cls.config_class.from_pretrained(path)
-        state = weights.load_state_dict(path, dtype=dt)
-        params = weights.match_state_dict(
+        state = checkpoints.load_state_dict(path, dtype=dt)
+        params = checkpoints.match_state_dict(
             state,
             cls.expected_shapes(config),
             prefix=cls.base_model_prefix,

@@ -9,23 +9,23 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-import run  # noqa: E402
+import harness  # noqa: E402
 import sweep  # noqa: E402
 
 
 def test_defaults_rows_carry_no_tuning_for_either_library(monkeypatch):
     monkeypatch.setenv("OPENBLAS_THREAD_TIMEOUT", "4")  # as the old harness gave ours only
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
-    env = run._env(2, "defaults")
-    assert not any(var in env for var in run.TUNING_VARS)
+    env = harness._env(2, "defaults")
+    assert not any(var in env for var in harness.TUNING_VARS)
     assert env["OMP_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "2"
-    tuned = run._env(1, "tuned", {"OMP_WAIT_POLICY": "ACTIVE"})
+    tuned = harness._env(1, "tuned", {"OMP_WAIT_POLICY": "ACTIVE"})
     assert tuned["OMP_WAIT_POLICY"] == "ACTIVE" and "OPENBLAS_THREAD_TIMEOUT" not in tuned
     assert tuned["MKL_NUM_THREADS"] == "1"
 
 
 def test_sweep_plans_the_issue_table():
-    specs = sweep.plan(sweep.parse_cases(None), sweep.CONFIGS, list(run.SETTINGS), reps=7, cores=2)
+    specs = sweep.plan(sweep.parse_cases(None), sweep.CONFIGS, list(harness.SETTINGS), reps=7, cores=2)
     assert len(specs) == 2 * 3 * 2  # models x configs x settings
     rows = {(s["model"], s["config"], s["setting"], tuple(sh)) for s in specs for sh in s["shapes"]}
     assert len(rows) == (8 + 4) * 3 * 2

@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 from safetensors.numpy import save as st_save
 
 import refimpl
-from refimpl import weights as W
+from refimpl import checkpoints as W
+from refimpl.checkpoints import raw
 from refimpl.config import load_config
 
 CheckpointError = refimpl.CheckpointError
@@ -161,7 +162,7 @@ def _check_state(state: dict, size: int) -> None:
     total = 0
     for k, v in state.items():
         assert isinstance(k, str) and isinstance(v, W.RawTensor), (k, type(v))
-        assert isinstance(v.array, np.ndarray) and v.dtype in W._CODES
+        assert isinstance(v.array, np.ndarray) and v.dtype in raw._CODES
         total += v.array.nbytes
     assert total <= size + len(state) * refimpl.files.MAX_VIEW_EXPANSION
 

@@ -16,7 +16,8 @@ from transformers import LiltForTokenClassification, LxmertForPreTraining
 
 import refimpl
 from refimpl import golden
-from refimpl.weights import CheckpointError
+from refimpl.checkpoints import CheckpointError
+from refimpl.compare import compare
 
 ATOL64 = 1e-10
 
@@ -210,7 +211,7 @@ def test_manifest_is_plain_json_in_the_safetensors_header(lilt_case):
 def test_compare_identical_passes_and_perturbed_fails_naming_the_tensor(lilt_case, tmp_path):
     _, _, d, g = lilt_case
     ref = d / "case.safetensors"
-    res = golden.compare(ref, ref)
+    res = compare(ref, ref)
     assert res.ok and res.first_divergent is None and all(r.status == "ok" for r in res.rows)
     assert [r.name for r in res.rows] == list(g.tensors)
 
@@ -220,7 +221,7 @@ def test_compare_identical_passes_and_perturbed_fails_naming_the_tensor(lilt_cas
     t[target][0, 2, 5] += 1e-6
     later = "outputs.logits"
     t[later] = t[later] + 1e-3
-    bad = golden.compare(ref, t)
+    bad = compare(ref, t)
     assert not bad.ok
     assert bad.first_divergent.name == target
     assert {r.name for r in bad.failed} == {target, later}
@@ -229,7 +230,7 @@ def test_compare_identical_passes_and_perturbed_fails_naming_the_tensor(lilt_cas
     assert "first divergence" in bad.table() and target in bad.summary()
 
     # a looser tolerance than the perturbation passes it
-    assert golden.compare(ref, t, atol=1e-2).ok
+    assert compare(ref, t, atol=1e-2).ok
 
 
 def test_compare_skips_masked_positions_only(lilt_case):
@@ -243,14 +244,14 @@ def test_compare_skips_masked_positions_only(lilt_case):
     t[probs][1, :, :, 8] += 1.0  # a padded key column
     t[hid] = t[hid].copy()
     t[hid][1, 6:, :] = np.nan  # padded token rows
-    res = golden.compare(ref, t)
+    res = compare(ref, t)
     assert res.ok, res.table(only_failed=True)
     row = next(r for r in res.rows if r.name == probs)
     assert row.compared == 4 * (9 * 9 + 6 * 6) and row.skipped == 4 * (9 * 9 - 6 * 6)
     # the same change in an unpadded row (0) or a kept column of row 1 is caught
     t[probs][0, :, 7, :] += 1e-9
     t[probs][1, 0, 2, 3] += 1e-9
-    res = golden.compare(ref, t)
+    res = compare(ref, t)
     assert [r.name for r in res.failed] == [probs]
     assert next(r for r in res.rows if r.name == probs).detail.startswith("37 of ")  # 4 heads x 9 keys + 1
 
@@ -260,17 +261,17 @@ def test_compare_reports_missing_and_shape(lilt_case):
     t = {k: v for k, v in g.tensors.items() if not k.startswith("lilt.layout_embeddings")}
     t["outputs.logits"] = t["outputs.logits"][:, :3]
     t["something.extra"] = np.zeros(2)
-    res = golden.compare(d / "case.safetensors", t)
+    res = compare(d / "case.safetensors", t)
     missing = {r.name for r in res.missing}
     assert "lilt.layout_embeddings.LayerNorm" in missing
     assert res.extra == ["something.extra"]
     assert [r.name for r in res.failed] == ["outputs.logits"] and res.failed[0].status == "shape"
-    assert not golden.compare(d / "case.safetensors", t, strict=True).ok
-    ok_but_missing = golden.compare(
+    assert not compare(d / "case.safetensors", t, strict=True).ok
+    ok_but_missing = compare(
         d / "case.safetensors", {k: v for k, v in g.tensors.items() if "layout" not in k}
     )
     assert ok_but_missing.ok and ok_but_missing.missing
-    assert not golden.compare(
+    assert not compare(
         d / "case.safetensors", {k: v for k, v in g.tensors.items() if "layout" not in k}, strict=True
     ).ok
 
@@ -288,7 +289,7 @@ def test_lxmert_masks_follow_each_stream(lxmert_case):
     assert m.entry("outputs.vision_hidden_states.1")["masks"] == [{"input": V, "axes": [0, 1]}]
     assert m.entry("outputs.language_hidden_states.2")["masks"] == [{"input": L, "axes": [0, 1]}]
     assert m.entry("outputs.cross_relationship_score")["masks"] == []
-    assert golden.compare(m, m).ok
+    assert compare(m, m).ok
 
 
 def test_mask_specs_when_both_streams_have_the_same_length():
@@ -343,16 +344,16 @@ def test_float32_golden_is_within_its_tolerance_of_float64(lilt_case, tmp_path):
     assert g32.tensors["lilt.embeddings.LayerNorm"].dtype == np.float32
     depth = {e["name"]: e["depth"] for e in g32.manifest["tensors"]}
     assert depth["lilt.embeddings.LayerNorm"] == 0 and depth["lilt.encoder.layer.1.output.LayerNorm"] == 2
-    res = golden.compare(g32, g64.tensors)  # the float64 run is the better answer
+    res = compare(g32, g64.tensors)  # the float64 run is the better answer
     assert res.ok, res.table(only_failed=True)
     assert max(r.max_abs for r in res.rows) > 1e-9  # float32 really is coarser
     # a float32 port against the float64 golden file: held to float32's tolerance by depth
-    res = golden.compare(g64, g32.tensors)
+    res = compare(g64, g32.tensors)
     assert res.ok, res.table(only_failed=True)
     row = next(r for r in res.rows if r.name == "lilt.encoder.layer.1.output.LayerNorm")
     assert row.atol == pytest.approx(1.5e-5) and row.rtol == 1e-5
     # ... but not when the port claims float64
-    assert not golden.compare(
+    assert not compare(
         g64, {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in g32.tensors.items()}
     ).ok
 

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 
 import refimpl
 from refimpl import cli, golden
+from refimpl.checkpoints import CheckpointError, save_safetensors
+from refimpl.compare import compare
 from refimpl.data import path as bundled_path
-from refimpl.weights import CheckpointError, save_safetensors
 
 LILT_TINY = bundled_path("lilt-tiny")
 
@@ -82,10 +83,10 @@ def test_a_hash_collision_is_caught_by_the_byte_compare(model, tmp_path, monkeyp
             return b"x" * 16
 
     ref = golden.write_case(tmp_path / "r.safetensors", model, _inputs(), checkpoint=LILT_TINY)
-    monkeypatch.setattr(golden.hashlib, "blake2b", Same)
+    monkeypatch.setattr(golden.writer.hashlib, "blake2b", Same)
     g = golden.write_case(tmp_path / "c.safetensors", model, _inputs(), checkpoint=LILT_TINY)
     assert g.aliases == ref.aliases  # the same tensors alias, no more
-    assert golden.compare(g, ref).ok
+    assert compare(g, ref).ok
 
 
 def test_write_recomputes_aliases_so_a_changed_copy_is_stored_alone(case, tmp_path):
@@ -97,7 +98,7 @@ def test_write_recomputes_aliases_so_a_changed_copy_is_stored_alone(case, tmp_pa
     w = golden.read(tmp_path / "w.safetensors")
     assert name not in w.aliases and "outputs.layout_attentions.1" in w.aliases
     np.testing.assert_array_equal(w.tensors[name], t[name])
-    res = golden.compare(g, w)
+    res = compare(g, w)
     assert [r.name for r in res.failed] == [name]
 
 
@@ -157,7 +158,7 @@ def test_select_presets_and_globs(model, tmp_path, case, select, kept, dropped):
     assert g.selection["select"] == ([select] if isinstance(select, str) else select)
     # what was kept equals the full file's tensors
     full = case[1]
-    res = golden.compare(g, full.tensors)
+    res = compare(g, full.tensors)
     assert res.ok and {r.name for r in res.rows} == set(g.tensors)
     # a version 1 manifest (no selection) selects everything
     assert golden.is_selected({}, "anything.at.all")
@@ -180,7 +181,7 @@ def test_version_1_files_still_read(case, tmp_path):
     save_safetensors(tmp_path / "v1.safetensors", tensors, metadata={golden.MANIFEST_KEY: json.dumps(m)})
     v1 = golden.read(tmp_path / "v1.safetensors")
     assert v1.aliases == {} and v1.is_selected("whatever") and list(v1.tensors) == list(g.tensors)
-    res = golden.compare(v1, g)
+    res = compare(v1, g)
     assert res.ok and len(res.rows) == len(g.tensors)
     m["format_version"] = 3
     save_safetensors(tmp_path / "v3.safetensors", tensors, metadata={golden.MANIFEST_KEY: json.dumps(m)})
@@ -314,14 +315,14 @@ class _Tty(io.StringIO):
 
 def test_progress_shows_count_rate_and_eta_on_a_terminal_only():
     tty = _Tty()
-    bar = cli._Progress(4, stream=tty)
+    bar = cli.golden._Progress(4, stream=tty)
     bar.update(1, "case-0000")
     bar.update(2, "case-0001", skipped=1)
     bar.close()
     text = tty.getvalue()
     assert "2/4" in text and "cases/s" in text and "ETA" in text and "case-0001" in text
     for quiet, stream in ((True, _Tty()), (False, io.StringIO())):
-        bar = cli._Progress(4, quiet=quiet, stream=stream)
+        bar = cli.golden._Progress(4, quiet=quiet, stream=stream)
         bar.update(1)
         bar.close()
         assert stream.getvalue() == ""

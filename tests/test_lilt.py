@@ -529,7 +529,8 @@ def test_a_head_checkpoint_has_no_pooler_for_lilt_model():
     cfg = tiny_config(layers=1)
     _, _, d = checkpoint("LiltForTokenClassification", key(cfg))
     with pytest.raises(
-        refimpl.weights.CheckpointError, match=r"missing \(2\):\n\s+pooler.dense.weight\n\s+pooler.dense.bias"
+        refimpl.checkpoints.CheckpointError,
+        match=r"missing \(2\):\n\s+pooler.dense.weight\n\s+pooler.dense.bias",
     ):
         LiltModel.from_pretrained(d)
 

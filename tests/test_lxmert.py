@@ -884,5 +884,5 @@ def test_question_answering_from_a_pretraining_checkpoint():
         _oracle_out(oracle, x, labels=torch.tensor([1, 3])), ours(**x, labels=np.array([1, 3])), "float64"
     )
     _, d = checkpoint("LxmertForPreTraining", tiny_config(task_qa=False))
-    with pytest.raises(refimpl.weights.CheckpointError, match="answer_head"):
+    with pytest.raises(refimpl.checkpoints.CheckpointError, match="answer_head"):
         LxmertForQuestionAnswering.from_pretrained(d)

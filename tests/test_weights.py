@@ -23,8 +23,8 @@ from safetensors.numpy import save_file as np_save_file
 from safetensors.torch import load_file as torch_load_file
 from transformers import LiltConfig, LiltForTokenClassification, LxmertConfig, LxmertForPreTraining
 
-from refimpl import weights as W
-from refimpl.weights import CheckpointError, UnsafeCheckpointError
+from refimpl import checkpoints as W
+from refimpl.checkpoints import CheckpointError, UnsafeCheckpointError, loading, pytorch
 
 LILT_TINY = dict(
     vocab_size=50, hidden_size=24, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
@@ -213,8 +213,8 @@ def test_sharded_checkpoints_read_each_shard_once(tmp_path, oracle_models, monke
     shards = set(json.loads(index.read_text())["weight_map"].values())
     assert len(shards) > 2
     calls: list[str] = []
-    real = W._read_file
-    monkeypatch.setattr(W, "_read_file", lambda p: calls.append(os.path.basename(p)) or real(p))
+    real = loading._read_file
+    monkeypatch.setattr(loading, "_read_file", lambda p: calls.append(os.path.basename(p)) or real(p))
     ours = W.load_state_dict(tmp_path / "sharded")
     assert sorted(calls) == sorted(shards)
     assert W.weight_files(tmp_path / "sharded")[0] == str(index)
@@ -366,8 +366,8 @@ def test_raw_pickle_with_a_global_is_refused_at_find_class(tmp_path):
     # Hand-written protocol-0 pickle in the legacy layout: GLOBAL 'builtins exec' then REDUCE.
     path = tmp_path / "legacy.bin"
     with open(path, "wb") as f:
-        pickle.dump(W._TORCH_MAGIC, f, protocol=2)
-        pickle.dump(W._TORCH_PROTOCOL, f, protocol=2)
+        pickle.dump(pytorch._TORCH_MAGIC, f, protocol=2)
+        pickle.dump(pytorch._TORCH_PROTOCOL, f, protocol=2)
         pickle.dump({"little_endian": True}, f, protocol=2)
         f.write(b"cbuiltins\nexec\n(Vopen('" + str(tmp_path / "pwned").encode() + b"','w')\ntR.")
     with pytest.raises(UnsafeCheckpointError, match=r"builtins\.exec"):
@@ -602,7 +602,7 @@ def test_legacy_storage_views_are_resolved_against_their_root(tmp_path):
     )
     path = tmp_path / "old.bin"
     with open(path, "wb") as f:
-        for obj in (W._TORCH_MAGIC, W._TORCH_PROTOCOL, {"little_endian": True}):
+        for obj in (pytorch._TORCH_MAGIC, pytorch._TORCH_PROTOCOL, {"little_endian": True}):
             pickle.dump(obj, f, protocol=2)
         LegacyPickler(f, protocol=2).dump({"t": tensor})
         pickle.dump(["root"], f, protocol=2)

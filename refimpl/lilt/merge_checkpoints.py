@@ -23,7 +23,7 @@ transformers 4.56.2 without warnings:
 * the result is ``model.safetensors`` (float dtypes kept), not ``pytorch_model.bin``; the text
   checkpoint's tokenizer files are copied beside it.
 
-No torch is needed: weights are read and written through :mod:`refimpl.weights`
+No torch is needed: weights are read and written through :mod:`refimpl.checkpoints`
 (safetensors, or a ``pytorch_model.bin`` through its restricted unpickler), bit for bit.
 """
 
@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import weights
+from .. import checkpoints
 from ..config import LiltConfig
 from .modeling import LiltModel
 
@@ -144,7 +144,7 @@ def fuse_lilt(
     config["architectures"] = ["LiltModel"]
 
     report = FuseReport(out)
-    text_sd = dict(weights.load_raw_state_dict(text))
+    text_sd = dict(checkpoints.load_raw_state_dict(text))
     prefixed = any(k.startswith("roberta.") for k in text_sd)
     fused_text: dict[str, np.ndarray] = {}
     for k, v in text_sd.items():
@@ -156,7 +156,7 @@ def fuse_lilt(
             fused_text[k.replace("roberta.", "lilt.")] = v
         else:
             fused_text["lilt." + k] = v
-    layout_sd = dict(weights.load_raw_state_dict(layout))
+    layout_sd = dict(checkpoints.load_raw_state_dict(layout))
     layout_prefixed = any(k.startswith("lilt.") for k in layout_sd)
     fused_layout = {}
     for k, v in layout_sd.items():
@@ -174,7 +174,7 @@ def fuse_lilt(
     with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, sort_keys=True, indent=2, separators=(",", ": "))
         f.write("\n")
-    weights.save_safetensors(os.path.join(out, "model.safetensors"), fused, metadata={"format": "pt"})
+    checkpoints.save_safetensors(os.path.join(out, "model.safetensors"), fused, metadata={"format": "pt"})
     if copy_tokenizer and os.path.isdir(text):
         for name in TOKENIZER_FILES:
             src = os.path.join(text, name)
@@ -187,7 +187,7 @@ def fuse_lilt(
 def _validate(state: dict[str, Any], config: dict[str, Any], source: str) -> None:
     """Strict key/shape check of the fused weights against LiltModel (prefixed keys)."""
     cfg = LiltConfig.from_dict(config)
-    weights.match_state_dict(
+    checkpoints.match_state_dict(
         {k: getattr(v, "array", v) for k, v in state.items()},
         LiltModel.expected_shapes(cfg),
         prefix=LiltModel.base_model_prefix,

@@ -1,117 +1,51 @@
-"""Checkpoint weights: read safely, upcast, and match keys strictly.
+"""``pytorch_model.bin`` without torch: a restricted unpickler, nothing from the file runs.
 
-Formats read (no torch import, no code from the file ever runs):
+Zip format (torch >= 1.6) and legacy format (``torch.save(...,
+_use_new_zipfile_serialization=False)``): the pickle is read by a restricted unpickler that
+only knows the handful of globals torch uses to rebuild tensors, each replaced by a stand-in
+defined here; every other global is refused before anything runs. Storages of a zip archive
+are memory mapped; a tensor is rebuilt from its storage with its offset and strides.
 
-* ``model.safetensors``: the header is parsed and validated here, and each tensor is a
-  read-only NumPy view of a memory map of the file (zero-copy when no cast is needed).
-* ``pytorch_model.bin``, zip format (torch >= 1.6) and legacy format (``torch.save(...,
-  _use_new_zipfile_serialization=False)``): the pickle is read by a restricted unpickler
-  that only knows the handful of globals torch uses to rebuild tensors, each replaced by a
-  stand-in defined here; every other global is refused before anything runs. Storages of
-  a zip archive are memory mapped too; a tensor is rebuilt from its storage with its
-  offset and strides.
-* sharded sets: ``model.safetensors.index.json`` / ``pytorch_model.bin.index.json``.
-
-Hostile and broken files end in :class:`CheckpointError` (or ``OSError`` for a genuine I/O
-failure), naming the file and the tensor; the limits checked before any allocation
-(header size and depth, rank, element counts against the bytes present, zip members
-inflated in capped streams, stride-0 views) are those of :mod:`refimpl.files`. Only regular
-files are read. The unpickler's allowed globals are stand-ins whose state a pickle cannot
-set (``BUILD`` on them is refused), so no file can change the loader for the next one.
-
-Float tensors are cast to the requested dtype (float16 exactly; bfloat16 through its bit
-pattern, as NumPy has no bfloat16). Integer and bool tensors keep their dtype.
+The unpickler's allowed globals are stand-ins whose state a pickle cannot set (``BUILD`` on
+them is refused), so no file can change the loader for the next one. The limits checked
+before any allocation (rank, element counts against the bytes present, zip members inflated
+in capped streams, stride-0 views) are those of `refimpl.files`.
 """
 
 from __future__ import annotations
 
 import _compat_pickle
 import collections
-import hashlib
 import io
-import json
 import math
 import mmap
 import os
 import pickle
-import re
 import zipfile
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
-from .files import (
+from ..files import (
     MAX_ELEMENTS,
-    MAX_HEADER_BYTES,
     MAX_PICKLE_BYTES,
     MAX_RANK,
     MAX_VIEW_EXPANSION,
     CheckpointError,
     check_shape,
     open_regular,
-    read_json,
     read_zip_member,
-    regular_file,
     short_repr,
     zip_member_info,
 )
+from .raw import _CODES, RawTensor, _is_int, _map_file
 
-__all__ = [
-    "CheckpointError",
-    "UnsafeCheckpointError",
-    "RawTensor",
-    "WEIGHT_FILES",
-    "weight_files",
-    "load_state_dict",
-    "read_state_dict",
-    "read_safetensors",
-    "load_raw_state_dict",
-    "save_safetensors",
-    "convert_bin_to_safetensors",
-    "sha256_file",
-    "match_state_dict",
-    "subtree",
-]
+__all__ = ["UnsafeCheckpointError", "read_torch"]
 
 
 class UnsafeCheckpointError(CheckpointError):
     """A ``.bin`` pickle asks for a global outside the tensor-rebuilding allow-list."""
 
-
-class RawTensor(NamedTuple):
-    """A tensor as stored: ``dtype`` is the safetensors code (``"F32"``, ``"BF16"``, ...) and
-    ``array`` its values; for ``"BF16"`` the array holds the raw ``uint16`` bit patterns."""
-
-    dtype: str
-    array: np.ndarray
-
-
-#: The files a checkpoint directory is searched for, in transformers' order of preference.
-WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
-
-# safetensors dtype code -> little-endian NumPy dtype of the stored bits.
-_CODES: dict[str, str] = {
-    "F64": "<f8",
-    "F32": "<f4",
-    "F16": "<f2",
-    "BF16": "<u2",  # bit patterns; see _bf16_to_f32
-    "I64": "<i8",
-    "I32": "<i4",
-    "I16": "<i2",
-    "I8": "i1",
-    "U64": "<u8",
-    "U32": "<u4",
-    "U16": "<u2",
-    "U8": "u1",
-    "BOOL": "?",
-}
-_FLOAT_CODES = ("F64", "F32", "F16", "BF16")
-_NUMPY_TO_CODE = {np.dtype(v).newbyteorder("="): k for k, v in _CODES.items() if k != "BF16"}
 
 # torch storage classes (pickled as globals ``torch.FloatStorage``...) -> element code.
 _TORCH_STORAGES = {
@@ -151,226 +85,6 @@ _TORCH_DTYPES = {
 }
 _TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # torch/serialization.py MAGIC_NUMBER
 _TORCH_PROTOCOL = 1001  # torch/serialization.py PROTOCOL_VERSION
-_MAX_HEADER = MAX_HEADER_BYTES  # safetensors' own limit on the JSON header
-
-
-# ---------------------------------------------------------------------------------------------
-# dtype handling
-# ---------------------------------------------------------------------------------------------
-def _bf16_to_f32(bits: np.ndarray) -> np.ndarray:
-    """bfloat16 bit patterns -> float32, exactly: ``[...] uint16 -> [...] float32``.
-
-    A bfloat16 is the upper half of a float32, so shifting its 16 bits left by 16 gives
-    the float32 with the same value (NaN payloads and infinities included)."""
-    return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
-
-
-def _check_float_dtype(dtype) -> np.dtype | None:
-    if dtype is None:
-        return None
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise ValueError(
-            f"dtype must be a NumPy float dtype (float32/float64) or None, got {dtype!r}"
-        ) from None
-    if dt.kind != "f":
-        raise ValueError(f"dtype must be a NumPy float dtype (float32/float64) or None, got {dtype!r}")
-    return dt
-
-
-def _cast(raw: RawTensor, dtype: np.dtype | None) -> np.ndarray:
-    """A stored tensor as an array: floats cast to ``dtype`` (a copy only when it differs),
-    bfloat16 upcast through float32, integers and bools unchanged. ``dtype=None`` keeps the
-    stored float type (bfloat16 becomes float32)."""
-    code, arr = raw
-    if code == "BF16":
-        f32 = _bf16_to_f32(arr)
-        return f32 if dtype is None or dtype == f32.dtype else f32.astype(dtype)
-    if code in _FLOAT_CODES and dtype is not None and arr.dtype != dtype:
-        return arr.astype(dtype)
-    return arr
-
-
-# ---------------------------------------------------------------------------------------------
-# safetensors
-# ---------------------------------------------------------------------------------------------
-def _map_file(f, path: str) -> mmap.mmap | bytes:
-    """A read-only memory map of an open file (``b""`` for an empty file, which cannot be mapped)."""
-    size = os.fstat(f.fileno()).st_size
-    if size == 0:
-        return b""
-    try:
-        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    except (OSError, ValueError) as e:  # e.g. a pipe or a special file
-        raise CheckpointError(f"{path}: cannot memory-map the file: {e}") from None
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _read_safetensors(path: str) -> dict[str, RawTensor]:
-    """The tensors of :func:`read_safetensors` (without the metadata)."""
-    return read_safetensors(path)[1]
-
-
-def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, RawTensor]]:
-    """Parse and validate a safetensors file; every array is a read-only view of its memory map.
-
-    The one safetensors parser of refimpl: the loader, ``inspect``, ``convert`` and golden
-    files all read through it.
-
-    Returns:
-        ``(metadata, tensors)``: the header's ``__metadata__`` (``{}`` when absent) and
-        name -> :class:`RawTensor`, in the header's order.
-
-    Layout: ``u64 little-endian N | N bytes of JSON header | data``. The header maps each
-    name to ``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets relative to the
-    data), plus an optional ``"__metadata__"`` of strings. As the safetensors library does,
-    the tensors must tile the data exactly: no overlap, no gap, nothing after the last.
-    """
-    path = os.fspath(path)
-    with open_regular(path, "safetensors file") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size < 8:
-            raise CheckpointError(
-                f"{path}: truncated safetensors file ({size} bytes, the header length needs 8)"
-            )
-        n = int.from_bytes(f.read(8), "little")
-        if n > size - 8:
-            raise CheckpointError(
-                f"{path}: corrupt safetensors file: header length {n} runs past the end of the file ({size} bytes)"
-            )
-        if n > _MAX_HEADER:
-            raise CheckpointError(
-                f"{path}: corrupt safetensors file: header length {n} exceeds {_MAX_HEADER}"
-            )
-        head = f.read(n)
-        if len(head) != n:
-            raise CheckpointError(f"{path}: truncated safetensors file (the file shrank while read)")
-        buf = _map_file(f, path)
-    header = read_json(head, f"{path}: corrupt safetensors header", max_bytes=_MAX_HEADER, max_depth=4)
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: corrupt safetensors header: expected a JSON object")
-    meta = header.pop("__metadata__", None)
-    if meta is not None and not (
-        isinstance(meta, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items())
-    ):
-        raise CheckpointError(f"{path}: corrupt safetensors header: __metadata__ must map strings to strings")
-    start = 8 + n
-    data_len = size - start
-    spans: list[tuple[int, int, str]] = []
-    out: dict[str, RawTensor] = {}
-    for name, info in header.items():
-        bad = f"{path}: corrupt safetensors header for tensor {name!r}"
-        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-            raise CheckpointError(
-                f"{bad}: expected exactly the keys dtype, shape, data_offsets, got {short_repr(info)}"
-            )
-        code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if not isinstance(code, str) or code not in _CODES:
-            raise CheckpointError(
-                f"{bad}: dtype {short_repr(code)} is not supported; supported: {sorted(_CODES)}"
-            )
-        if not isinstance(shape, list):
-            raise CheckpointError(
-                f"{bad}: shape must be a list of non-negative integers, got {short_repr(shape)}"
-            )
-        shape = list(check_shape(shape, bad))
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
-            raise CheckpointError(f"{bad}: data_offsets must be two integers, got {short_repr(offsets)}")
-        begin, end = offsets
-        if not 0 <= begin <= end <= data_len:
-            raise CheckpointError(
-                f"{bad}: data_offsets {offsets} fall outside the {data_len} data bytes of the file (truncated?)"
-            )
-        dt = np.dtype(_CODES[code])
-        count = math.prod(shape)
-        if count * dt.itemsize != end - begin:
-            raise CheckpointError(
-                f"{bad}: shape {shape} x {dt.itemsize} bytes = {count * dt.itemsize} bytes, "
-                f"but data_offsets span {end - begin}"
-            )
-        spans.append((begin, end, name))
-        if count == 0:
-            arr = np.zeros(shape, dt)
-            arr.flags.writeable = False
-        else:
-            arr = np.frombuffer(buf, dtype=dt, count=count, offset=start + begin).reshape(shape)
-            if not arr.flags.aligned:  # writers pad the header to 8 bytes; copy if one did not
-                arr = arr.copy()
-        out[name] = RawTensor(code, arr)
-    pos = 0
-    for begin, end, name in sorted(spans):
-        if begin != pos:
-            what = (
-                "overlaps the tensor before it"
-                if begin < pos
-                else f"leaves a gap of {begin - pos} bytes before it"
-            )
-            raise CheckpointError(f"{path}: corrupt safetensors file: tensor {name!r} {what}")
-        pos = end
-    if pos != data_len:
-        raise CheckpointError(
-            f"{path}: corrupt safetensors file: {data_len - pos} bytes after the last tensor's data"
-        )
-    return dict(meta or {}), out
-
-
-def save_safetensors(
-    path: str | os.PathLike,
-    tensors: dict[str, np.ndarray | RawTensor],
-    metadata: dict[str, str] | None = None,
-) -> str:
-    """Write a safetensors file that the safetensors library (and this module) read back.
-
-    Args:
-        path: output file.
-        tensors: name -> array, or name -> :class:`RawTensor` (needed for ``"BF16"``, which
-            NumPy cannot express: the array holds the uint16 bit patterns).
-        metadata: string -> string; defaults to ``{"format": "pt"}`` (what transformers expects).
-
-    Returns:
-        the path written.
-    """
-    entries = []
-    for name, t in tensors.items():
-        if not isinstance(name, str):
-            raise ValueError(f"tensors: keys must be strings, got {name!r}")
-        if isinstance(t, RawTensor):
-            code, arr = t.dtype, np.asarray(t.array)
-            if code not in _CODES:
-                raise ValueError(f"tensors[{name!r}]: dtype {code!r} is not one of {sorted(_CODES)}")
-            want = np.dtype(_CODES[code])
-            if arr.dtype.newbyteorder("=") != want.newbyteorder("="):
-                raise ValueError(
-                    f"tensors[{name!r}]: a {code} tensor must hold {want} values, got {arr.dtype}"
-                )
-        else:
-            arr = np.asarray(t)
-            code = _NUMPY_TO_CODE.get(arr.dtype.newbyteorder("="))
-            if code is None:
-                raise ValueError(f"tensors[{name!r}]: dtype {arr.dtype} cannot be stored in safetensors")
-        arr = arr.astype(np.dtype(_CODES[code]), order="C", copy=False)  # little-endian, C order, 0-d kept
-        entries.append((name, code, arr))
-    # As safetensors does: larger items first, then by name, so every tensor stays aligned.
-    entries.sort(key=lambda e: (-e[2].dtype.itemsize, e[0]))
-    header: dict[str, Any] = {"__metadata__": dict(metadata) if metadata is not None else {"format": "pt"}}
-    pos = 0
-    for name, code, arr in entries:
-        header[name] = {"dtype": code, "shape": list(arr.shape), "data_offsets": [pos, pos + arr.nbytes]}
-        pos += arr.nbytes
-    head = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    head += b" " * (-len(head) % 8)
-    p = os.fspath(path)
-    with open(p, "wb") as f:
-        f.write(len(head).to_bytes(8, "little"))
-        f.write(head)
-        for _, _, arr in entries:
-            if arr.size:
-                f.write(arr.reshape(-1).view(np.uint8).data)
-    return p
 
 
 # ---------------------------------------------------------------------------------------------
@@ -537,7 +251,7 @@ def _codecs_encode(obj, encoding="utf-8"):
 
 
 #: (module, name) -> what the restricted unpickler returns for it. Nothing else is allowed.
-#: Functions and classes are wrapped in :class:`_Global`, whose state a pickle cannot set.
+#: Functions and classes are wrapped in `_Global`, whose state a pickle cannot set.
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): _Global(collections.OrderedDict, "collections.OrderedDict"),
     **{("torch._utils", r.fn.__name__): r for r in _REBUILDERS},
@@ -556,9 +270,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
     """Unpickles a torch checkpoint without running anything from it.
 
     ``find_class`` answers only the globals in ``_ALLOWED_GLOBALS``, with stand-ins defined
-    in this module; any other global raises :class:`UnsafeCheckpointError` when the pickle
+    in this module; any other global raises `UnsafeCheckpointError` when the pickle
     names it, i.e. before it could be called. ``persistent_load`` turns torch's storage ids
-    into :class:`_Storage` records (one per key) whose bytes are found afterwards.
+    into `_Storage` records (one per key) whose bytes are found afterwards.
     """
 
     def __init__(self, file, source: str, storages: dict[str, _Storage], legacy: bool = False):
@@ -654,7 +368,7 @@ class _Bounded:
 
 
 def _unpickle(file, source: str, storages: dict[str, _Storage], legacy: bool = False):
-    """One restricted ``load``; any failure becomes a :class:`CheckpointError` naming ``source``."""
+    """One restricted ``load``; any failure becomes a `CheckpointError` naming ``source``."""
     try:
         return _RestrictedUnpickler(file, source, storages, legacy).load()
     except CheckpointError:
@@ -757,7 +471,7 @@ def _zip_member_span(zf: zipfile.ZipFile, info: zipfile.ZipInfo, size: int, sour
 def _read_torch_zip(path: str) -> dict[str, RawTensor]:
     """torch >= 1.6 format: ``<archive>/data.pkl`` + ``<archive>/data/<key>`` + ``<archive>/byteorder``.
 
-    Every member is checked before it is read (:func:`refimpl.files.zip_member_info`: stored or
+    Every member is checked before it is read (`refimpl.files.zip_member_info`: stored or
     deflated, not encrypted, a declared size that the pickle expects and that its compressed
     size can hold); a deflated member is inflated in a stream capped at that size."""
     try:
@@ -850,7 +564,7 @@ def _read_torch_legacy(path: str) -> dict[str, RawTensor]:
     return _collect(obj, path, storages)
 
 
-def _read_torch(path: str) -> dict[str, RawTensor]:
+def read_torch(path: str) -> dict[str, RawTensor]:
     """A ``torch.save`` file of a state dict, in either format, without torch."""
     with open_regular(path, "checkpoint") as f:
         head = f.read(512)
@@ -861,236 +575,3 @@ def _read_torch(path: str) -> dict[str, RawTensor]:
     if head[:1] == b"\x80":
         return _read_torch_legacy(path)
     raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle)")
-
-
-# ---------------------------------------------------------------------------------------------
-# files, shards, public loading
-# ---------------------------------------------------------------------------------------------
-def _read_index(path: str) -> dict[str, str]:
-    """``weight_map`` of a sharded index: key -> shard file name (in the index's directory)."""
-    index = read_json(path, f"{path}: corrupt shard index")
-    wmap = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(wmap, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in wmap.items()
-    ):
-        raise CheckpointError(f"{path}: shard index needs a 'weight_map' of tensor name -> shard file")
-    for k, v in wmap.items():
-        if not v or os.path.basename(v) != v or v in (".", ".."):
-            raise CheckpointError(
-                f"{path}: shard of {short_repr(k)} must be a file name in the same directory, got {short_repr(v)}"
-            )
-    return wmap
-
-
-def weight_files(path: str | os.PathLike) -> list[str]:
-    """The weight files ``load_state_dict(path)`` reads, in order (shards included).
-
-    A directory is searched for ``WEIGHT_FILES`` in order (safetensors first, as
-    transformers does); a file is taken as it is.
-
-    Raises:
-        FileNotFoundError: naming the directory and every file looked for.
-    """
-    p = os.fspath(path)
-    if os.path.isdir(p):
-        for name in WEIGHT_FILES:
-            if os.path.lexists(os.path.join(p, name)):
-                p = regular_file(os.path.join(p, name), "checkpoint")  # a FIFO or device is refused
-                break
-        else:
-            raise FileNotFoundError(f"no checkpoint weights in {p}: looked for {', '.join(WEIGHT_FILES)}")
-    elif not os.path.exists(p):
-        raise FileNotFoundError(f"no such checkpoint file or directory: {p}")
-    else:
-        regular_file(p, "checkpoint")
-    if not p.endswith(".json"):
-        return [p]
-    wmap = _read_index(p)
-    shards = list(dict.fromkeys(wmap.values()))
-    d = os.path.dirname(p)
-    return [p] + [os.path.join(d, s) for s in shards]
-
-
-def _read_file(path: str) -> dict[str, RawTensor]:
-    return _read_safetensors(path) if path.endswith(".safetensors") else _read_torch(path)
-
-
-def load_raw_state_dict(path: str | os.PathLike) -> dict[str, RawTensor]:
-    """Every tensor of a checkpoint as stored (dtype code + array; bfloat16 as uint16 bits).
-
-    Args:
-        path: a checkpoint directory, a weight file, or a shard index (``*.index.json``).
-
-    Returns:
-        checkpoint key -> :class:`RawTensor`. Arrays may be read-only views of the file.
-
-    Raises:
-        FileNotFoundError: no weights found.
-        CheckpointError: a corrupt / truncated file, a refused pickle global
-            (:class:`UnsafeCheckpointError`), or a shard that lacks a key its index names.
-    """
-    files = weight_files(path)
-    if len(files) == 1:
-        return _read_file(files[0])
-    index, shard_files = files[0], files[1:]
-    wmap = _read_index(index)
-    out: dict[str, RawTensor] = {}
-    for shard in shard_files:  # each shard read once
-        if not os.path.lexists(shard):
-            raise CheckpointError(f"{index}: shard file {shard} is missing")
-        regular_file(shard, "shard")
-        tensors = _read_file(shard)
-        name = os.path.basename(shard)
-        lacking = [k for k, s in wmap.items() if s == name and k not in tensors]
-        if lacking:
-            raise CheckpointError(
-                f"{shard}: lacks tensors its index {index} places there: {', '.join(lacking)}"
-            )
-        for k, v in tensors.items():
-            if k in out:
-                raise CheckpointError(
-                    f"{index}: tensor {k!r} is stored in more than one shard (again in {shard})"
-                )
-            out[k] = v
-    return out
-
-
-def load_state_dict(path: str | os.PathLike, dtype=np.float32) -> dict[str, np.ndarray]:
-    """Read every tensor of a checkpoint directory (or weight file) as NumPy arrays.
-
-    Args:
-        path: a checkpoint directory (``model.safetensors``, ``model.safetensors.index.json``,
-            ``pytorch_model.bin``, ``pytorch_model.bin.index.json``, looked for in that order),
-            a weight file, or a shard index.
-        dtype: float dtype for floating tensors (float16 / bfloat16 are upcast exactly);
-            ``None`` keeps the stored float type (bfloat16 becomes float32). Integer and bool
-            tensors keep theirs.
-
-    Returns:
-        checkpoint key -> array of the stored shape. When the stored dtype already is
-        ``dtype``, a safetensors (or zip ``.bin``) tensor is a read-only view of the
-        memory-mapped file: no copy is made.
-
-    Raises:
-        FileNotFoundError: no weights found.
-        CheckpointError: corrupt or truncated file, refused pickle global; names the file.
-    """
-    dt = _check_float_dtype(dtype)
-    return {k: _cast(v, dt) for k, v in load_raw_state_dict(path).items()}
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Every tensor with its stored dtype where NumPy has it (bfloat16 becomes float32, exactly):
-    ``load_state_dict(path, dtype=None)``."""
-    return load_state_dict(path, dtype=None)
-
-
-def convert_bin_to_safetensors(bin_path: str | os.PathLike, out_path: str | os.PathLike) -> str:
-    """Rewrite a ``pytorch_model.bin`` (file, shard index or directory) as one safetensors file.
-
-    Read with the restricted unpickler (nothing in the pickle runs); every tensor keeps its
-    dtype, bfloat16 included, and its exact bits. Tensors that shared storage are written
-    separately. The metadata is ``{"format": "pt"}`` so transformers loads the result.
-
-    Returns:
-        ``out_path``.
-    """
-    src = weight_files(bin_path)
-    if src[0].endswith(".safetensors"):
-        raise ValueError(f"bin_path {os.fspath(bin_path)} holds safetensors weights already")
-    if os.path.abspath(os.fspath(out_path)) in map(os.path.abspath, src):
-        raise ValueError(f"out_path {os.fspath(out_path)} would overwrite the checkpoint being read")
-    return save_safetensors(out_path, load_raw_state_dict(src[0]))
-
-
-def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in ``chunk_size`` pieces (for golden-file manifests)."""
-    h = hashlib.sha256()
-    with open_regular(path, "file") as f:
-        while block := f.read(chunk_size):
-            h.update(block)
-    return h.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------
-# matching checkpoint keys to the model's
-# ---------------------------------------------------------------------------------------------
-def match_state_dict(
-    state: dict[str, Any],
-    expected: dict[str, tuple[int, ...]],
-    prefix: str = "",
-    is_base_model: bool = False,
-    tied: dict[str, str] | None = None,
-    ignored_unexpected: tuple[str, ...] = (),
-    source: str = "checkpoint",
-) -> dict[str, Any]:
-    """Map checkpoint keys onto the model's expected keys, strictly.
-
-    The model's keys are those ``save_pretrained`` of the oracle's class writes: a base
-    model's are unprefixed (``embeddings.word_embeddings.weight``), a head model's carry the
-    base prefix (``lilt.embeddings...``) beside the head's own (``classifier.dense.weight``).
-    As in transformers, a checkpoint saved from the other kind of class is accepted: its
-    prefix is added or removed. A base model loaded from a head checkpoint ignores the head's
-    weights (they belong to another class).
-
-    Args:
-        state: checkpoint key -> array.
-        expected: model key -> shape.
-        prefix: the base-model prefix ("lilt" / "lxmert").
-        is_base_model: whether the model is the base class.
-        tied: model key -> model key it is tied to (filled from the source when absent).
-        ignored_unexpected: regexes of checkpoint keys the oracle ignores.
-        source: path used in the error message.
-
-    Returns:
-        model key -> array, exactly the keys of ``expected``.
-
-    Raises:
-        CheckpointError: naming every missing, unexpected and misshaped key at once.
-    """
-    tied = tied or {}
-    pre = prefix + "." if prefix else ""
-    has_prefixed = any(k.startswith(pre) for k in state) if pre else False
-    renamed: dict[str, Any] = {}
-    for k, v in state.items():
-        if is_base_model and pre:
-            if k.startswith(pre):
-                new = k[len(pre) :]
-            elif has_prefixed:
-                continue  # a head weight of a head-model checkpoint: another class's
-            else:
-                new = k
-        elif pre and not has_prefixed and (pre + k) in expected:
-            new = pre + k  # a base-model checkpoint loaded into a head model
-        else:
-            new = k
-        renamed[new] = v
-
-    params: dict[str, Any] = {}
-    misshaped = []
-    for k, shape in expected.items():
-        if k in renamed:
-            v = renamed[k]
-            if tuple(v.shape) != tuple(shape):
-                misshaped.append(f"{k}: checkpoint {tuple(v.shape)} != model {tuple(shape)}")
-            params[k] = v
-    for k, src in tied.items():
-        if k in expected and src in params:
-            params[k] = params[src]  # tied as the oracle ties: the source wins
-    missing = [k for k in expected if k not in params]  # a tied key whose source is missing, too
-    ignore = [re.compile(p) for p in ignored_unexpected]
-    unexpected = [k for k in renamed if k not in expected and not any(p.search(k) for p in ignore)]
-    if missing or unexpected or misshaped:
-        lines = [f"checkpoint {source} does not fit the model:"]
-        for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", misshaped)):
-            if keys:
-                lines.append(f"  {title} ({len(keys)}):")
-                lines.extend(f"    {k}" for k in keys)
-        raise CheckpointError("\n".join(lines))
-    return params
-
-
-def subtree(params: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """The weights under ``prefix`` with the prefix removed: ``subtree(p, "lilt.pooler")["dense.weight"]``."""
-    pre = prefix.rstrip(".") + "."
-    return {k[len(pre) :]: v for k, v in params.items() if k.startswith(pre)}

@@ -1,0 +1,26 @@
+"""The ``refimpl`` command line:
+
+    refimpl golden CHECKPOINT --inputs FILE --out FILE [--dtype float64] [--device cpu]
+                   [--select all|modules|blocks|GLOB ...] [--shard I/N] [-q]
+    refimpl compare GOLDEN CANDIDATE [--atol A --rtol R] [--rule R] [--strict] [--checkpoint DIR]
+    refimpl inspect PATH
+    refimpl convert pytorch_model.bin model.safetensors
+    refimpl fuse-lilt --text TEXT_CKPT --layout LILT_ONLY_CKPT --out DIR
+    refimpl demo [--out DIR]
+    refimpl models
+    refimpl --version
+
+Exit codes: 0 success; 1 ``compare`` found a tensor out of tolerance; 2 a usage error, a
+missing or unreadable file or a checkpoint that does not fit (one line on stderr, no
+traceback; set ``REFIMPL_DEBUG=1`` to see the traceback).
+
+Modules: `parser` (the parser and `main`), one module per command (`golden`, `compare`,
+`inspect`, `convert`, `fuse_lilt`, `models`, `demo`), `cases` (the ``--inputs`` formats) and
+`common` (what every command shares).
+"""
+
+from .cases import encode_case, read_cases
+from .common import CliError
+from .parser import build_parser, main
+
+__all__ = ["main", "build_parser", "read_cases", "encode_case", "CliError"]

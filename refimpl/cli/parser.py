@@ -1,0 +1,184 @@
+"""The argument parser of ``refimpl`` and ``main``, which runs one command and turns every
+failure into one line and an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from .. import __version__, backend
+from .cases import CASE_SCHEMA
+from .common import _one_line
+from .compare import cmd_compare
+from .convert import cmd_convert
+from .demo import cmd_demo
+from .fuse_lilt import cmd_fuse_lilt
+from .golden import cmd_golden
+from .inspect import cmd_inspect
+from .models import cmd_models
+
+__all__ = ["build_parser", "main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of ``refimpl`` (subcommands golden, compare, inspect, convert,
+    fuse-lilt, demo, models)."""
+    p = _Parser(
+        prog="refimpl",
+        description="NumPy reference implementation of LiLT and LXMERT: golden outputs for porters.",
+    )
+    p.add_argument("--version", action="version", version=f"refimpl {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    g = sub.add_parser(
+        "golden",
+        help="run a checkpoint on inputs and write a golden file (every intermediate)",
+        epilog=CASE_SCHEMA,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g.add_argument("checkpoint", help="checkpoint directory (config.json + weights)")
+    g.add_argument(
+        "--inputs", required=True, help=".npz (forward keywords), .json (one case) or .jsonl (cases)"
+    )
+    g.add_argument(
+        "--out", required=True, help="output .safetensors (for .jsonl: a dir or a pattern with {index})"
+    )
+    g.add_argument(
+        "--dtype", choices=backend.DTYPES, default="float64", help="compute dtype (default float64)"
+    )
+    g.add_argument("--device", choices=backend.DEVICES, default="cpu")
+    g.add_argument(
+        "--select",
+        action="append",
+        metavar="WHAT",
+        help="which tensors to keep (repeatable, combined): all (default), modules (every module "
+        "output, no attention scores/probabilities), blocks (embeddings, layer outputs, poolers, "
+        "heads, outputs), or a glob over names such as '*.attention.self.query'",
+    )
+    g.add_argument(
+        "--shard", metavar="I/N", help="process every N-th case of a .jsonl, starting at case I (0-based)"
+    )
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
+    g.set_defaults(func=cmd_golden)
+
+    c = sub.add_parser(
+        "compare",
+        help="compare a candidate (a port's dump) with a reference golden file, tensor by tensor",
+        description="Compare a port's dump with a golden file. Exit 0 all within tolerance and at least one "
+        "tensor compared; 1 a tensor out of tolerance, nothing compared, or (--checkpoint) a culprit block "
+        "or accumulated drift; 2 usage and file errors (a reference that is not a golden file, say).",
+    )
+    c.add_argument("reference", help="golden .safetensors file (refimpl golden / refimpl demo)")
+    c.add_argument(
+        "candidate",
+        help="the port's dump: safetensors, .npz, or a directory of <tensor name>.npy files (detected by content)",
+    )
+    c.add_argument("--atol", type=float, default=None, help="override every float tensor's atol")
+    c.add_argument("--rtol", type=float, default=None, help="override every float tensor's rtol")
+    c.add_argument(
+        "--rule",
+        choices=("max_abs", "rel", "nmse", "cosine"),
+        default="max_abs",
+        help="pass rule for float tensors: max_abs |c-r| <= atol + rtol|r| (default); rel |c-r|/max(|r|, atol) "
+        "<= rtol; nmse sum(c-r)^2/sum r^2 <= rtol^2; cosine 1 - cos <= rtol^2/2",
+    )
+    c.add_argument("--strict", action="store_true", help="tensors missing in the candidate fail too")
+    c.add_argument(
+        "--only-failed", action="store_true", help="print only failing rows (missing ones only with --strict)"
+    )
+    c.add_argument("--add-prefix", default="", metavar="P", help="prepend P to every candidate name")
+    c.add_argument(
+        "--strip-prefix", default="", metavar="P", help="remove P from the start of candidate names"
+    )
+    c.add_argument("--add-suffix", default="", metavar="S", help="append S to every candidate name")
+    c.add_argument("--strip-suffix", default="", metavar="S", help="remove S from the end of candidate names")
+    c.add_argument("--slash-to-dot", action="store_true", help="read '/' in candidate names as '.'")
+    c.add_argument(
+        "--name-map",
+        metavar="JSON",
+        default=None,
+        help='JSON object {"candidate name": "reference name"}; wins over the prefix/suffix options',
+    )
+    c.add_argument(
+        "--checkpoint",
+        metavar="DIR",
+        default=None,
+        help="isolation: recompute every block from the candidate's own inputs with this checkpoint and "
+        "name the culprit block, or say the divergence is accumulated drift",
+    )
+    c.set_defaults(func=cmd_compare)
+
+    i = sub.add_parser("inspect", help="summarise a checkpoint directory or a golden file")
+    i.add_argument("path")
+    i.set_defaults(func=cmd_inspect)
+
+    v = sub.add_parser("convert", help="pytorch_model.bin -> model.safetensors without torch")
+    v.add_argument("src", metavar="pytorch_model.bin")
+    v.add_argument("dst", metavar="model.safetensors")
+    v.set_defaults(func=cmd_convert)
+
+    f = sub.add_parser("fuse-lilt", help="LiLT = RoBERTa-like text model + lilt-only layout weights")
+    f.add_argument("--text", required=True, help="text checkpoint dir (e.g. roberta-base)")
+    f.add_argument("--layout", required=True, help="layout-only LiLT checkpoint dir (e.g. lilt-only-base)")
+    f.add_argument("--out", required=True, help="output directory")
+    f.add_argument("--no-tokenizer", action="store_true", help="do not copy the text model's tokenizer files")
+    f.set_defaults(func=cmd_fuse_lilt)
+
+    d = sub.add_parser("demo", help="run the bundled tiny LiLT and LXMERT on the bundled example")
+    d.add_argument(
+        "--out", default="refimpl-demo", help="where to write the golden files (default ./refimpl-demo)"
+    )
+    d.add_argument("--dtype", choices=backend.DTYPES, default="float64")
+    d.add_argument("-q", "--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo)
+
+    m = sub.add_parser("models", help="list the supported architectures")
+    m.set_defaults(func=cmd_models)
+    return p
+
+
+_tuned = False
+
+
+def _tune_process() -> None:
+    """``backend.tune_allocator()`` and ``backend.quiet_blas_threads()``, once per process."""
+    global _tuned
+    if not _tuned:
+        backend.tune_allocator()
+        backend.quiet_blas_threads()
+        _tuned = True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``refimpl`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help(sys.stderr)
+        return 2
+    func: Callable[[argparse.Namespace], int] = args.func
+    # the command owns its process: keep freed memory for the next forward, and let OpenBLAS's
+    # idle threads sleep after each product instead of taking a core from the elementwise work
+    _tune_process()
+    try:
+        return int(func(args) or 0)
+    except KeyboardInterrupt:
+        sys.stderr.write("refimpl: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # every failure is one line, exit 2
+        if os.environ.get("REFIMPL_DEBUG"):
+            raise
+        sys.stderr.write(f"refimpl {args.command}: error: {_one_line(e)}\n")
+        return 2

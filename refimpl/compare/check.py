@@ -1,0 +1,101 @@
+"""The plain check: every reference tensor against the candidate's of the same name."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..golden.masks import keep_mask
+from .candidates import Candidate, read_candidate, read_reference
+from .errors import CompareError
+from .names import NameMap, models_differ, name_hint
+from .report import CompareResult
+from .rules import RULES, CompareRow, _compare_one, _tolerance_for
+
+__all__ = ["compare"]
+
+
+def compare(
+    reference: Any,
+    candidate: Any,
+    atol: float | None = None,
+    rtol: float | None = None,
+    strict: bool = False,
+    rule: str = "max_abs",
+    names: NameMap | None = None,
+) -> CompareResult:
+    """Compare a candidate (a port's dump) with a reference golden file, tensor by tensor.
+
+    Args:
+        reference: a golden file path or `Golden` (its manifest gives
+            the order, tolerances and masks). Anything without a golden manifest is refused.
+        candidate: a path (safetensors, ``.npz`` or ``.npy`` directory; see
+            `read_candidate`), a `Candidate`, a Golden or a mapping name -> array.
+        atol, rtol: override every float tensor's tolerance.
+        strict: count tensors missing in the candidate as failures.
+        rule: the pass rule for float tensors, one of `RULES`.
+        names: a `NameMap` applied to the candidate's names first.
+
+    Returns:
+        `CompareResult`, one row per reference tensor, forward order. Without
+        overrides a float tensor gets the manifest's tolerance, widened to
+        `dtype_tolerance` of the candidate's stored dtype when that is coarser. Masked
+        positions (see `refimpl.golden.mask_specs_for`) are not compared.
+
+    Raises:
+        CompareError: a reference that is not a golden file, an unreadable candidate, a bad rule.
+    """
+    if rule not in RULES:
+        raise CompareError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
+    for n, v in (("atol", atol), ("rtol", rtol)):
+        if v is not None and not (v >= 0 and math.isfinite(v)):
+            raise CompareError(f"{n} must be a finite number >= 0, got {v}")
+    ref = read_reference(reference)
+    cand = candidate if isinstance(candidate, Candidate) else read_candidate(candidate)
+    raw_names = list(cand.tensors)
+    if names:
+        cand = names.apply(cand, set(ref.tensors))
+    notes = []
+    diff = models_differ(ref.manifest, cand.manifest)
+    if diff:
+        notes.append(diff)
+    entries = {e["name"]: e for e in ref.manifest.get("tensors", [])}
+    default = ref.manifest.get("default_tolerance") or {}
+    rows: list[CompareRow] = []
+    first_marked = False
+    for name, r in ref.tensors.items():
+        e = entries.get(name, {})
+        c = cand.tensors.get(name)
+        c_dtype = cand.dtypes.get(name, str(r.dtype))
+        a, t = _tolerance_for(e, default, r, c_dtype, None)
+        if r.dtype.kind in "fc":
+            a = a if atol is None else float(atol)
+            t = t if rtol is None else float(rtol)
+        if c is None:
+            rows.append(CompareRow(name, tuple(r.shape), "missing", atol=a, rtol=t, rule=rule))
+            continue
+        specs = e.get("masks") or []
+        keep = keep_mask(tuple(r.shape), specs, ref.tensors) if specs else None
+        row = _compare_one(name, r, np.asarray(c), a, t, keep, rule, c_dtype)
+        if not row.ok and not first_marked:
+            row.first_divergent = first_marked = True
+        rows.append(row)
+    extra = [k for k in cand.tensors if k not in ref.tensors]
+    missing = [r.name for r in rows if r.status == "missing"]
+    if extra and missing:
+        hint = name_hint(list(ref.tensors), list(cand.tensors))
+        if hint is None and names:  # say what the names looked like before the map
+            hint = name_hint(list(ref.tensors), raw_names)
+        if hint:
+            notes.append("name hint: " + hint)
+    return CompareResult(
+        rows,
+        extra,
+        strict,
+        notes,
+        rule,
+        cand.format,
+        name_mismatch=any(n.startswith("name hint") for n in notes),
+    )

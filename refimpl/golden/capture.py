@@ -1,0 +1,103 @@
+"""A traced forward pass as named tensors: ``inputs.<kw>``, the traced intermediates, then
+``outputs.<field>[.<i>]``, in forward order."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .. import backend, trace
+from .format import _to_numpy
+
+__all__ = ["prepare_inputs", "flatten_outputs", "trace_forward"]
+
+
+def prepare_inputs(model: Any, inputs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split ``inputs`` into arrays (floats cast to the model dtype, moved to its device) and
+    plain keyword values (flags, ``None``).
+
+    Args:
+        model: a refimpl model (its ``dtype`` and ``device``).
+        inputs: forward keywords -> arrays of any shape (``input_ids [b, s]``...), flags or ``None``.
+
+    Returns:
+        ``(arrays, flags)``: the array keywords, same shapes, and the rest.
+    """
+    arrays, flags = {}, {}
+    dtype = np.dtype(getattr(model, "dtype", np.float64))
+    device = getattr(model, "device", "cpu")
+    for k, v in inputs.items():
+        if v is None or isinstance(v, (bool, str)):
+            flags[k] = v
+            continue
+        a = np.asarray(backend.to_numpy(v))
+        if a.dtype.kind == "f":
+            a = a.astype(dtype)
+        arrays[k] = backend.to_device(a, device) if device != "cpu" else a
+    return arrays, flags
+
+
+def _iter_outputs(out: Any, prefix: str = "outputs"):
+    """``(name, value)`` of an output record's non-``None`` fields, as `flatten_outputs`
+    names them, without converting anything yet."""
+    items = out.items() if hasattr(out, "items") else dict(out).items()
+    for k, v in items:
+        if v is None:
+            continue
+        if isinstance(v, (tuple, list)):
+            for i, t in enumerate(v):
+                if t is not None:
+                    yield f"{prefix}.{k}.{i}", t
+        elif isinstance(v, Mapping):
+            for kk, t in v.items():
+                if t is not None:
+                    yield f"{prefix}.{k}.{kk}", t
+        else:
+            yield f"{prefix}.{k}", v
+
+
+def flatten_outputs(out: Any, prefix: str = "outputs") -> dict[str, np.ndarray]:
+    """Flatten an output record to ``{prefix.field: array}``; tuple fields become
+    ``prefix.field.0``, ``prefix.field.1``, ...; ``None`` fields are left out.
+
+    Args:
+        out: a `refimpl.outputs.ModelOutput` (or a plain mapping of field -> value).
+    """
+    return {name: _to_numpy(v) for name, v in _iter_outputs(out, prefix)}
+
+
+def trace_forward(
+    model: Any,
+    inputs: Mapping[str, Any],
+    output_attentions: bool = True,
+    output_hidden_states: bool = True,
+) -> tuple[dict[str, np.ndarray], Any]:
+    """Run ``model(**inputs)`` with tracing on and collect every tensor of the case.
+
+    Args:
+        model: a refimpl model (``refimpl.from_pretrained(...)``).
+        inputs: forward keywords -> arrays (``input_ids [b, s]``, ``bbox [b, s, 4]``,
+            ``visual_feats [b, o, f]``, ...). Float arrays are cast to the model's dtype.
+        output_attentions, output_hidden_states: passed to the forward call.
+
+    Returns:
+        (tensors, output record): ``tensors`` is name -> NumPy array in forward order:
+        ``inputs.<kw>``, then the traced intermediates, then ``outputs.<field>[.<i>]``.
+    """
+    arrays, flags = prepare_inputs(model, inputs)
+    kwargs = {**arrays, **flags}
+    kwargs.setdefault("output_attentions", output_attentions)
+    kwargs.setdefault("output_hidden_states", output_hidden_states)
+    with trace.tracing() as rec:
+        out = model(**kwargs)
+    tensors: dict[str, np.ndarray] = {f"inputs.{k}": _to_numpy(v) for k, v in arrays.items()}
+    for k, v in rec.tensors.items():
+        if v is None:
+            continue
+        if k in tensors or k.startswith(("inputs.", "outputs.")):
+            raise ValueError(f"trace name {k!r} clashes with the golden naming scheme")
+        tensors[k] = _to_numpy(v)
+    tensors.update(flatten_outputs(out))
+    return tensors, out

@@ -1,0 +1,267 @@
+"""Writing golden files: `GoldenWriter` streams a traced forward pass to disk; `write` stores
+tensors already in memory; `write_case` traces one case and writes it. Every golden file is
+written here."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .. import trace
+from .capture import _iter_outputs, prepare_inputs
+from .format import _CODE, FORMAT, FORMAT_VERSION, MANIFEST_KEY, MASK_INPUTS, _jsonable, _to_numpy
+from .manifest import _entries, _manifest, inputs_hash
+from .reader import Golden, read
+from .selection import is_selected, selection_spec, wants_attentions
+
+__all__ = ["GoldenWriter", "write", "write_case"]
+
+
+class GoldenWriter(trace.Recorder):
+    """A `refimpl.trace.Recorder` that streams a golden file to disk.
+
+    Each recorded tensor is checked against the selection, hashed (blake2b of its bytes, with
+    its dtype and shape) and, unless a bit-identical tensor is already stored (confirmed by a
+    byte compare), appended to a spill file next to ``path``; otherwise its name becomes an
+    alias. Nothing is kept in memory but names, shapes and hashes. `finish` writes the
+    safetensors header with the manifest, streams the spill files after it and renames the
+    result to ``path`` atomically; `abort` removes the spill files.
+
+    The data is grouped by element size (8-byte types first, then 4, 2, 1), so every tensor
+    stays aligned for a zero-copy memory map; the manifest keeps the forward order.
+
+    Args:
+        path: the golden file to write.
+        select: ``--select`` values (see `selection_spec`).
+        dedup: store bit-identical tensors once (default).
+    """
+
+    def __init__(
+        self, path: str | os.PathLike, select: str | Sequence[str] | None = None, dedup: bool = True
+    ):
+        super().__init__(copy=False)
+        self.path = os.fspath(path)
+        self.parent = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(self.parent, exist_ok=True)
+        self.selection = selection_spec(select)
+        self.dedup = dedup
+        self.meta: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}  # every kept name, forward order
+        self.aliases: dict[str, str] = {}  # alias -> stored name
+        self.masks: dict[str, tuple[int, ...]] = {}
+        self.stored_bytes = 0
+        self._stored: dict[str, tuple[str, tuple[int, ...], int, int, int]] = {}  # code, shape, size, off, n
+        self._by_key: dict[tuple[str, tuple[int, ...], bytes], list[str]] = {}
+        self._spill: dict[int, Any] = {}
+        self._pos: dict[int, int] = {}
+        self.in_forward = False
+
+    def _spill_file(self, size: int):
+        if size not in self._spill:
+            self._spill[size] = tempfile.TemporaryFile(dir=self.parent, prefix=".golden-spill-")
+            self._pos[size] = 0
+        return self._spill[size]
+
+    def _find_equal(self, a: np.ndarray, key: tuple) -> str | None:
+        raw = a.reshape(-1).view(np.uint8)
+        for cand in self._by_key.get(key, []):
+            _, _, size, off, n = self._stored[cand]
+            f = self._spill[size]
+            f.flush()
+            if np.array_equal(np.frombuffer(os.pread(f.fileno(), n, off), np.uint8), raw):
+                return cand
+        return None
+
+    def store(self, name: str, value: Any, aliases: tuple[str, ...] = ()) -> None:
+        """Spill ``value`` (or alias it to an equal stored tensor) under the selected names.
+
+        Args:
+            name: the full name; ``aliases``: other full names of the same value.
+            value: an array of any shape (or a scalar); stored with its dtype and shape.
+        """
+        if self.in_forward:
+            for n in (name, *aliases):
+                if n.startswith(("inputs.", "outputs.")):
+                    raise ValueError(f"trace name {n!r} clashes with the golden naming scheme")
+        names = [n for n in (name, *aliases) if is_selected(self.selection, n)]
+        if not names or value is None:
+            return
+        a = _to_numpy(value)
+        if a.dtype.name not in _CODE:
+            raise ValueError(f"tensor {name!r}: dtype {a.dtype} cannot be stored (allowed: {sorted(_CODE)})")
+        shape = tuple(int(s) for s in a.shape)
+        if names[0].startswith("inputs.") and names[0][7:] in MASK_INPUTS and np.any(a == 0):
+            self.masks[names[0]] = shape
+        for n in names:
+            self.meta[n] = (a.dtype, shape)
+        key = None
+        target = None
+        if self.dedup:
+            digest = hashlib.blake2b(memoryview(a.reshape(-1).view(np.uint8)), digest_size=16).digest()
+            key = (a.dtype.str, shape, digest)
+            target = self._find_equal(a, key)
+        if target is None:
+            target, rest = names[0], names[1:]
+            size = a.dtype.itemsize
+            f = self._spill_file(size)
+            n = a.nbytes
+            if n:
+                f.write(memoryview(a.reshape(-1).view(np.uint8)))
+            self._stored[target] = (_CODE[a.dtype.name], shape, size, self._pos[size], n)
+            self._pos[size] += n
+            self.stored_bytes += n
+            if key is not None:
+                self._by_key.setdefault(key, []).append(target)
+        else:
+            rest = names
+        for n in rest:
+            self.aliases[n] = target
+
+    def manifest_entries(self) -> list[dict[str, Any]]:
+        """The manifest's ``tensors`` list of what was recorded so far (forward order)."""
+        return _entries(self.meta, self.masks)
+
+    def finish(self, manifest: Mapping[str, Any]) -> str:
+        """Write the file: 8-byte header length, the JSON header (tensor table and
+        ``__metadata__`` manifest, padded to 8 bytes), then the spilled data; rename into place."""
+        sizes = sorted(self._spill, reverse=True)
+        base, at = {}, 0
+        for s in sizes:
+            base[s] = at
+            at += self._pos[s]
+        header: dict[str, Any] = {"__metadata__": {MANIFEST_KEY: json.dumps(manifest)}}
+        for name, (code, shape, size, off, n) in self._stored.items():
+            header[name] = {
+                "dtype": code,
+                "shape": list(shape),
+                "data_offsets": [base[size] + off, base[size] + off + n],
+            }
+        hb = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        hb += b" " * (-(8 + len(hb)) % 8)
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "wb") as out:
+                out.write(len(hb).to_bytes(8, "little"))
+                out.write(hb)
+                for s in sizes:
+                    f = self._spill[s]
+                    f.flush()
+                    f.seek(0)
+                    shutil.copyfileobj(f, out, 16 << 20)
+            os.replace(tmp, self.path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            self.abort()
+        return self.path
+
+    def abort(self) -> None:
+        """Close and remove the spill files (nothing is written to ``path``)."""
+        for f in self._spill.values():
+            f.close()
+        self._spill.clear()
+
+
+def write(
+    path: str | os.PathLike,
+    tensors: Mapping[str, np.ndarray],
+    manifest: Mapping[str, Any],
+    select: str | Sequence[str] | None = None,
+) -> str:
+    """Write ``tensors`` and ``manifest`` to one golden file (parent dirs created).
+
+    The manifest's ``tensors`` list must name exactly the keys of ``tensors``. Bit-identical
+    tensors are stored once: the alias table is recomputed from the values (the manifest's own
+    ``aliases`` is replaced), so a changed copy of a tensor is stored on its own. The selection
+    is kept from the manifest unless ``select`` is given.
+    """
+    listed = [e["name"] for e in manifest["tensors"]]
+    if set(listed) != set(tensors) or len(listed) != len(tensors):
+        raise ValueError("manifest['tensors'] must list every tensor exactly once")
+    sel = manifest.get("selection") or selection_spec(select)
+    w = GoldenWriter(path, select=None)
+    if select is not None:
+        w.selection = selection_spec(select)
+    try:
+        for name in listed:
+            w.store(name, tensors[name])
+        kept = {e["name"]: e for e in manifest["tensors"] if e["name"] in w.meta}
+        out = dict(manifest)
+        out["format"], out["format_version"] = FORMAT, FORMAT_VERSION
+        out["selection"] = sel if select is None else w.selection
+        out["aliases"] = w.aliases
+        out["tensors"] = list(kept.values())
+        return w.finish(_jsonable(out))
+    except BaseException:
+        w.abort()
+        raise
+
+
+def write_case(
+    path: str | os.PathLike,
+    model: Any,
+    inputs: Mapping[str, Any],
+    checkpoint: str | os.PathLike | None = None,
+    inputs_source: Mapping[str, Any] | None = None,
+    select: str | Sequence[str] | None = None,
+    weights: list[dict[str, Any]] | None = None,
+) -> Golden:
+    """Trace one forward pass of ``model`` on ``inputs`` and stream it to a golden file.
+
+    Tensors go to disk as they are recorded (`GoldenWriter`), so memory stays at the
+    model's weights plus one forward pass's working set.
+
+    Args:
+        path: output ``.safetensors`` file.
+        model: a refimpl model.
+        inputs: forward keywords -> arrays, e.g. ``input_ids [batch, seq]``, ``bbox
+            [batch, seq, 4]``, ``visual_feats [batch, boxes, feat_dim]`` (see `trace_forward`).
+        checkpoint: the model's checkpoint directory, for the weight hashes.
+        inputs_source: provenance of the inputs, stored in the manifest.
+        select: which tensors to keep (`selection_spec`; default all).
+        weights: precomputed `weight_entries` of ``checkpoint`` (batch runs).
+
+    Returns:
+        the written case as a `Golden` (read back lazily from ``path``).
+    """
+    arrays, flags = prepare_inputs(model, inputs)
+    w = GoldenWriter(path, select=select)
+    fwd = {k: v for k, v in inputs.items() if v is None or isinstance(v, (bool, str))}
+    # a selection without attention outputs need not hold every layer's probabilities until
+    # the forward returns (12 x [1, 12, 512, 512] float64 for LiLT base: 300 MB per stream)
+    fwd.setdefault("output_attentions", wants_attentions(w.selection))
+    fwd.setdefault("output_hidden_states", True)
+    kwargs = {**arrays, **fwd}
+    digest = inputs_hash(arrays, fwd)
+    try:
+        for k, v in arrays.items():
+            w.add(f"inputs.{k}", v)
+        w.in_forward = True
+        with trace.tracing(recorder=w):
+            out = model(**kwargs)
+        w.in_forward = False
+        for name, v in _iter_outputs(out):
+            w.add(name, v)
+        del out
+        manifest = _manifest(
+            w.manifest_entries(),
+            w.aliases,
+            w.selection,
+            model=model,
+            checkpoint=checkpoint,
+            inputs_source=inputs_source,
+            forward_kwargs=fwd,
+            weights=weights,
+            inputs_sha256=digest,
+        )
+        w.finish(manifest)
+    except BaseException:
+        w.abort()
+        raise
+    return read(path)
