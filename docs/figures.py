@@ -14,6 +14,9 @@ Two kinds of figure:
   the model's predictions), ``lxmert-cross-attention.svg`` (word-to-region cross-attention,
   as a heatmap and over the region boxes).
 
+Every figure is at most ``MAX_WIDTH_IN`` wide, so the docs show it unscaled in their text column,
+and no label is smaller than ``MIN_LABEL_PT``: drawing a figure that breaks either fails.
+
 The output is byte-for-byte deterministic for a given matplotlib version: the Agg backend,
 fixed ``svg.hashsalt``, no date or creator metadata, glyphs as paths (no fonts needed to
 view), and no randomness (the inputs are the bundled example). ``tests/test_docs.py`` runs
@@ -35,6 +38,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -42,6 +46,11 @@ OUT = os.path.join(HERE, "figures")
 sys.path.insert(0, ROOT)  # draw with the refimpl of this checkout, not another installed copy
 #: the matplotlib the committed SVGs were drawn with (SVG output differs between versions).
 MATPLOTLIB_VERSION = "3.11.2"
+#: The docs' text column is 688 CSS px wide in a 1280-px window (Material, both sidebars shown); an
+#: SVG is 96 CSS px per inch, so a figure up to 7.1 in wide is shown at its own size, not shrunk.
+MAX_WIDTH_IN = 7.1
+#: The smallest text allowed in a figure, in points at that size (8 pt = 10.7 CSS px).
+MIN_LABEL_PT = 8.0
 
 plt.rcParams.update(
     {
@@ -51,6 +60,8 @@ plt.rcParams.update(
         "font.size": 9,
         "axes.titlesize": 10,
         "figure.dpi": 100,
+        "xtick.labelsize": 8,
+        "ytick.labelsize": 8,
     }
 )
 
@@ -61,10 +72,8 @@ PLAIN_C = "#f2f2f2"
 
 
 def _bundled(*parts: str) -> str:
-    try:
-        from refimpl.data import path  # after the layer redesign
-    except ImportError:
-        from refimpl.data import path
+    from refimpl.data import path
+
     return path(*parts)
 
 
@@ -104,7 +113,7 @@ def _arrow(ax, start, end, text=None, color="#333333", style="-|>", rad=0.0, tex
     if text:
         mx = start[0] + (end[0] - start[0]) * text_at + offset[0]
         my = start[1] + (end[1] - start[1]) * text_at + offset[1]
-        ax.text(mx, my, text, ha="center", va="center", fontsize=7.5, color=color)
+        ax.text(mx, my, text, ha="center", va="center", fontsize=8, color=color)
 
 
 def _canvas(w_in, h_in, xmax, ymax):
@@ -121,71 +130,71 @@ def _canvas(w_in, h_in, xmax, ymax):
 
 def lilt_architecture():
     """LiLT: two streams, one score matrix. Shapes use the notation of docs/lilt.md."""
-    fig, ax = _canvas(9.0, 8.4, 100, 94)
-    tx, lx, mx = 22, 78, 50  # text column, layout column, shared column
+    fig, ax = _canvas(MAX_WIDTH_IN, 8.2, 100, 94)
+    tx, lx, mx = 24, 76, 50  # text column, layout column, shared column
     ax.text(tx, 91, "text stream (width H)", ha="center", fontsize=10, weight="bold", color="#1f4e9c")
     ax.text(lx, 91, "layout stream (width H/r)", ha="center", fontsize=10, weight="bold", color="#b35900")
 
-    _box(ax, tx, 85, 30, 5, "input_ids  [B, L]", PLAIN_C)
-    _box(ax, lx, 85, 30, 5, "bbox  [B, L, 4]  (0..1000 grid)", PLAIN_C)
-    _box(ax, mx, 77, 24, 6, "position ids  [B, L]\ncount from pad_token_id + 1", SHARED_C, fontsize=8)
-    _box(ax, tx, 69, 34, 6, "text embeddings (step 2)\nX  [B, L, H]", TEXT_C)
-    _box(ax, lx, 69, 34, 6, "layout embeddings (step 3)\nY  [B, L, H/r]", LAYOUT_C)
-    _arrow(ax, (tx, 82.5), (tx, 72))
-    _arrow(ax, (lx, 82.5), (lx, 72))
-    _arrow(ax, (tx + 5, 82.5), (mx - 6, 80))
-    _arrow(ax, (mx - 12, 76), (tx + 17, 71))
-    _arrow(ax, (mx + 12, 76), (lx - 17, 71))
+    _box(ax, tx, 85, 30, 4.6, "input_ids  [B, L]", PLAIN_C)
+    _box(ax, lx, 85, 44, 4.6, "bbox  [B, L, 4]  (0..1000 grid)", PLAIN_C)
+    _box(ax, mx, 77.5, 34, 5.6, "position ids  [B, L]\ncount from pad_token_id + 1", SHARED_C, fontsize=8)
+    _box(ax, tx, 69, 42, 5.6, "text embeddings (step 2)\nX  [B, L, H]", TEXT_C)
+    _box(ax, lx, 69, 42, 5.6, "layout embeddings (step 3)\nY  [B, L, H/r]", LAYOUT_C)
+    _arrow(ax, (tx, 82.7), (tx, 71.8))
+    _arrow(ax, (lx, 82.7), (lx, 71.8))
+    _arrow(ax, (tx + 8, 82.7), (mx - 8, 80.3))
+    _arrow(ax, (mx - 12, 74.7), (tx + 12, 71.8))
+    _arrow(ax, (mx + 12, 74.7), (lx - 12, 71.8))
 
     # one layer
     ax.add_patch(
-        Rectangle((3, 9), 94, 55, facecolor="none", edgecolor="#888888", linestyle="--", linewidth=0.9)
+        Rectangle((1.5, 9), 97, 55, facecolor="none", edgecolor="#888888", linestyle="--", linewidth=0.9)
     )
-    ax.text(5, 61.5, "one layer (× N): lilt_layer", fontsize=9, style="italic", color="#555555")
-    _box(ax, tx, 56, 38, 6.5, "Q, K, V = X Wᵀ + b\n[B, n_h, L, d]", TEXT_C)
-    _box(ax, lx, 56, 38, 6.5, "Q_ℓ, K_ℓ, V_ℓ = Y W_ℓᵀ + b_ℓ\n[B, n_h, L, d/r]", LAYOUT_C)
-    _arrow(ax, (tx, 66), (tx, 59.3))
-    _arrow(ax, (lx, 66), (lx, 59.3))
-    _box(ax, tx, 45, 26, 6, "Q Kᵀ / √d\n[B, n_h, L, L]", TEXT_C)
-    _box(ax, lx, 45, 26, 6, "Q_ℓ K_ℓᵀ / √(d // r)\n[B, n_h, L, L]", LAYOUT_C)
-    _arrow(ax, (tx, 52.7), (tx, 48))
-    _arrow(ax, (lx, 52.7), (lx, 48))
+    ax.text(3, 61.5, "one layer (× N): lilt_layer", fontsize=9, style="italic", color="#555555")
+    _box(ax, tx, 55.5, 42, 5.6, "Q, K, V = X Wᵀ + b\n[B, n_h, L, d]", TEXT_C)
+    _box(ax, lx, 55.5, 42, 5.6, "Q_ℓ, K_ℓ, V_ℓ = Y W_ℓᵀ + b_ℓ\n[B, n_h, L, d // r]", LAYOUT_C)
+    _arrow(ax, (tx, 66.2), (tx, 58.3))
+    _arrow(ax, (lx, 66.2), (lx, 58.3))
+    _box(ax, tx, 45.5, 30, 5.6, "Q Kᵀ / √d\n[B, n_h, L, L]", TEXT_C)
+    _box(ax, lx, 45.5, 30, 5.6, "Q_ℓ K_ℓᵀ / √(d // r)\n[B, n_h, L, L]", LAYOUT_C)
+    _arrow(ax, (tx, 52.7), (tx, 48.3))
+    _arrow(ax, (lx, 52.7), (lx, 48.3))
     _box(
         ax,
         mx,
         36,
-        40,
-        7.5,
+        58,
+        7.2,
         "BiACM: ONE score matrix for both streams\nS = Q Kᵀ/√d + Q_ℓ K_ℓᵀ/√(d // r)\n"
         "A = softmax(S + M)   [B, n_h, L, L]",
         SHARED_C,
         weight="bold",
         fontsize=8,
     )
-    _arrow(ax, (tx + 8, 42), (mx - 12, 39.8))
-    _arrow(ax, (lx - 8, 42), (mx + 12, 39.8))
-    _box(ax, tx, 25, 30, 6, "C = A V\n[B, L, H]  (heads merged)", TEXT_C)
-    _box(ax, lx, 25, 30, 6, "C_ℓ = A V_ℓ\n[B, L, H/r]", LAYOUT_C)
-    _arrow(ax, (mx - 10, 32.2), (tx + 6, 28))
-    _arrow(ax, (mx + 10, 32.2), (lx - 6, 28))
-    _arrow(ax, (tx - 14, 52.7), (tx - 12, 28), text="V", rad=0.25, text_at=0.5, offset=(-5, 0))
-    _arrow(ax, (lx + 14, 52.7), (lx + 12, 28), text="V_ℓ", rad=-0.25, text_at=0.5, offset=(5, 0))
-    _box(ax, tx, 14.5, 38, 6.5, "add & norm, feed-forward (I), add & norm\nX ← [B, L, H]", TEXT_C)
-    _box(ax, lx, 14.5, 38, 6.5, "add & norm, feed-forward (I/r), add & norm\nY ← [B, L, H/r]", LAYOUT_C)
-    _arrow(ax, (tx, 22), (tx, 17.8))
-    _arrow(ax, (lx, 22), (lx, 17.8))
+    _arrow(ax, (tx + 6, 42.7), (mx - 16, 39.6))
+    _arrow(ax, (lx - 6, 42.7), (mx + 16, 39.6))
+    _box(ax, tx, 25.5, 34, 5.6, "C = A V\n[B, L, H]  (heads merged)", TEXT_C)
+    _box(ax, lx, 25.5, 34, 5.6, "C_ℓ = A V_ℓ\n[B, L, H/r]", LAYOUT_C)
+    _arrow(ax, (mx - 14, 32.4), (tx + 6, 28.3))
+    _arrow(ax, (mx + 14, 32.4), (lx - 6, 28.3))
+    _arrow(ax, (tx - 17, 52.7), (tx - 14, 28.3), text="V", rad=0.25, text_at=0.5, offset=(2.2, 0))
+    _arrow(ax, (lx + 17, 52.7), (lx + 14, 28.3), text="V_ℓ", rad=-0.25, text_at=0.5, offset=(-2.8, 0))
+    _box(ax, tx, 15, 44, 6.2, "add & norm, feed-forward (I),\nadd & norm: X ← [B, L, H]", TEXT_C)
+    _box(ax, lx, 15, 44, 6.2, "add & norm, feed-forward (I/r),\nadd & norm: Y ← [B, L, H/r]", LAYOUT_C)
+    _arrow(ax, (tx, 22.7), (tx, 18.1))
+    _arrow(ax, (lx, 22.7), (lx, 18.1))
 
-    _box(ax, tx, 4, 38, 5, "last_hidden_state [B, L, H] → heads", PLAIN_C)
-    _box(ax, lx, 4, 38, 5, "layout_hidden_states (refimpl extra)", PLAIN_C)
-    _arrow(ax, (tx, 11.2), (tx, 6.5))
-    _arrow(ax, (lx, 11.2), (lx, 6.5))
+    _box(ax, tx, 4, 44, 4.8, "last_hidden_state [B, L, H] → heads", PLAIN_C)
+    _box(ax, lx, 4, 44, 4.8, "layout_hidden_states (refimpl extra)", PLAIN_C)
+    _arrow(ax, (tx, 11.9), (tx, 6.4))
+    _arrow(ax, (lx, 11.9), (lx, 6.4))
     ax.text(
         mx,
-        20,
+        21,
         "the streams never exchange\nhidden states: only scores",
         ha="center",
         va="center",
-        fontsize=7.5,
+        fontsize=8,
         style="italic",
         color="#555555",
     )
@@ -194,40 +203,40 @@ def lilt_architecture():
 
 def lxmert_architecture():
     """LXMERT: language and relationship encoders, then cross layers with one shared attention."""
-    fig, ax = _canvas(9.0, 8.4, 100, 94)
-    lx, vx, mx = 22, 78, 50
+    fig, ax = _canvas(MAX_WIDTH_IN, 8.2, 100, 94)
+    lx, vx, mx = 24, 76, 50
     ax.text(lx, 91, "language (width H)", ha="center", fontsize=10, weight="bold", color="#1f4e9c")
     ax.text(vx, 91, "vision (width H)", ha="center", fontsize=10, weight="bold", color="#b35900")
-    _box(ax, lx, 85, 34, 5, "input_ids  [B, L]", PLAIN_C)
-    _box(ax, vx, 85, 40, 5, "visual_feats [B, N_v, F],  visual_pos [B, N_v, 4]", PLAIN_C, fontsize=8)
-    _box(ax, lx, 76, 34, 6, "word embeddings (step 1)\n[B, L, H]", TEXT_C)
-    _box(ax, vx, 76, 34, 6, "visual feature encoder (step 2)\n[B, N_v, H]", LAYOUT_C)
-    _arrow(ax, (lx, 82.5), (lx, 79))
-    _arrow(ax, (vx, 82.5), (vx, 79))
-    _box(ax, lx, 65, 34, 7, "language encoder\nl × BERT layer (self-attention)\n[B, L, H]", TEXT_C)
+    _box(ax, lx, 85, 34, 4.6, "input_ids  [B, L]", PLAIN_C)
+    _box(ax, vx, 85, 46, 6.2, "visual_feats [B, N_v, F]\nvisual_pos [B, N_v, 4]", PLAIN_C, fontsize=8)
+    _box(ax, lx, 76, 42, 5.6, "word embeddings (step 1)\n[B, L, H]", TEXT_C)
+    _box(ax, vx, 76, 46, 5.6, "visual feature encoder (step 2)\n[B, N_v, H]", LAYOUT_C)
+    _arrow(ax, (lx, 82.7), (lx, 78.8))
+    _arrow(ax, (vx, 81.9), (vx, 78.8))
+    _box(ax, lx, 65.5, 42, 7.6, "language encoder\nl × BERT layer (self-attention)\n[B, L, H]", TEXT_C)
     _box(
         ax,
         vx,
-        65,
-        34,
-        7,
+        65.5,
+        46,
+        7.6,
         "object-relationship encoder\nr × BERT layer (self-attention)\n[B, N_v, H]",
         LAYOUT_C,
     )
-    _arrow(ax, (lx, 73), (lx, 68.5))
-    _arrow(ax, (vx, 73), (vx, 68.5))
+    _arrow(ax, (lx, 73.2), (lx, 69.3))
+    _arrow(ax, (vx, 73.2), (vx, 69.3))
 
     ax.add_patch(
-        Rectangle((3, 13), 94, 45, facecolor="none", edgecolor="#888888", linestyle="--", linewidth=0.9)
+        Rectangle((1.5, 13), 97, 45, facecolor="none", edgecolor="#888888", linestyle="--", linewidth=0.9)
     )
     ax.text(
-        5, 14.5, "one cross-modality layer (× x): lxmert_x_layer", fontsize=9, style="italic", color="#555555"
+        3, 14.5, "one cross-modality layer (× x): lxmert_x_layer", fontsize=9, style="italic", color="#555555"
     )
     _box(
         ax,
         lx,
         42,
-        36,
+        42,
         8,
         "call @lang: words → regions\nAtt(X_lang, X_vis, M_vis)\nprobs [B, n_h, L, N_v]",
         TEXT_C,
@@ -237,72 +246,72 @@ def lxmert_architecture():
         ax,
         vx,
         42,
-        36,
+        42,
         8,
         "call @visn: regions → words\nAtt(X_vis, X_lang, M_lang)\nprobs [B, n_h, N_v, L]",
         LAYOUT_C,
         fontsize=8,
     )
-    _arrow(ax, (lx - 8, 61.5), (lx - 8, 46.2), text="queries", offset=(-5, 0))
-    _arrow(ax, (vx + 8, 61.5), (vx + 8, 46.2), text="queries", offset=(5, 0))
+    _arrow(ax, (lx - 12, 61.7), (lx - 12, 46.2), text="queries", offset=(-5.5, 0))
+    _arrow(ax, (vx + 12, 61.7), (vx + 12, 46.2), text="queries", offset=(5.5, 0))
     _arrow(
         ax,
-        (lx + 8, 61.5),
+        (lx + 8, 61.7),
         (vx - 10, 46.2),
         text="keys, values",
         color="#1f4e9c",
         text_at=0.78,
-        offset=(3, 1.5),
+        offset=(2, 2),
     )
     _arrow(
         ax,
-        (vx - 8, 61.5),
+        (vx - 8, 61.7),
         (lx + 10, 46.2),
         text="keys, values",
         color="#b35900",
         text_at=0.78,
-        offset=(-3, 1.5),
+        offset=(-2, 2),
     )
     _box(
         ax,
         mx,
         31,
-        34,
-        6.5,
+        48,
+        7.6,
         "visual_attention: ONE module\none set of query, key, value, output\nweights, used by both calls",
         SHARED_C,
         weight="bold",
-        fontsize=7.5,
+        fontsize=8,
     )
-    _arrow(ax, (mx - 12, 34.3), (lx + 4, 37.8), style="-", color="#7a4fb0", rad=-0.2)
-    _arrow(ax, (mx + 12, 34.3), (vx - 4, 37.8), style="-", color="#7a4fb0", rad=0.2)
+    _arrow(ax, (mx - 16, 34.8), (lx + 2, 37.8), style="-", color="#7a4fb0", rad=-0.2)
+    _arrow(ax, (mx + 16, 34.8), (vx - 2, 37.8), style="-", color="#7a4fb0", rad=0.2)
     ax.text(
         mx,
-        24,
+        25.2,
         "both calls read the layer's inputs,\nnot each other's outputs",
         ha="center",
         va="center",
-        fontsize=7.5,
+        fontsize=8,
         style="italic",
         color="#555555",
     )
-    _box(ax, lx, 20, 36, 6.5, "lang_self_att, then lang FFN\n[B, L, H]", TEXT_C)
-    _box(ax, vx, 20, 36, 6.5, "visn_self_att, then visn FFN\n[B, N_v, H]", LAYOUT_C)
-    _arrow(ax, (lx, 37.8), (lx, 23.3))
-    _arrow(ax, (vx, 37.8), (vx, 23.3))
+    _box(ax, lx, 19.5, 34, 6.2, "lang_self_att, lang FFN\n[B, L, H]", TEXT_C)
+    _box(ax, vx, 19.5, 34, 6.2, "visn_self_att, visn FFN\n[B, N_v, H]", LAYOUT_C)
+    _arrow(ax, (lx, 38), (lx, 22.6))
+    _arrow(ax, (vx, 38), (vx, 22.6))
     _box(
         ax,
         lx,
-        6,
-        40,
-        6,
-        "language_output [B, L, H]\npooled_output = tanh(x₀ W_pᵀ + b_p) [B, H]",
+        5.5,
+        46,
+        7.2,
+        "language_output [B, L, H]\npooled_output [B, H] =\ntanh(x₀ W_pᵀ + b_p)",
         PLAIN_C,
         fontsize=8,
     )
-    _box(ax, vx, 6, 36, 6, "vision_output [B, N_v, H]", PLAIN_C)
-    _arrow(ax, (lx, 16.7), (lx, 9))
-    _arrow(ax, (vx, 16.7), (vx, 9))
+    _box(ax, vx, 5.5, 40, 5, "vision_output [B, N_v, H]", PLAIN_C)
+    _arrow(ax, (lx, 16.4), (lx, 9.1))
+    _arrow(ax, (vx, 16.4), (vx, 8))
     return fig
 
 
@@ -335,10 +344,10 @@ def lilt_attention(run):
     model, _, enc, out = run
     probs = out.attentions[0][0, 0]  # layer 0, batch row 0, head 0: [L, L]
     tokens = [_token_label(t) for t in enc.tokens(0)]
-    fig, ax = plt.subplots(figsize=(7.6, 6.8))
+    fig, ax = plt.subplots(figsize=(MAX_WIDTH_IN, 6.8))
     im = ax.imshow(probs, cmap="viridis", vmin=0.0)
-    ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=7)
-    ax.set_yticks(range(len(tokens)), tokens, fontsize=7)
+    ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=8)
+    ax.set_yticks(range(len(tokens)), tokens, fontsize=8)
     ax.set_xlabel("key token j")
     ax.set_ylabel("query token i")
     ax.set_title(
@@ -362,13 +371,13 @@ def lilt_page(run):
     labels = sorted(id2label)
     cmap = plt.get_cmap("tab10")
     colors = {k: cmap(k) for k in labels}
-    fig, axes = plt.subplots(2, 1, figsize=(10, 7.4))
+    fig, axes = plt.subplots(2, 1, figsize=(MAX_WIDTH_IN, 7.4))
     bottom = max(b[3] for b in page["boxes"]) + 30
     for ax, (title, lab) in zip(
         axes,
         [
             ("labels in form.json", {i: int(v) for i, v in enumerate(page["labels"])}),
-            ("predicted by lilt-tiny (random weights: the labels mean nothing)", predicted),
+            ("predicted by lilt-tiny\n(random weights: the labels mean nothing)", predicted),
         ],
         strict=True,
     ):
@@ -377,18 +386,18 @@ def lilt_page(run):
             ax.add_patch(
                 Rectangle((x0, y0), x1 - x0, y1 - y0, facecolor=c, alpha=0.45, edgecolor=c, linewidth=1)
             )
-            ax.text((x0 + x1) / 2, (y0 + y1) / 2, word, ha="center", va="center", fontsize=7)
+            ax.text((x0 + x1) / 2, (y0 + y1) / 2, word, ha="center", va="center", fontsize=8)
         ax.set_xlim(0, 1000)
         ax.set_ylim(bottom, 0)  # page coordinates: y grows downwards (the y axis is compressed)
         ax.set_title(title)
         ax.set_ylabel("y (0..1000 grid)")
     axes[-1].set_xlabel("x (0..1000 grid)")
     handles = [Rectangle((0, 0), 1, 1, facecolor=colors[k], alpha=0.6) for k in labels]
-    fig.legend(handles, [id2label[k] for k in labels], loc="lower center", ncol=len(labels), fontsize=8)
+    fig.legend(handles, [id2label[k] for k in labels], loc="lower center", ncol=4, fontsize=8)
     fig.suptitle(
-        "The example page's word boxes, coloured by FUNSD label (a word takes its first token's label)"
+        "The example page's word boxes, coloured by FUNSD label\n(a word takes its first token's label)"
     )
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 
 
@@ -408,15 +417,18 @@ def lxmert_cross_attention():
     tokens = enc.tokens(0)
     n_v = att.shape[1]
 
-    fig, axes = plt.subplots(1, 3, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1.0, 1.1, 1.1]})
-    im = axes[0].imshow(att, cmap="magma", vmin=0.0, aspect="auto")
-    axes[0].set_yticks(range(len(tokens)), tokens, fontsize=8)
-    axes[0].set_xticks(range(n_v), [f"r{j}" for j in range(n_v)], fontsize=8)
-    axes[0].set_xlabel("region (key)")
-    axes[0].set_ylabel("word (query)")
-    axes[0].set_title("words → regions, mean of the heads")
-    fig.colorbar(im, ax=axes[0], fraction=0.05, pad=0.03)
-    for ax, word in zip(axes[1:], ["car", "left"], strict=True):
+    fig, axd = plt.subplot_mosaic(
+        [["heat", "car"], ["heat", "left"]], figsize=(MAX_WIDTH_IN, 7.4), layout="constrained"
+    )
+    heat = axd["heat"]
+    im = heat.imshow(att, cmap="magma", vmin=0.0, aspect="auto")
+    heat.set_yticks(range(len(tokens)), tokens)
+    heat.set_xticks(range(n_v), [f"r{j}" for j in range(n_v)])
+    heat.set_xlabel("region (key)")
+    heat.set_ylabel("word (query)")
+    heat.set_title("words → regions,\nmean of the heads")
+    fig.colorbar(im, ax=heat, fraction=0.08, pad=0.04, location="bottom")
+    for ax, word in ((axd["car"], "car"), (axd["left"], "left")):
         i = tokens.index(word)
         ax.set_xlim(0, 1)
         ax.set_ylim(1, 0)  # image coordinates: y grows downwards
@@ -434,22 +446,36 @@ def lxmert_cross_attention():
                     linewidth=0.8,
                 )
             )
-            ax.text(x0 + 0.01, y0 + 0.03, f"r{j}: {att[i, j]:.2f}", fontsize=7, va="center")
+            ax.text(x0 + 0.01, y0 + 0.04, f"r{j}: {att[i, j]:.2f}", fontsize=8, va="center")
         ax.set_title(f"attention of '{word}' over the region boxes")
         ax.set_xlabel("x / image width")
+        ax.set_ylabel("y / image height")
     fig.suptitle(
-        f'LXMERT cross-attention (last x-layer, @lang), "{q["question"]}" '
+        f'LXMERT cross-attention (last x-layer, @lang)\n"{q["question"]}" '
         "(bundled lxmert-tiny, random weights)",
         fontsize=10,
     )
-    fig.tight_layout()
     return fig
 
 
 # --- writing and checking -------------------------------------------------------------------
 
 
-def _svg(fig) -> bytes:
+def check_sizes(fig, name: str) -> None:
+    """Fail unless ``fig`` is at most MAX_WIDTH_IN wide and its smallest label is MIN_LABEL_PT."""
+    width = fig.get_figwidth()
+    if width > MAX_WIDTH_IN + 1e-9:
+        raise ValueError(f"{name}: {width:.2f} in wide, more than MAX_WIDTH_IN = {MAX_WIDTH_IN} in")
+    sizes = {
+        t.get_text(): t.get_fontsize() for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()
+    }
+    small = sorted((pt, text) for text, pt in sizes.items() if pt < MIN_LABEL_PT)
+    if small:
+        raise ValueError(f"{name}: labels smaller than {MIN_LABEL_PT} pt: {small[:5]}")
+
+
+def _svg(fig, name: str) -> bytes:
+    check_sizes(fig, name)
     buf = io.BytesIO()
     fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
     plt.close(fig)
@@ -459,13 +485,14 @@ def _svg(fig) -> bytes:
 def figures() -> dict[str, bytes]:
     """Every figure, drawn: file name -> SVG bytes."""
     run = _lilt_forward()
-    return {
-        "lilt-architecture.svg": _svg(lilt_architecture()),
-        "lxmert-architecture.svg": _svg(lxmert_architecture()),
-        "lilt-attention.svg": _svg(lilt_attention(run)),
-        "lilt-page.svg": _svg(lilt_page(run)),
-        "lxmert-cross-attention.svg": _svg(lxmert_cross_attention()),
+    drawn = {
+        "lilt-architecture.svg": lilt_architecture,
+        "lxmert-architecture.svg": lxmert_architecture,
+        "lilt-attention.svg": lambda: lilt_attention(run),
+        "lilt-page.svg": lambda: lilt_page(run),
+        "lxmert-cross-attention.svg": lxmert_cross_attention,
     }
+    return {name: _svg(draw(), name) for name, draw in drawn.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -496,8 +523,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     os.makedirs(OUT, exist_ok=True)
     for name, data in drawn.items():
-        with open(os.path.join(OUT, name), "wb") as f:
+        path = os.path.join(OUT, name)
+        with open(path + ".tmp", "wb") as f:  # temp file + rename: never a half-written figure
             f.write(data)
+        os.replace(path + ".tmp", path)
         print(f"wrote docs/figures/{name} ({len(data)} bytes)")
     return 0
 

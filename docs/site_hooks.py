@@ -2,13 +2,13 @@
 
 * **Math.** ``pymdownx.arithmatex`` (generic mode) leaves every formula in the HTML as
   ``<span class="arithmatex">\\(...\\)</span>`` or ``<div class="arithmatex">\\[...\\]</div>``.
-  :func:`on_page_content` renders all of a page's formulas with the vendored KaTeX
+  `on_page_content` renders all of a page's formulas with the vendored KaTeX
   (``docs/assets/katex/katex.min.js``, run by ``node``, one process per page) and puts the
   rendered HTML in their place, so the built pages need no script at all to show math; the
   vendored ``katex.min.css`` and woff2 fonts style it. A formula KaTeX cannot parse fails the
   build, naming the page and the formula. Without ``node`` on the build machine the formulas
   are left in place and the same vendored KaTeX renders them in the browser (still offline).
-* **Notebooks.** :func:`on_files` turns each committed, executed ``notebooks/*.ipynb`` into a
+* **Notebooks.** `on_files` turns each committed, executed ``notebooks/*.ipynb`` into a
   page ``notebooks/<name>.md``: markdown cells as they are, code cells as Python blocks, and
   the stored outputs (text, and images inlined as ``data:`` URIs). Nothing is executed at build
   time; ``tests/test_notebooks.py`` keeps the committed outputs in sync with the sources.
@@ -88,11 +88,18 @@ def on_config(config):
 # --- notebooks ------------------------------------------------------------------------------
 
 
-def _fence(text: str, lang: str) -> str:
+def _fence(text: str, lang: str, classes: str = "") -> str:
     ticks = "```"
     while ticks in text:
         ticks += "`"
-    return f"{ticks}{lang}\n{text.rstrip()}\n{ticks}\n"
+    info = f"{{.{lang} {classes}}}" if classes else lang
+    return f"{ticks}{info}\n{text.rstrip()}\n{ticks}\n"
+
+
+#: Classes of a cell's output block: ``nb-output`` (docs/assets/extra.css wraps its long lines, so
+#: a check line's result at the end stays on screen) and Material's ``no-copy`` (no copy button
+#: over the block's top-right corner, where it used to hide the end of the first line).
+OUTPUT_CLASSES = ".nb-output .no-copy"
 
 
 def notebook_markdown(nb: dict, source_name: str) -> str:
@@ -126,16 +133,16 @@ def notebook_markdown(nb: dict, source_name: str) -> str:
             for out in cell.get("outputs", []):
                 kind = out.get("output_type")
                 if kind == "stream":
-                    parts.append(_fence("".join(out.get("text", "")), "text"))
+                    parts.append(_fence("".join(out.get("text", "")), "text", OUTPUT_CLASSES))
                 elif kind in ("display_data", "execute_result"):
                     data = out.get("data", {})
                     if "image/png" in data:
                         png = "".join(data["image/png"]).replace("\n", "")
                         parts.append(f'<img alt="cell output" src="data:image/png;base64,{png}">\n')
                     elif "text/plain" in data:
-                        parts.append(_fence("".join(data["text/plain"]), "text"))
+                        parts.append(_fence("".join(data["text/plain"]), "text", OUTPUT_CLASSES))
                 elif kind == "error":
-                    parts.append(_fence("\n".join(out.get("traceback", [])), "text"))
+                    parts.append(_fence("\n".join(out.get("traceback", [])), "text", OUTPUT_CLASSES))
     return "\n".join(parts)
 
 

@@ -62,16 +62,28 @@ from refimpl.lilt import layers
 from refimpl.lilt.tokenization import LiltTokenizer
 from refimpl.ops import linear
 
-np.set_printoptions(precision=4, suppress=True, linewidth=110)
-plt.rcParams.update({"figure.dpi": 72, "font.size": 8})
+np.set_printoptions(precision=4, suppress=True, linewidth=88)
+# Figures at 100 dpi, at most 6.6 in wide (they show unscaled in the docs' 688-px text column), labels >= 8 pt.
+plt.rcParams.update(
+    {"figure.dpi": 100, "font.size": 9, "axes.titlesize": 9, "xtick.labelsize": 8, "ytick.labelsize": 8}
+)
 ATOL = 1e-12  # by hand vs function, and steps vs model: float64 round-off only
 
 
 def check(name, ours, theirs):
-    """Print the largest difference and fail the notebook if it is above ATOL."""
+    """Print the largest difference (first, so a narrow screen never hides it) and fail above ATOL."""
     diff = np.abs(ours - theirs).max()
-    print(f"{name:<50} {str(ours.shape):<16} max |diff| = {diff:.1e}")
+    print(f"max |diff| = {diff:.1e}  {name}  {ours.shape}")
     assert diff <= ATOL, f"{name}: {diff:.3e} > {ATOL}"
+
+
+def mask_str(m):
+    """An additive mask as text: 0 for a kept key, finfo.min for a masked one (plain float printing
+    shows them as -0.0000e+000 and -1.7977e+308)."""
+    fmin = np.finfo(m.dtype).min
+    return np.array2string(
+        m, formatter={"float_kind": lambda v: "0" if v == 0 else "finfo.min" if v == fmin else f"{v:.4g}"}
+    )
 
 
 def layer_norm_by_hand(x, weight, bias, eps):  # [..., F] -> [..., F], over the last axis
@@ -130,10 +142,10 @@ tokens = [
 print("input_ids", input_ids.shape, "bbox", bbox.shape, "attention_mask", attention_mask.shape)
 print(tokens)
 
-fig, ax = plt.subplots(figsize=(5, 5))
+fig, ax = plt.subplots(figsize=(6.4, 6.4))
 for word, (x0, y0, x1, y1) in zip(form["words"], form["boxes"], strict=True):
     ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=0.8))
-    ax.text(x0, y0 - 4, word, fontsize=6)
+    ax.text(x0, y0 - 6, word, fontsize=8)
 ax.set(xlim=(0, 1000), ylim=(1000, 0), title="the page: word boxes on the 0..1000 grid", aspect="equal")
 plt.show()
 
@@ -187,7 +199,7 @@ check("text embeddings: by hand vs text_embeddings", text_by_hand, text)
 # width `x1 - x0`. They are concatenated to `[B, L, H]`, projected to the layout width
 # `H/r`, and the box position embedding of the same position ids is added:
 #
-# $$E_\text{layout} = \mathrm{LN}\Big(\big[e_x(x_0); e_y(y_0); e_x(x_1); e_y(y_1); e_h(y_1-y_0); e_w(x_1-x_0)\big]W_\text{box}^\top + b + W_\text{boxpos}[\text{pos}]\Big) \in \mathbb{R}^{B\times L\times H/r}$$
+# $$\begin{aligned}E_\text{layout} = \mathrm{LN}\Big(&\big[e_x(x_0); e_y(y_0); e_x(x_1); e_y(y_1); e_h(y_1-y_0); e_w(x_1-x_0)\big]W_\text{box}^\top \\ &+ b + W_\text{boxpos}[\text{pos}]\Big) \in \mathbb{R}^{B\times L\times H/r}\end{aligned}$$
 #
 # First by hand, with plain NumPy indexing, then with `layout_embeddings`.
 
@@ -216,7 +228,7 @@ check("layout embeddings: by hand vs layout_embeddings", layout_by_hand, layout)
 # they share everything but their box position embedding.
 
 # %%
-fig, ax = plt.subplots(figsize=(7, 3), layout="constrained")
+fig, ax = plt.subplots(figsize=(6.6, 3.2), layout="constrained")
 im = ax.imshow(layout[0].T, aspect="auto", cmap="RdBu_r")
 ax.set(
     xticks=range(len(tokens)),
@@ -225,7 +237,7 @@ ax.set(
     ylabel=f"layout feature (H/r = {layout.shape[-1]})",
     title="layout stream input E_layout, page 1",
 )
-ax.set_xticklabels(tokens, rotation=90, fontsize=6)
+ax.set_xticklabels(tokens, rotation=90)
 fig.colorbar(im, ax=ax)
 plt.show()
 
@@ -245,18 +257,19 @@ print(
     "mask",
     additive_mask.shape,
     f"| page 2, keys {pad_start - 2}..{pad_start + 1}:",
-    additive_mask[1, 0, 0, pad_start - 2 : pad_start + 2],
+    mask_str(additive_mask[1, 0, 0, pad_start - 2 : pad_start + 2]),
 )
+print(f"finfo(float64).min = {np.finfo(np.float64).min:.6e}")
 
 # %% [markdown]
 # ## 5. Layer 0 attention, by hand: BiACM
 #
 # Both streams project queries and keys with their own weights; the text heads are `d` wide,
-# the layout heads `d/r`. Each stream's scores are scaled by its own head size (the oracle
-# writes the layout one as `d // r`, the text head size floor-divided by `r`), then **both
-# streams use the sum**:
+# the layout heads `d // r` (the text head size floor-divided by `r`, as the oracle writes
+# it). Each stream's scores are scaled by 1/√(its own head size), then **both streams use the
+# sum**:
 #
-# $$S = \frac{QK^\top}{\sqrt d} + \frac{Q_\ell K_\ell^\top}{\sqrt{d /\!/ r}}, \qquad P = \mathrm{softmax}(S + M), \qquad C_\text{text} = PV, \quad C_\text{layout} = PV_\ell$$
+# $$\begin{aligned}S &= \frac{QK^\top}{\sqrt d} + \frac{Q_\ell K_\ell^\top}{\sqrt{d /\!/ r}}, \\ P &= \mathrm{softmax}(S + M), \qquad C_\text{text} = PV, \quad C_\text{layout} = PV_\ell\end{aligned}$$
 
 # %%
 sa = w["encoder"]["layer"]["0"]["attention"]["self"]
@@ -275,7 +288,7 @@ def proj(x, lin):  # x W^T + b
 q, k, v = (heads(proj(text, sa[name])) for name in ("query", "key", "value"))
 ql, kl, vl = (heads(proj(layout, sa[name])) for name in ("layout_query", "layout_key", "layout_value"))
 d = q.shape[-1]
-print("text heads", q.shape, "| layout heads", ql.shape)  # [B, n, L, d], [B, n, L, d/r]
+print("text heads", q.shape, "| layout heads", ql.shape)  # [B, n, L, d], [B, n, L, d // r]
 
 s_text = q @ k.transpose(0, 1, 3, 2) / np.sqrt(d)  # [B, n, L, L]
 s_layout = ql @ kl.transpose(0, 1, 3, 2) / np.sqrt(d // r)  # [B, n, L, L]
@@ -332,16 +345,20 @@ print("bi_acm_contexts (fused) == bi_acm_contexts_plain, bit for bit (text and l
 # depend only on boxes and positions, the text scores only on tokens and positions.
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), layout="constrained")
+fig, axes = plt.subplots(1, 3, figsize=(6.6, 2.9), layout="constrained")
 for ax, m, title in zip(
     axes,
     (s_text[0, 0], s_layout[0, 0], a[0, 0]),
-    ("text scores QK^T/sqrt(d)", "layout scores Q_l K_l^T/sqrt(d//r)", "shared probabilities P"),
+    (
+        r"text scores" "\n" r"$QK^\top/\sqrt{d}$",
+        r"layout scores" "\n" r"$Q_\ell K_\ell^\top/\sqrt{d\,//\,r}$",
+        "shared\nprobabilities P",
+    ),
     strict=True,
 ):
     im = ax.imshow(m, cmap="viridis")
     ax.set(title=title, xlabel="key token", ylabel="query token")
-    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.colorbar(im, ax=ax, fraction=0.046, location="bottom")
 plt.show()
 
 # %% [markdown]
@@ -349,11 +366,12 @@ plt.show()
 # `pad_start`, computed in step 1, on) get probability exactly 0.
 
 # %%
-fig, axes = plt.subplots(1, n, figsize=(3 * n, 3))
+fig, axes = plt.subplots(1, n, figsize=(6.6, 6.6 / n + 0.4), layout="constrained")
 for h, ax in enumerate(axes):
     ax.imshow(a[1, h], cmap="viridis", vmin=0, vmax=1)
     ax.axvline(pad_start - 0.5, color="w", lw=0.8)
-    ax.set(title=f"page 2, head {h}", xticks=[], yticks=[])
+    ax.set(title=f"head {h}", xticks=[], yticks=[])
+fig.suptitle("layer 0, page 2: keys right of the white line are padding")
 plt.show()
 print(f"padded keys of page 2: columns {pad_start}..{input_ids.shape[1] - 1}")
 print("largest probability on a padded key:", a[1][..., pad_start:].max())
@@ -467,7 +485,7 @@ for i in range(cfg.num_hidden_layers + 1):
 # mixed into the text stream directly, only through the shared scores.
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(10, 2.8), layout="constrained")
+fig, axes = plt.subplots(2, 1, figsize=(6.6, 4.4), layout="constrained")
 for ax, states, title in zip(
     axes,
     (text_states, layout_states),
@@ -475,7 +493,8 @@ for ax, states, title in zip(
     strict=True,
 ):
     im = ax.imshow(np.stack([np.linalg.norm(s_[0], axis=-1) for s_ in states]), aspect="auto", cmap="magma")
-    ax.set(title=title, xlabel="token", ylabel="embeddings, layer 1, 2", yticks=range(len(states)))
+    ax.set(title=title, xlabel="token", ylabel="after", yticks=range(len(states)))
+    ax.set_yticklabels(["embeddings"] + [f"layer {i}" for i in range(len(states) - 1)])
     fig.colorbar(im, ax=ax)
 plt.show()
 
@@ -484,6 +503,11 @@ plt.show()
 #
 # `LiltForTokenClassification` has no pooler: a linear layer maps each token's final text
 # state to the 7 FUNSD labels, $\text{logits} = X''W_c^\top + b_c$ with shape `[B, L, num_labels]`.
+#
+# Only the text stream reaches the head: transformers' heads read the final text states
+# (`last_hidden_state`) alone, so the layout stream acts on the labels only through the
+# scores it added in every layer. The paper and the original code concatenate both streams'
+# final states for their heads instead.
 
 # %%
 logits = linear(X, **model.weights["classifier"])  # [B, L, 7]

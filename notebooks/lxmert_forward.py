@@ -48,17 +48,29 @@ from refimpl.lxmert import layers as L
 from refimpl.lxmert.modeling import check_inputs
 from refimpl.lxmert.tokenization import LxmertTokenizer
 
-np.set_printoptions(precision=4, suppress=True, linewidth=110)
-plt.rcParams.update({"figure.dpi": 72, "font.size": 8})
+np.set_printoptions(precision=4, suppress=True, linewidth=88)
+# Figures at 100 dpi, at most 6.6 in wide (they show unscaled in the docs' 688-px text column), labels >= 8 pt.
+plt.rcParams.update(
+    {"figure.dpi": 100, "font.size": 9, "axes.titlesize": 9, "xtick.labelsize": 8, "ytick.labelsize": 8}
+)
 ATOL = 1e-12  # by hand vs function, and steps vs model: float64 round-off only
 EPS = 1e-12  # every LXMERT LayerNorm (the oracle hard-codes it)
 
 
 def check(name, ours, theirs):
-    """Print the largest difference and fail the notebook if it is above ATOL."""
+    """Print the largest difference (first, so a narrow screen never hides it) and fail above ATOL."""
     diff = np.abs(np.asarray(ours, dtype=np.float64) - np.asarray(theirs, dtype=np.float64)).max()
-    print(f"{name:<52} {str(np.shape(ours)):<16} max |diff| = {diff:.1e}")
+    print(f"max |diff| = {diff:.1e}  {name}  {np.shape(ours)}")
     assert diff <= ATOL, f"{name}: {diff:.3e} > {ATOL}"
+
+
+def mask_str(m):
+    """An additive mask as text: 0 for a kept key, finfo.min for a masked one (plain float printing
+    shows them as -0.0000e+000 and -1.7977e+308)."""
+    fmin = np.finfo(m.dtype).min
+    return np.array2string(
+        m, formatter={"float_kind": lambda v: "0" if v == 0 else "finfo.min" if v == fmin else f"{v:.4g}"}
+    )
 
 
 def proj(x, lin):  # x W^T + b
@@ -185,6 +197,8 @@ inputs = check_inputs(
 )
 assert np.array_equal(lang_mask, inputs["lang_mask"]) and np.array_equal(visn_mask, inputs["visn_mask"])
 print("language mask", lang_mask.shape, "| vision mask", visn_mask.shape, "| both equal check_inputs'")
+print("question 2, vision mask over the 6 regions:", mask_str(visn_mask[1, 0, 0]))
+print(f"finfo(float64).min = {fmin:.6e}")
 
 # %% [markdown]
 # ## 4. Language and object-relationship encoders
@@ -280,19 +294,26 @@ print(
 # the relationship layer's attention over the regions (head 0, first question).
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), layout="constrained")
+fig, axes = plt.subplot_mosaic(
+    [["regions", "relation"], ["lang", "lang"]],
+    figsize=(6.6, 7.0),
+    layout="constrained",
+    height_ratios=[1, 1.4],
+)
 for j, (bx0, by0, bx1, by1) in enumerate(boxes):
-    axes[0].add_patch(plt.Rectangle((bx0, by0), bx1 - bx0, by1 - by0, fill=False, lw=1, color=f"C{j}"))
-    axes[0].text(bx0, by0, str(j), color=f"C{j}")
-axes[0].set(xlim=(0, 1), ylim=(1, 0), aspect="equal", title="regions (visual_pos)")
-im = axes[1].imshow(lang_attn[0][0, 0], cmap="viridis")
-axes[1].set(title="language layer 0, head 0", xticks=range(len(words)), yticks=range(len(words)))
-axes[1].set_xticklabels(words, rotation=90)
-axes[1].set_yticklabels(words)
-fig.colorbar(im, ax=axes[1])
-im = axes[2].imshow(vis_attn[0][0, 0], cmap="viridis")
-axes[2].set(title="relationship layer 0, head 0", xlabel="region", ylabel="region")
-fig.colorbar(im, ax=axes[2])
+    axes["regions"].add_patch(
+        plt.Rectangle((bx0, by0), bx1 - bx0, by1 - by0, fill=False, lw=1, color=f"C{j}")
+    )
+    axes["regions"].text(bx0 + 0.01, by0 + 0.01, str(j), color=f"C{j}", va="top")
+axes["regions"].set(xlim=(0, 1), ylim=(1, 0), aspect="equal", title="regions (visual_pos)")
+im = axes["lang"].imshow(lang_attn[0][0, 0], cmap="viridis")
+axes["lang"].set(title="language layer 0, head 0", xticks=range(len(words)), yticks=range(len(words)))
+axes["lang"].set_xticklabels(words, rotation=90)
+axes["lang"].set_yticklabels(words)
+fig.colorbar(im, ax=axes["lang"])
+im = axes["relation"].imshow(vis_attn[0][0, 0], cmap="viridis")
+axes["relation"].set(title="relationship layer 0, head 0", xlabel="region", ylabel="region")
+fig.colorbar(im, ax=axes["relation"])
 plt.show()
 
 # %% [markdown]
@@ -336,18 +357,18 @@ assert lang_to_vis[1][..., visual_attention_mask[1] == 0].max() == 0.0
 # returns the second too (`cross_encoder_vision_attentions`).
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), layout="constrained")
+fig, axes = plt.subplot_mosaic([["q1", "q2"], ["back", "back"]], figsize=(6.6, 6.2), layout="constrained")
 panels = (
-    (lang_to_vis[0, 0], "question 1: words -> regions", "region", "word"),
-    (vis_to_lang[0, 0], "question 1: regions -> words", "word", "region"),
-    (lang_to_vis[1, 0], "question 2: words -> regions (4, 5 masked)", "region", "word"),
+    ("q1", lang_to_vis[0, 0], "question 1: words -> regions", "region", "word"),
+    ("back", vis_to_lang[0, 0], "question 1: regions -> words", "word", "region"),
+    ("q2", lang_to_vis[1, 0], "question 2: words -> regions\n(regions 4, 5 masked)", "region", "word"),
 )
-for ax, (m, title, xl, yl) in zip(axes, panels, strict=True):
-    im = ax.imshow(m, cmap="viridis", aspect="auto")
-    ax.set(title=title, xlabel=xl, ylabel=yl)
-    fig.colorbar(im, ax=ax)
-axes[1].set_xticks(range(len(words)))
-axes[1].set_xticklabels(words, rotation=90)
+for key, m, title, xl, yl in panels:
+    im = axes[key].imshow(m, cmap="viridis", aspect="auto")
+    axes[key].set(title=title, xlabel=xl, ylabel=yl)
+    fig.colorbar(im, ax=axes[key])
+axes["back"].set_xticks(range(len(words)))
+axes["back"].set_xticklabels(words, rotation=90)
 plt.show()
 
 # %% [markdown]
@@ -403,11 +424,13 @@ for field, ours_all in (("language_hidden_states", lang_states), ("vision_hidden
 # $$\text{pooled} = \tanh(X_\text{lang}[:,0]\,W_p^\top + b_p)$$
 #
 # The masked-LM head scores every word against the (tied) word-embedding matrix $E$,
-# $\mathrm{LN}(\mathrm{gelu}(XW_t^\top + b_t))E^\top + b$; the matching head says whether the
-# sentence fits the image; the answer head is
-# `Linear(H, 2H) -> gelu -> LN -> Linear(2H, num_qa_labels)` on the pooled output; the
-# visual object head maps each region through its own transform to one output per enabled
-# visual loss.
+# $\mathrm{LN}(\mathrm{gelu}(XW_t^\top + b_t))E^\top + b$; the matching head gives two
+# scores for whether the sentence fits the image (index 1: it matches, 0: it does not); the
+# answer head is `Linear(H, 2H) -> gelu -> LN -> Linear(2H, num_qa_labels)` on the pooled
+# output (its hidden layer is `2H` wide); the visual object head maps each region through its
+# own transform to one output per enabled visual loss: `num_object_labels` object classes
+# (1600 Visual Genome objects at base size), `num_attr_labels` attributes (400) and the
+# region's `visual_feat_dim`-wide detector feature (2048), regressed.
 
 # %%
 pooled_by_hand = np.tanh(proj(h_lang[:, 0], w["pooler"]["dense"]))
@@ -522,7 +545,7 @@ print(f"masked LM {loss_mlm:.12f} | matched {loss_matched:.12f} | answer {loss_a
 # **all** `B·N` regions (ignored and masked ones included) and scaled by
 # `visual_loss_normalizer` $\lambda$:
 #
-# $$\ell_\text{obj} = \frac{\lambda}{BN}\sum_{i} c_i\,\mathrm{CE}(z_i, y_i), \qquad \ell_\text{feat} = \frac{\lambda}{BN}\sum_i c_i\,\frac1F\sum_f \mathrm{smoothL1}(\hat f_{if} - f_{if}), \qquad \mathrm{smoothL1}(x) = \begin{cases} x^2/2 & |x| < 1 \\ |x| - 1/2 & \text{else}\end{cases}$$
+# $$\begin{aligned}\ell_\text{obj} &= \frac{\lambda}{BN}\sum_{i} c_i\,\mathrm{CE}(z_i, y_i), \\ \ell_\text{feat} &= \frac{\lambda}{BN}\sum_i c_i\,\frac1F\sum_f \mathrm{smoothL1}(\hat f_{if} - f_{if}), \\ \mathrm{smoothL1}(x) &= \begin{cases} x^2/2 & |x| < 1 \\ |x| - 1/2 & \text{else}\end{cases}\end{aligned}$$
 #
 # (`attr` like `obj`). `heads.visual_loss` is this rule.
 
@@ -557,7 +580,7 @@ for key in visual_keys:
 # float64 model. The visual parts go into their own float32 accumulator first, which is then
 # added to the total, in the order masked LM, matched, visual, answer:
 #
-# $$s_0 = 0, \qquad s_k = \mathrm{fl}_{32}(s_{k-1} + \ell_k), \qquad \ell = s_4 \text{ for } (\ell_1, \ldots, \ell_4) = (\ell_\text{MLM}, \ell_\text{matched}, \ell_\text{visual}, \ell_\text{answer})$$
+# $$\begin{aligned}&s_0 = 0, \qquad s_k = \mathrm{fl}_{32}(s_{k-1} + \ell_k), \qquad \ell = s_4 \\ &\text{for } (\ell_1, \ldots, \ell_4) = (\ell_\text{MLM}, \ell_\text{matched}, \ell_\text{visual}, \ell_\text{answer})\end{aligned}$$
 #
 # where $\ell_\text{visual}$ is the same float32 sum of $\ell_\text{obj}, \ell_\text{attr}, \ell_\text{feat}$
 # (`heads.accumulate_loss` is one such add).

@@ -184,6 +184,148 @@ def test_figures_are_up_to_date():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_figure_size_guard_fails_on_small_labels_and_wide_figures():
+    """docs/figures.py refuses a figure wider than the docs' text column or with a label under 8 pt."""
+    pytest.importorskip("matplotlib")
+    sys.path.insert(0, str(DOCS))
+    try:
+        import figures
+    finally:
+        sys.path.remove(str(DOCS))
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(figures.MAX_WIDTH_IN, 3))
+    ax.set_title("fine", fontsize=figures.MIN_LABEL_PT)
+    figures.check_sizes(fig, "ok")
+    ax.text(0.5, 0.5, "too small", fontsize=6)
+    with pytest.raises(ValueError, match="too small"):
+        figures.check_sizes(fig, "small label")
+    plt.close(fig)
+    fig = plt.figure(figsize=(figures.MAX_WIDTH_IN + 2, 3))
+    with pytest.raises(ValueError, match="wide"):
+        figures.check_sizes(fig, "wide figure")
+    plt.close(fig)
+
+
+def test_committed_figures_fit_the_text_column():
+    """Every docs/figures/*.svg is at most 7.1 in (682 CSS px) wide: shown unscaled in the 688-px column."""
+    for svg in sorted((DOCS / "figures").glob("*.svg")):
+        width = re.search(r'<svg[^>]*\bwidth="([\d.]+)pt"', svg.read_text(encoding="utf-8"))
+        assert width, f"{svg.name}: no width in pt"
+        assert float(width.group(1)) / 72 <= 7.1 + 1e-6, (
+            f"{svg.name} is {float(width.group(1)) / 72:.2f} in wide"
+        )
+
+
+def _notebook_outputs(name: str) -> list[dict]:
+    import json
+
+    nb = json.loads((ROOT / "notebooks" / f"{name}.ipynb").read_text(encoding="utf-8"))
+    return [o for c in nb["cells"] for o in c.get("outputs", [])]
+
+
+@pytest.mark.parametrize("name", ["lilt_forward", "lxmert_forward"])
+def test_notebook_figures_are_100_dpi_and_fit_the_text_column(name):
+    """The stored plots are >= 100 dpi (PNG pHYs) and at most 688 px wide, so the page shows them unscaled
+    (the notebooks draw their labels at 8 pt or more: 11 px and up at 100 dpi)."""
+    import base64
+    import struct
+
+    pngs = [
+        base64.b64decode("".join(o["data"]["image/png"]))
+        for o in _notebook_outputs(name)
+        if "image/png" in o.get("data", {})
+    ]
+    assert pngs, f"{name}: no figures"
+    for i, png in enumerate(pngs):
+        width = struct.unpack(">I", png[16:20])[0]
+        at = png.find(b"pHYs")
+        assert at > 0, f"{name} figure {i}: no pHYs (resolution) chunk"
+        per_m, _, unit = struct.unpack(">IIB", png[at + 4 : at + 13])
+        assert unit == 1 and per_m * 0.0254 >= 99.5, f"{name} figure {i}: {per_m * 0.0254:.0f} dpi"
+        assert width <= 688, f"{name} figure {i}: {width} px wide, more than the docs' 688-px column"
+
+
+@pytest.mark.parametrize("name", ["lilt_forward", "lxmert_forward"])
+def test_notebook_check_lines_start_with_the_result(name):
+    """A check line opens with its max |diff| (a narrow screen cuts the end, never the result), and no mask
+    prints as -0.0000e+000 / -1.7977e+308."""
+    text = "".join(
+        "".join(o.get("text", "")) for o in _notebook_outputs(name) if o.get("output_type") == "stream"
+    )
+    lines = [line for line in text.splitlines() if "max |diff|" in line]
+    assert len(lines) >= 10, f"{name}: only {len(lines)} check lines"
+    late = [line for line in lines if not line.startswith("max |diff| = ")]
+    assert not late, f"{name}: check lines that do not start with the result: {late[:3]}"
+    assert "-0.0000e+000" not in text and "e+308 -" not in text, f"{name}: a mask printed as raw floats"
+
+
+def test_notebook_outputs_wrap_and_have_no_copy_button(site):
+    """Cell outputs are marked nb-output (extra.css wraps them) and no-copy (no button over their end)."""
+    css = (DOCS / "assets" / "extra.css").read_text(encoding="utf-8")
+    assert re.search(r"\.nb-output pre > code \{[^}]*white-space: pre-wrap", css), (
+        "extra.css no longer wraps outputs"
+    )
+    for name in ("lilt_forward", "lxmert_forward"):
+        html = (site / "notebooks" / name / "index.html").read_text(encoding="utf-8")
+        outputs = re.findall(r'<div class="([^"]*\bnb-output\b[^"]*)"', html)
+        assert len(outputs) >= 10, f"{name}: {len(outputs)} output blocks marked nb-output"
+        assert all("no-copy" in c for c in outputs), f"{name}: an output block has a copy button"
+        assert "max |diff|" in html
+
+
+def test_pages_quote_the_committed_benchmark_results(site):
+    """The Golden outputs page's float32 difference and the home page's speed summary are spliced from
+    benchmarks/results.json and sweep.json at build time (docs/hooks.py), not typed into the pages."""
+    import json
+
+    results = json.loads((ROOT / "benchmarks" / "results.json").read_text(encoding="utf-8"))
+    diff = max(
+        r["max_abs_diff_vs_torch"]
+        for r in results["rows"]
+        if r["case"] == "lilt" and r["dtype"] == "float32" and r["device"] == "cpu"
+    )
+    golden = (site / "golden" / "index.html").read_text(encoding="utf-8")
+    assert f"is {diff:.1e}".replace("e-0", "e-") in golden, (
+        "golden.md does not quote results.json's LiLT diff"
+    )
+    marker = "<!-- refimpl:value lilt-base-float32-diff -->"
+    assert marker in (DOCS / "golden.md").read_text(encoding="utf-8"), "golden.md types the number in"
+    sweep = json.loads((ROOT / "benchmarks" / "sweep.json").read_text(encoding="utf-8"))
+    ratios = [
+        r["ratio_median"]
+        for w in sweep["workers"]
+        if w["config"] == "f32" and w["setting"] == "defaults"
+        for r in w["rows"]
+    ]
+    home = (site / "index.html").read_text(encoding="utf-8")
+    slower = [v for v in ratios if v >= 1.0]
+    if slower:
+        assert f"{min(slower):.2f} to {max(slower):.2f} times as long" in home, "home page speed summary"
+        assert f"at {len(slower)} of the {len(ratios)} shapes" in home
+    for faster in (v for v in ratios if v < 1.0):
+        assert f"({faster:.2f})" in home, f"home page: the shape at {faster:.2f} is not named"
+    cpu = re.sub(r"\((R|TM)\)", "", sweep["machine"]["cpu"]).replace(" Processor", "")
+    assert cpu in home, f"the home page does not name the sweep's CPU {cpu!r}"
+
+
+def test_gelu_tanh_gap_is_quoted_from_first_principles():
+    """golden-format.md's max |gelu_exact - gelu_tanh| is the true maximum, computed here on a fine grid."""
+    import math
+
+    import numpy as np
+
+    x = np.linspace(-8.0, 8.0, 160_001)
+    erf = np.array([math.erf(v) for v in (x / math.sqrt(2.0)).tolist()])
+    exact = x / 2 * (1 + erf)
+    tanh = x / 2 * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    gap = np.abs(exact - tanh)
+    at = abs(x[gap.argmax()])
+    text = (DOCS / "golden-format.md").read_text(encoding="utf-8")
+    assert f"up to {gap.max():.1e}".replace("e-0", "e-") in text, f"max gap is {gap.max():.3e}"
+    assert f"|x| \\approx {at:.2f}" in text, f"at |x| = {at:.3f}"
+
+
 def _generated(page: str) -> bool:
     """Pages the hooks generate: golden-format.md (placeholder) and notebooks/<name>.md (from the .ipynb)."""
     if page == "golden-format.md":
