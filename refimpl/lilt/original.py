@@ -143,11 +143,10 @@ class LiLTRobertaLikeForTokenClassification(_OriginalHead):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
     ) -> TokenClassifierOutput:
-        """LiltModel's inputs plus ``labels``.
+        """LiltModel's inputs (``input_ids`` ... ``output_hidden_states``, as
+        `refimpl.lilt.LiltModel` takes them) plus ``labels``.
 
         Args:
-            input_ids, bbox, attention_mask, token_type_ids, position_ids, head_mask,
-                inputs_embeds, output_attentions, output_hidden_states: as `refimpl.lilt.LiltModel`.
             labels: integer ``[batch, seq]``: at tokens with ``attention_mask == 1``, in
                 ``[0, num_labels - 1]`` or -100 (ignored); elsewhere anything (not counted).
                 With labels, ``attention_mask`` must be ``[batch, seq]``.
@@ -246,11 +245,10 @@ class LiLTRobertaLikeForRelationExtraction(_OriginalHead):
         entities=None,
         relations=None,
     ) -> ReOutput:
-        """LiltModel's inputs plus the original's ``entities`` and ``relations``.
+        """LiltModel's inputs (``input_ids`` ... ``output_hidden_states``, as
+        `refimpl.lilt.LiltModel` takes them) plus the original's ``entities`` and ``relations``.
 
         Args:
-            input_ids, bbox, attention_mask, token_type_ids, position_ids, head_mask,
-                inputs_embeds, output_attentions, output_hidden_states: as `refimpl.lilt.LiltModel`.
             labels: accepted and ignored, as the original ignores it (its data collator passes
                 the token labels to every head).
             entities: one dict per document, ``{"start": [...], "end": [...], "label": [...]}``
