@@ -139,9 +139,13 @@ class PreTrainedModel:
         source = os.fspath(path)
         state = weights.load_state_dict(path, dtype=dt)
         expected = cls.expected_shapes(config)
-        unused = cls._unused_keys(state, expected)
+        unused, others = cls._unused_keys(state, expected)
         if not strict:
-            state = {k: v for k, v in state.items() if k not in unused}
+            dropped = set(unused)
+            state = {k: v for k, v in state.items() if k not in dropped}
+            others = []
+        # under strict, the matcher reports the `UNUSED_WEIGHTS` keys itself; another class's
+        # weights it drops (a base model keeps only prefixed keys), so those are reported here
         kwargs = dict(
             prefix=cls.base_model_prefix,
             is_base_model=cls.is_base_model,
@@ -150,9 +154,6 @@ class PreTrainedModel:
             + REGENERATED_BUFFERS.get(cls.config_class.model_type, ()),
             source=source,
         )
-        # under strict, the matcher reports the unused weights of `unused_unexpected` itself; a
-        # base model's matcher drops another class's weights, so those are added here
-        others = [k for k in unused if strict and cls._other_class_key(k, state)]
         try:
             params = weights.match_state_dict(state, expected, **kwargs)
         except CheckpointError as e:
@@ -175,42 +176,38 @@ class PreTrainedModel:
         return cls(config, params, dtype=dt, device=device)
 
     @classmethod
-    def _other_class_key(cls, key: str, state: dict[str, Any]) -> bool:
-        """Whether the matcher drops ``key`` as another class's weight: a base model keeps only the
-        prefixed keys of a checkpoint that has any (``lm_head.*`` beside ``lilt.*``)."""
-        pre = cls.base_model_prefix + "."
-        return (
-            cls.is_base_model
-            and bool(cls.base_model_prefix)
-            and not key.startswith(pre)
-            and any(k.startswith(pre) for k in state)
-        )
+    def _unused_keys(cls, state: dict[str, Any], expected: dict[str, Any]) -> tuple[list[str], list[str]]:
+        """Checkpoint keys the model does not use and transformers ignores.
 
-    @classmethod
-    def _unused_keys(cls, state: dict[str, Any], expected: dict[str, Any]) -> list[str]:
-        """Checkpoint keys the model does not use and transformers ignores: those matching
-        `UNUSED_WEIGHTS` or ``unused_unexpected`` that name no expected weight, and (base models)
-        another class's weights. Keys are compared as the matcher renames them (the base prefix
-        added or removed, see `refimpl.weights.match_state_dict`)."""
+        Keys are compared as `refimpl.weights.match_state_dict` renames them (the base prefix
+        added or removed).
+
+        Returns:
+            ``(unused, other_class)``: every such key (those matching `UNUSED_WEIGHTS` or
+            ``unused_unexpected`` that name no expected weight, and another class's), and the
+            part of them that is another class's: for a base model, the unprefixed keys of a
+            checkpoint that has prefixed ones (``lm_head.*`` beside ``lilt.*``).
+        """
         patterns = [
             re.compile(p) for p in UNUSED_WEIGHTS.get(cls.config_class.model_type, ()) + cls.unused_unexpected
         ]
         pre = cls.base_model_prefix + "." if cls.base_model_prefix else ""
         has_prefixed = bool(pre) and any(k.startswith(pre) for k in state)
-        unused = []
+        unused, other_class = [], []
         for k in state:
-            if cls._other_class_key(k, state):
-                unused.append(k)
-                continue
             if cls.is_base_model and pre and k.startswith(pre):
                 model_key = k[len(pre) :]
+            elif cls.is_base_model and has_prefixed:
+                unused.append(k)  # the matcher drops it: a head weight of a head-model checkpoint
+                other_class.append(k)
+                continue
             elif pre and not has_prefixed and (pre + k) in expected:
                 model_key = pre + k
             else:
                 model_key = k
             if model_key not in expected and any(p.search(k) for p in patterns):
                 unused.append(k)
-        return unused
+        return unused, other_class
 
     @classmethod
     def tied_keys_for(cls, config: PretrainedConfig) -> dict[str, str]:

@@ -198,6 +198,23 @@ def test_recipe_checkpoint_strict_refuses_the_unused_weights(recipe):
         assert "pooler" not in msg  # LiltModel uses the pooler
 
 
+def test_strict_lists_the_unused_weights_beside_the_missing_ones(recipe, tmp_path):
+    sd = torch.load(os.path.join(recipe, "pytorch_model.bin"), weights_only=True)
+    del sd["lilt.pooler.dense.bias"]
+    torch.save(sd, tmp_path / "pytorch_model.bin")
+    with open(os.path.join(recipe, "config.json")) as f:
+        (tmp_path / "config.json").write_text(f.read())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CheckpointWarning)
+        with pytest.raises(CheckpointError) as e:
+            LiltModel.from_pretrained(tmp_path, dtype="float64", strict=True)
+        msg = str(e.value)
+        assert "missing (1):\n    pooler.dense.bias" in msg and "unexpected, another class (7):" in msg
+        with pytest.raises(CheckpointError) as e:
+            LiltModel.from_pretrained(tmp_path, dtype="float64")
+        assert "missing (1)" in str(e.value) and "lm_head" not in str(e.value)
+
+
 def test_missing_weights_stay_an_error(recipe):
     # the recipe has no token classifier: a head model needs one
     with warnings.catch_warnings():
