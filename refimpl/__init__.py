@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 
 from .files import CheckpointError as CheckpointError  # every problem with a file raises it
 
@@ -47,10 +48,14 @@ SUPPORTED_ARCHITECTURES = {
     "LxmertModel": "refimpl.lxmert:LxmertModel",
     "LxmertForPreTraining": "refimpl.lxmert:LxmertForPreTraining",
     "LxmertForQuestionAnswering": "refimpl.lxmert:LxmertForQuestionAnswering",
+    # the original LiLT repository's classes (github.com/jpWang/LiLT, LiLTfinetune/models/LiLTRobertaLike)
+    "LiLTRobertaLikeModel": "refimpl.lilt:LiltModel",
+    "LiLTRobertaLikeForTokenClassification": "refimpl.lilt.original:LiLTRobertaLikeForTokenClassification",
+    "LiLTRobertaLikeForRelationExtraction": "refimpl.lilt.original:LiLTRobertaLikeForRelationExtraction",
 }
 
 #: model_type -> base architecture, used when ``architectures`` is absent.
-BASE_MODELS = {"lilt": "LiltModel", "lxmert": "LxmertModel"}
+BASE_MODELS = {"lilt": "LiltModel", "lxmert": "LxmertModel", "liltrobertalike": "LiltModel"}
 
 
 def model_class(name: str):
@@ -71,32 +76,50 @@ def architecture_of(path: str | os.PathLike) -> str:
             ``config.json`` and the field, for an architecture or model type refimpl lacks.
     """
     # lazy: config imports the ops and their kernels; a bare `import refimpl` stays cheap
-    from .config import ConfigError, _config_path, read_config_json
+    from .config import MODEL_TYPE_ALIASES, CheckpointWarning, ConfigError, _config_path, read_config_json
 
     d = read_config_json(path)
     where = _config_path(path)
     archs = d.get("architectures") or []
-    if archs:
-        if archs[0] not in SUPPORTED_ARCHITECTURES:
-            raise ConfigError(
-                f"{where}: architectures[0] = {archs[0]!r} is not supported; supported: {sorted(SUPPORTED_ARCHITECTURES)}"
-            )
-        return archs[0]
     mt = d.get("model_type")
+    if archs:
+        if archs[0] in SUPPORTED_ARCHITECTURES:
+            return archs[0]
+        if mt in MODEL_TYPE_ALIASES and mt in BASE_MODELS and not archs[0].lower().startswith("lilt"):
+            # gen_weight_roberta_like.py copies the text model's config.json (RobertaForMaskedLM's,
+            # XLMRobertaForMaskedLM's), architectures included; a LiLT class we lack is an error
+            base = BASE_MODELS[mt]
+            warnings.warn(
+                f"{where}: architectures[0] = {archs[0]!r} is the text model's, copied into this "
+                f"model_type {mt!r} config by the original LiLT recipe; loading {base}",
+                CheckpointWarning,
+                stacklevel=3,
+            )
+            return base
+        raise ConfigError(
+            f"{where}: architectures[0] = {archs[0]!r} is not supported; supported: {sorted(SUPPORTED_ARCHITECTURES)}"
+        )
     if mt not in BASE_MODELS:
         raise ConfigError(f"{where}: model_type = {mt!r} is not supported; supported: {sorted(BASE_MODELS)}")
     return BASE_MODELS[mt]
 
 
-def from_pretrained(path: str | os.PathLike, dtype: str = "float32", device: str = "cpu"):
+def from_pretrained(
+    path: str | os.PathLike, dtype: str = "float32", device: str = "cpu", strict: bool = False
+):
     """Load a checkpoint directory as the class its ``config.json`` names.
 
-    Picks ``architectures[0]``, falling back to the base model of ``model_type``.
+    Picks ``architectures[0]``, falling back to the base model of ``model_type``. A checkpoint
+    of the original LiLT recipe (``model_type: "liltrobertalike"``, the text model's
+    ``architectures`` left in) loads as ``LiltModel``, with a `refimpl.config.CheckpointWarning`.
 
     Args:
         path: directory with ``config.json`` and ``model.safetensors`` or ``pytorch_model.bin``
             (or a sharded set with its ``*.index.json``).
         dtype: "float32" or "float64".
         device: "cpu" or "cuda" (needs CuPy).
+        strict: refuse checkpoint weights the model does not use (a text model's ``lm_head``,
+            a pooler a head model does not build, another class's head), instead of ignoring
+            them with one warning line as transformers does.
     """
-    return model_class(architecture_of(path)).from_pretrained(path, dtype=dtype, device=device)
+    return model_class(architecture_of(path)).from_pretrained(path, dtype=dtype, device=device, strict=strict)

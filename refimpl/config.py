@@ -20,6 +20,7 @@ import copy
 import json
 import math
 import os
+import warnings
 from typing import Any, ClassVar
 
 from .files import MAX_ELEMENTS, CheckpointError, read_json, short_repr
@@ -33,6 +34,8 @@ __all__ = [
     "load_config",
     "read_config_json",
     "CONFIG_CLASSES",
+    "MODEL_TYPE_ALIASES",
+    "CheckpointWarning",
     "MAX_NUM_LABELS",
     "NONFINITE_FIELDS",
 ]
@@ -48,6 +51,11 @@ NONFINITE_FIELDS = frozenset({"time_step_limit"})
 
 class ConfigError(CheckpointError):
     """An impossible or hostile config value; the message names the field (and the file)."""
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint loads, but not exactly as written: another ``model_type`` read as ours, a
+    default filled in, weights the model does not use. One line each, naming the file."""
 
 
 def _is_int(v: Any) -> bool:
@@ -227,6 +235,19 @@ class PretrainedConfig:
         return cls(**d)
 
     @classmethod
+    def loading_notes(cls, d: dict[str, Any]) -> list[str]:
+        """What reading the ``config.json`` dict ``d`` as this class changes, one line each
+        (warned by `from_pretrained` and `load_config`): a ``model_type`` of
+        `MODEL_TYPE_ALIASES` read as ``cls.model_type``."""
+        mt = d.get("model_type")
+        if mt is not None and mt != cls.model_type and MODEL_TYPE_ALIASES.get(mt) == cls.model_type:
+            return [
+                f"model_type {mt!r} ({MODEL_TYPE_SOURCES[mt]}) is read as {cls.model_type!r}, "
+                f"as transformers' {cls.__name__}.from_pretrained reads it"
+            ]
+        return []
+
+    @classmethod
     def from_pretrained(cls, path: str | os.PathLike):
         """Read ``config.json`` from a checkpoint directory (or the file itself).
 
@@ -317,6 +338,21 @@ class LiltConfig(PretrainedConfig):
                 "max_position_embeddings: LiLT uses it as their padding index)"
             )
         _check_eps(self.layer_norm_eps)
+
+    @classmethod
+    def loading_notes(cls, d: dict[str, Any]) -> list[str]:
+        """The model-type note, and one for a ``config.json`` without ``pad_token_id``: LiLT
+        numbers its positions from ``pad_token_id + 1``, so the default changes every output."""
+        notes = super().loading_notes(d)
+        if "pad_token_id" not in d:
+            pad = cls.defaults["pad_token_id"]
+            notes.append(
+                f"no pad_token_id: using {pad}, transformers' LiltConfig default; LiLT derives its position "
+                f"ids from it (padding index, then pad_token_id + 1, + 2, ...), and RoBERTa-based "
+                f"checkpoints use 1 (RobertaConfig's default, which the original LiLT code inherits): "
+                f'add "pad_token_id" to config.json if {pad} is not what the checkpoint was trained with'
+            )
+        return notes
 
 
 class LxmertConfig(PretrainedConfig):
@@ -414,6 +450,14 @@ def _check_eps(eps: Any) -> None:
 
 CONFIG_CLASSES = {"lilt": LiltConfig, "lxmert": LxmertConfig}
 
+#: Other ``model_type`` names read as one of ours (with a `CheckpointWarning`), as
+#: transformers' ``LiltConfig.from_pretrained`` reads them: the original LiLT repository
+#: (github.com/jpWang/LiLT) writes "liltrobertalike" in the checkpoints its recipe makes.
+MODEL_TYPE_ALIASES = {"liltrobertalike": "lilt"}
+MODEL_TYPE_SOURCES = {
+    "liltrobertalike": "the original LiLT repository's, jpWang/LiLT, written by its gen_weight_roberta_like.py"
+}
+
 
 def _config_path(path: str | os.PathLike) -> str:
     p = os.fspath(path)
@@ -421,13 +465,17 @@ def _config_path(path: str | os.PathLike) -> str:
 
 
 def _from_file(cls: type[PretrainedConfig], d: dict[str, Any], path: str) -> PretrainedConfig:
-    """``cls.from_dict(d)`` with any error naming the file it came from."""
+    """``cls.from_dict(d)`` with any error naming the file it came from; each of
+    ``cls.loading_notes(d)`` is warned as one `CheckpointWarning` line naming the file."""
     try:
-        return cls.from_dict(d)
+        config = cls.from_dict(d)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     except (TypeError, ValueError) as e:  # e.g. a field a class constructor cannot take
         raise ConfigError(f"{path}: {type(e).__name__}: {e}") from None
+    for note in cls.loading_notes(d):
+        warnings.warn(f"{path}: {note}", CheckpointWarning, stacklevel=3)
+    return config
 
 
 def read_config_json(path: str | os.PathLike) -> dict[str, Any]:
@@ -475,6 +523,7 @@ def load_config(path: str | os.PathLike) -> PretrainedConfig:
     """
     d = read_config_json(path)
     mt = d.get("model_type")
+    mt = MODEL_TYPE_ALIASES.get(mt, mt)
     if mt not in CONFIG_CLASSES:
         raise ConfigError(
             f"{_config_path(path)}: config.model_type = {short_repr(mt)} is not supported; "

@@ -6,25 +6,54 @@ A model class declares
 * ``expected_shapes(config) -> {checkpoint key: shape}`` with the prefixed key names a
   ``save_pretrained`` of the oracle's class of the same name writes,
 * optionally ``tied_keys`` (``{key: source key}``: weights the oracle ties and safetensors
-  drops) and ``ignored_unexpected`` (regexes of checkpoint keys the oracle ignores),
+  drops), ``ignored_unexpected`` (regexes of checkpoint keys the oracle ignores silently) and
+  ``unused_unexpected`` (regexes of weights the oracle ignores with a warning),
 * ``forward(**inputs)``.
 
 ``from_pretrained`` reads ``config.json`` and the weights, matches keys strictly (see
 :func:`refimpl.checkpoints.match_state_dict`) and keeps a flat ``params`` dict keyed by the
 checkpoint's own names, in the requested dtype and on the requested device.
+
+What the match lets through, as transformers 4.56.2 does:
+
+* buffers the oracle regenerates (`REGENERATED_BUFFERS`: LiLT's ``embeddings.position_ids``,
+  which older checkpoints saved) are dropped silently;
+* weights the model does not use but transformers ignores (`UNUSED_WEIGHTS`: a text model's
+  ``lm_head`` that the original LiLT recipe keeps, a pooler a head model does not build; and,
+  for a base model, another class's head) are dropped with one `CheckpointWarning` line that
+  lists them. ``strict=True`` refuses them instead, naming every key;
+* everything else unexpected, every missing weight and every shape mismatch is an error.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from typing import Any, ClassVar
 
 import numpy as np
 
 from . import backend, checkpoints
-from .config import PretrainedConfig
+from .config import CheckpointWarning, PretrainedConfig
+from .files import CheckpointError
 
-__all__ = ["PreTrainedModel", "nest", "resolve_dtype"]
+__all__ = ["PreTrainedModel", "nest", "resolve_dtype", "REGENERATED_BUFFERS", "UNUSED_WEIGHTS"]
+
+#: Checkpoint keys of buffers the oracle rebuilds and drops from a checkpoint silently (its
+#: ``model.named_buffers()``), by ``config_class.model_type``.
+REGENERATED_BUFFERS: dict[str, tuple[str, ...]] = {"lilt": (r"(^|\.)embeddings\.position_ids$",)}
+
+#: Weights a checkpoint of a family may carry that transformers ignores (with a warning) and
+#: refimpl drops with one warning line (``strict=False``), by ``config_class.model_type``:
+#: a RoBERTa-like text model's masked-LM head (``gen_weight_roberta_like.py`` of the original
+#: LiLT keeps it) and a pooler that a head model, built without one, does not use.
+UNUSED_WEIGHTS: dict[str, tuple[str, ...]] = {"lilt": (r"^lm_head\.", r"^(lilt\.)?pooler\.")}
+
+
+def _listing(title: str, keys: list[str]) -> str:
+    """One section of a key-matching error, formatted as `refimpl.checkpoints.match_state_dict` does."""
+    return "\n".join([f"  {title} ({len(keys)}):", *(f"    {k}" for k in keys)])
 
 
 def resolve_dtype(dtype: Any) -> np.dtype:
@@ -59,6 +88,7 @@ class PreTrainedModel:
     is_base_model: ClassVar[bool] = False
     tied_keys: ClassVar[dict[str, str]] = {}
     ignored_unexpected: ClassVar[tuple[str, ...]] = ()
+    unused_unexpected: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self, config: PretrainedConfig, params: dict[str, Any], dtype="float32", device: str = "cpu"
@@ -76,7 +106,14 @@ class PreTrainedModel:
         raise NotImplementedError
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, dtype="float32", device: str = "cpu", config=None):
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        dtype="float32",
+        device: str = "cpu",
+        config=None,
+        strict: bool = False,
+    ):
         """Load a checkpoint directory (``config.json`` + ``model.safetensors`` / ``pytorch_model.bin``
         / sharded sets).
 
@@ -85,6 +122,9 @@ class PreTrainedModel:
             dtype: "float32" or "float64"; float16/bfloat16 weights are upcast.
             device: "cpu" or "cuda" (CuPy).
             config: a config to use instead of ``config.json``.
+            strict: refuse weights the model does not use that transformers would ignore (see
+                `UNUSED_WEIGHTS`; for a base model, also another class's head). By default
+                they are dropped with one `refimpl.config.CheckpointWarning` line listing them.
 
         Raises:
             refimpl.checkpoints.CheckpointError: listing every missing, unexpected or misshaped key.
@@ -94,19 +134,78 @@ class PreTrainedModel:
             raise ValueError(f"device must be one of {backend.DEVICES}, got {device!r}")
         if config is None:
             config = cls.config_class.from_pretrained(path)
+        source = os.fspath(path)
         state = checkpoints.load_state_dict(path, dtype=dt)
-        params = checkpoints.match_state_dict(
-            state,
-            cls.expected_shapes(config),
+        expected = cls.expected_shapes(config)
+        unused, others = cls._unused_keys(state, expected)
+        if not strict:
+            dropped = set(unused)
+            state = {k: v for k, v in state.items() if k not in dropped}
+            others = []
+        # under strict, the matcher reports the `UNUSED_WEIGHTS` keys itself; another class's
+        # weights it drops (a base model keeps only prefixed keys), so those are reported here
+        kwargs = dict(
             prefix=cls.base_model_prefix,
             is_base_model=cls.is_base_model,
             tied=cls.tied_keys_for(config),
-            ignored_unexpected=cls.ignored_unexpected,
-            source=os.fspath(path),
+            ignored_unexpected=cls.ignored_unexpected
+            + REGENERATED_BUFFERS.get(cls.config_class.model_type, ()),
+            source=source,
         )
+        try:
+            params = checkpoints.match_state_dict(state, expected, **kwargs)
+        except CheckpointError as e:
+            if others:
+                raise CheckpointError(f"{e}\n{_listing('unexpected, another class', others)}") from None
+            raise
+        if others:
+            raise CheckpointError(
+                f"checkpoint {source} does not fit the model (strict=True):\n{_listing('unexpected', others)}"
+            )
+        if unused and not strict:
+            warnings.warn(
+                f"{source}: {cls.__name__} does not use {len(unused)} checkpoint weights, ignored as "
+                f"transformers ignores them (strict=True refuses them): {', '.join(unused)}",
+                CheckpointWarning,
+                stacklevel=2,
+            )
         if device != "cpu":
             params = {k: backend.to_device(v, device) for k, v in params.items()}
         return cls(config, params, dtype=dt, device=device)
+
+    @classmethod
+    def _unused_keys(cls, state: dict[str, Any], expected: dict[str, Any]) -> tuple[list[str], list[str]]:
+        """Checkpoint keys the model does not use and transformers ignores.
+
+        Keys are compared as `refimpl.checkpoints.match_state_dict` renames them (the base prefix
+        added or removed).
+
+        Returns:
+            ``(unused, other_class)``: every such key (those matching `UNUSED_WEIGHTS` or
+            ``unused_unexpected`` that name no expected weight, and another class's), and the
+            part of them that is another class's: for a base model, the unprefixed keys of a
+            checkpoint that has prefixed ones (``lm_head.*`` beside ``lilt.*``).
+        """
+        patterns = [
+            re.compile(p) for p in UNUSED_WEIGHTS.get(cls.config_class.model_type, ()) + cls.unused_unexpected
+        ]
+        pre = cls.base_model_prefix + "." if cls.base_model_prefix else ""
+        has_prefixed = bool(pre) and any(k.startswith(pre) for k in state)
+        unused, other_class = [], []
+        for k in state:
+            if cls.is_base_model and pre and k.startswith(pre):
+                model_key = k[len(pre) :]
+            elif cls.is_base_model and has_prefixed:
+                unused.append(k)  # the matcher drops it: a head weight of a head-model checkpoint
+                other_class.append(k)
+                continue
+            elif pre and not has_prefixed and (pre + k) in expected:
+                model_key = pre + k
+            else:
+                model_key = k
+            if model_key not in expected and any(p.search(k) for p in patterns):
+                unused.append(k)
+        return unused, other_class
 
     @classmethod
     def tied_keys_for(cls, config: PretrainedConfig) -> dict[str, str]:

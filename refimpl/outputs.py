@@ -19,6 +19,7 @@ __all__ = [
     "SequenceClassifierOutput",
     "TokenClassifierOutput",
     "QuestionAnsweringModelOutput",
+    "ReOutput",
     "LxmertModelOutput",
     "LxmertForPreTrainingOutput",
     "LxmertForQuestionAnsweringOutput",
@@ -115,6 +116,33 @@ class QuestionAnsweringModelOutput(ModelOutput):
     end_logits: Any = None
     hidden_states: tuple | None = None
     attentions: tuple | None = None
+    layout_hidden_states: tuple | None = None
+    layout_attentions: tuple | None = None
+
+
+@dataclass
+class ReOutput(ModelOutput):
+    """The original LiLT repository's ``ReOutput`` (``LiLTfinetune/utils.py``), the output of
+    ``LiLTRobertaLikeForRelationExtraction``, with its fields in its order (+ layout-stream fields).
+
+    Fields:
+        loss: 0-d cross entropy over every candidate pair of the batch (``None`` without gold relations).
+        logits: ``[pairs of the batch, 2]`` relation scores (the original declares the field
+            but leaves it empty; refimpl fills it).
+        entities: the entities as decoded, one dict per document (a document of two entities
+            or fewer replaced by the original's stand-in).
+        relations: the gold relations as given.
+        pred_relations: one list per document of dicts ``head_id, head, head_type, tail_id,
+            tail, tail_type, type``.
+    """
+
+    loss: Any = None
+    logits: Any = None
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None
+    entities: list | None = None
+    relations: list | None = None
+    pred_relations: list | None = None
     layout_hidden_states: tuple | None = None
     layout_attentions: tuple | None = None
 

@@ -2,7 +2,8 @@
 
 Files, bottom-up: ``embeddings.py`` (text + layout streams), ``layers.py`` (bi-directional
 attention, feed-forward blocks, encoder, pooler), ``heads.py`` (task heads and losses),
-``modeling.py`` (input checks, the forward pass, the public classes).
+``modeling.py`` (input checks, the forward pass, the public classes); ``original.py`` and
+``original_re.py`` (the fine-tuning heads of the original LiLT repository, jpWang/LiLT).
 """
 
 from .modeling import (
@@ -11,6 +12,7 @@ from .modeling import (
     LiltForTokenClassification,
     LiltModel,
 )
+from .original import LiLTRobertaLikeForRelationExtraction, LiLTRobertaLikeForTokenClassification
 from .tokenization import LiltTokenizer
 
 __all__ = [
@@ -19,4 +21,6 @@ __all__ = [
     "LiltForTokenClassification",
     "LiltForQuestionAnswering",
     "LiltTokenizer",
+    "LiLTRobertaLikeForTokenClassification",
+    "LiLTRobertaLikeForRelationExtraction",
 ]

@@ -1,0 +1,299 @@
+"""The fine-tuning heads of the original LiLT repository (github.com/jpWang/LiLT, MIT,
+``LiLTfinetune/models/LiLTRobertaLike/modeling_LiLTRobertaLike.py``), on refimpl's LiLT encoder.
+
+Both heads read the two streams side by side: the text stream ``[batch, seq, hidden]`` and
+the layout stream ``[batch, seq, hidden // r]`` joined into ``x = [text; layout]`` with
+``D = hidden + hidden // r`` features (960 at base size), where transformers' heads read the
+text stream alone:
+
+* `LiLTRobertaLikeForTokenClassification`: ``logits = x W^T + b`` per token, and a loss only
+  over the tokens with ``attention_mask == 1``;
+* `LiLTRobertaLikeForRelationExtraction`: the decoder of `refimpl.lilt.original_re` (candidate
+  (question, answer) entity pairs, biaffine scores, predicted relations).
+
+The weights carry the original's state-dict keys (``lilt.*`` for the encoder, as the original
+recipe renames ``roberta.*``; ``classifier.*``; ``extractor.*``), and the trace names its
+intermediates after the original's modules (``dropout``, ``classifier``,
+``extractor.ffnn_head.0@doc0``, ...), so a golden file reads like forward hooks on the
+original. The encoder is the one transformers ported from the original (``lilt_model``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import trace
+from ..backend import get_namespace
+from ..checks import require_integers
+from ..config import LiltConfig
+from ..modeling import PreTrainedModel
+from ..ops import cross_entropy, linear
+from ..outputs import ReOutput, TokenClassifierOutput
+from .modeling import base_shapes, check_inputs, lilt_model
+from .original_re import ENTITY_LABELS, check_entities, check_relations, relation_extraction
+
+__all__ = [
+    "LiLTRobertaLikeForTokenClassification",
+    "LiLTRobertaLikeForRelationExtraction",
+    "two_stream_width",
+    "two_streams",
+    "active_token_loss",
+]
+
+
+def two_stream_width(config: LiltConfig) -> int:
+    """``D = hidden + hidden // channel_shrink_ratio``: the width of the joined streams."""
+    return config.hidden_size + config.hidden_size // config.channel_shrink_ratio
+
+
+def two_streams(out):
+    """The original's ``torch.cat([sequence_output, layout_outputs], -1)``.
+
+    Args:
+        out: a `refimpl.outputs.LiltModelOutput` (``last_hidden_state [b, s, hidden]``,
+            ``layout_last_hidden_state [b, s, hidden // r]``).
+
+    Returns:
+        ``[batch, seq, hidden + hidden // r]``; recorded as ``dropout`` (the module the original
+        applies next, an identity at inference).
+    """
+    xp = get_namespace(out.last_hidden_state)
+    # [b, s, h] + [b, s, h/r] -> [b, s, h + h/r]
+    x = xp.concatenate([out.last_hidden_state, out.layout_last_hidden_state], axis=-1)
+    trace.record("dropout", x)
+    return x
+
+
+def active_token_loss(logits, labels, attention_mask=None):
+    """The original token-classification loss: mean cross entropy over the tokens whose
+    ``attention_mask`` is exactly 1, labels of -100 skipped too.
+
+    Args:
+        logits: ``[batch, seq, labels]``.
+        labels: integer ``[batch, seq]``; at active tokens in ``[0, labels - 1]`` or -100.
+        attention_mask: ``[batch, seq]`` or ``None`` (every token active).
+
+    Returns:
+        0-d array in the logits' dtype (NaN when no token counts, as torch).
+    """
+    xp = get_namespace(logits, labels)
+    n = logits.shape[-1]
+    labels = labels.reshape(-1)  # [b*s]
+    if attention_mask is not None:
+        # inactive tokens get the ignored label, whatever their label was
+        active = attention_mask.reshape(-1) == 1  # [b*s]
+        labels = xp.where(active, labels, -100)
+    # [b*s, labels] vs [b*s]
+    return cross_entropy(logits.reshape(-1, n), labels).astype(logits.dtype)
+
+
+class _OriginalHead(PreTrainedModel):
+    """The original's head models: ``lilt`` (no pooler) and a head on the joined streams."""
+
+    config_class = LiltConfig
+    base_model_prefix = "lilt"
+
+    @classmethod
+    def encoder_shapes(cls, config: LiltConfig) -> dict[str, tuple[int, ...]]:
+        """The encoder's keys: ``lilt.*``, without a pooler (the original builds it with ``add_pooling_layer=False``)."""
+        return base_shapes(config, prefix="lilt.", add_pooling_layer=False)
+
+    def _encode(self, output_attentions, output_hidden_states, **inputs) -> tuple[dict[str, Any], Any]:
+        """Checked inputs, and the encoder's output (traced under ``lilt``)."""
+        inputs = check_inputs(self.config, self.dtype, **{k: self._array(v) for k, v in inputs.items()})
+        output_attentions, output_hidden_states = self._flags(output_attentions, output_hidden_states)
+        with trace.scope("lilt"):
+            out = lilt_model(
+                self.weights["lilt"],
+                inputs,
+                self.config,
+                self.dtype,
+                add_pooling_layer=False,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+            )
+        return inputs, out
+
+
+class LiLTRobertaLikeForTokenClassification(_OriginalHead):
+    """The original ``LiLTRobertaLikeForTokenClassification``: a linear classifier on both streams.
+
+    ``classifier`` is ``Linear(hidden + hidden // r, num_labels)``; the loss counts only the
+    tokens with ``attention_mask == 1``. Returns a `refimpl.outputs.TokenClassifierOutput`.
+    """
+
+    @classmethod
+    def expected_shapes(cls, config: LiltConfig) -> dict[str, tuple[int, ...]]:
+        """``lilt.*`` and ``classifier.weight [num_labels, D]``, ``classifier.bias [num_labels]``."""
+        s = cls.encoder_shapes(config)
+        s["classifier.weight"] = (config.num_labels, two_stream_width(config))
+        s["classifier.bias"] = (config.num_labels,)
+        return s
+
+    def forward(
+        self,
+        input_ids=None,
+        bbox=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        labels=None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> TokenClassifierOutput:
+        """LiltModel's inputs (``input_ids`` ... ``output_hidden_states``, as
+        `refimpl.lilt.LiltModel` takes them) plus ``labels``.
+
+        Args:
+            labels: integer ``[batch, seq]``: at tokens with ``attention_mask == 1``, in
+                ``[0, num_labels - 1]`` or -100 (ignored); elsewhere anything (not counted).
+                With labels, ``attention_mask`` must be ``[batch, seq]``.
+
+        Returns:
+            ``loss`` (0-d), ``logits [batch, seq, num_labels]``, and the encoder's tuples.
+        """
+        inputs, out = self._encode(
+            output_attentions,
+            output_hidden_states,
+            input_ids=input_ids,
+            bbox=bbox,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            head_mask=head_mask,
+            inputs_embeds=inputs_embeds,
+        )
+        b, s = inputs["bbox"].shape[:2]
+        mask = None
+        if labels is not None:
+            labels = self._array(labels)
+            require_integers(labels, "labels")
+            if labels.size != b * s:
+                raise ValueError(f"labels has shape {tuple(labels.shape)}; expected [batch, seq] = {[b, s]}")
+            if attention_mask is not None:
+                mask = inputs["attention_mask"]
+                if mask.ndim != 2:
+                    raise ValueError(
+                        f"attention_mask has shape {tuple(mask.shape)}: with labels it must be [batch, seq] = "
+                        f"{[b, s]} (the loss keeps the tokens where it is 1)"
+                    )
+        # both streams: [b, s, h] + [b, s, h/r] -> [b, s, D]
+        x = two_streams(out)
+        # [b, s, D] -> [b, s, labels]
+        with trace.scope("classifier"):
+            logits = linear(x, **self.weights["classifier"])
+            trace.output(logits)
+        loss = None
+        if labels is not None:
+            loss = active_token_loss(logits, labels, mask)
+            trace.record("loss", loss)
+        return TokenClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+            layout_hidden_states=out.layout_hidden_states,
+            layout_attentions=out.layout_attentions,
+        )
+
+
+class LiLTRobertaLikeForRelationExtraction(_OriginalHead):
+    """The original ``LiLTRobertaLikeForRelationExtraction``: ``REDecoder`` on both streams.
+
+    Entities and gold relations come in the original's format, one dict per document::
+
+        out = model(input_ids=ids, bbox=boxes, attention_mask=mask,
+                    entities=[{"start": [1, 4, 7], "end": [3, 6, 9], "label": [1, 2, 2]}],
+                    relations=[{"head": [0], "tail": [1]}])
+        out.pred_relations[0]   # [{"head_id": 0, "head": (1, 3), "head_type": 1, "tail_id": 1, ...}]
+
+    Returns a `refimpl.outputs.ReOutput`. See `refimpl.lilt.original_re` for the equations.
+    """
+
+    @classmethod
+    def expected_shapes(cls, config: LiltConfig) -> dict[str, tuple[int, ...]]:
+        """``lilt.*`` and ``extractor.*`` as ``REDecoder(config, D)`` builds them (``h`` = hidden):
+        ``entity_emb [3, D]``, ``ffnn_head/ffnn_tail``: ``0 [h, 2D]``, ``3 [h // 2, h]``;
+        ``rel_classifier``: ``bilinear [2, h // 2, h // 2]`` (no bias), ``linear [2, 2 * (h // 2)]``."""
+        h, d = config.hidden_size, two_stream_width(config)
+        s = cls.encoder_shapes(config)
+        s["extractor.entity_emb.weight"] = (ENTITY_LABELS, d)
+        for side in ("ffnn_head", "ffnn_tail"):
+            s[f"extractor.{side}.0.weight"] = (h, 2 * d)
+            s[f"extractor.{side}.0.bias"] = (h,)
+            s[f"extractor.{side}.3.weight"] = (h // 2, h)
+            s[f"extractor.{side}.3.bias"] = (h // 2,)
+        s["extractor.rel_classifier.bilinear.weight"] = (2, h // 2, h // 2)
+        s["extractor.rel_classifier.linear.weight"] = (2, 2 * (h // 2))
+        s["extractor.rel_classifier.linear.bias"] = (2,)
+        return s
+
+    def forward(
+        self,
+        input_ids=None,
+        bbox=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        head_mask=None,
+        inputs_embeds=None,
+        labels=None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        entities=None,
+        relations=None,
+    ) -> ReOutput:
+        """LiltModel's inputs (``input_ids`` ... ``output_hidden_states``, as
+        `refimpl.lilt.LiltModel` takes them) plus the original's ``entities`` and ``relations``.
+
+        Args:
+            labels: accepted and ignored, as the original ignores it (its data collator passes
+                the token labels to every head).
+            entities: one dict per document, ``{"start": [...], "end": [...], "label": [...]}``
+                (see `refimpl.lilt.original_re.check_entities`). Required.
+            relations: one dict per document, ``{"head": [...], "tail": [...]}``, the gold
+                relations (entity indices); ``None``: no gold, no loss.
+
+        Returns:
+            ``loss`` (0-d, or ``None`` without ``relations``), ``logits [pairs of the batch, 2]``
+            (the documents' candidate pairs one after the other), ``entities`` (as decoded: a
+            document of two entities or fewer replaced by the original's stand-in),
+            ``relations`` (the caller's), ``pred_relations`` (one list of dicts per document),
+            and the encoder's tuples.
+        """
+        inputs, out = self._encode(
+            output_attentions,
+            output_hidden_states,
+            input_ids=input_ids,
+            bbox=bbox,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            head_mask=head_mask,
+            inputs_embeds=inputs_embeds,
+        )
+        b, s = inputs["bbox"].shape[:2]
+        docs = check_entities(entities, b, s)
+        gold = check_relations(relations, docs)
+        # both streams: [b, s, h] + [b, s, h/r] -> [b, s, D]
+        x = two_streams(out)
+        # pairs, scores, loss and predictions: [b, s, D] -> [P, 2]
+        with trace.scope("extractor"):
+            loss, logits, pred_relations, decoded = relation_extraction(
+                x, docs, gold, **self.weights["extractor"]
+            )
+        if loss is not None:
+            trace.record("loss", loss)
+        return ReOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+            entities=decoded,
+            relations=relations,
+            pred_relations=pred_relations,
+            layout_hidden_states=out.layout_hidden_states,
+            layout_attentions=out.layout_attentions,
+        )
