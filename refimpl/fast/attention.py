@@ -105,12 +105,15 @@ def _masked_softmax(scores, additive_mask, out) -> None:
                 xp.add(scores[i, h0:h1], m[h0:h1] if m.shape[0] > 1 else m, out=out[i, h0:h1])
                 pos = i * h + h1
 
+    rows_per_block = max(1, BLOCK_BYTES // (k * scores.itemsize))
+
     def block(start, stop):
         if mask is not None:
-            add_mask(start, stop)
-            slabs[start:stop] = formula(slabs[start:stop], -1)
-        else:
-            slabs[start:stop] = formula(slabs_in[start:stop], -1)
+            add_mask(start, stop)  # out = scores + mask, slab by slab
+        src = (slabs if mask is not None else slabs_in)[start:stop].reshape(-1, k)  # [r, k]
+        dst = slabs[start:stop].reshape(-1, k)
+        for a in range(0, dst.shape[0], rows_per_block):  # the formula's temporaries stay block-sized
+            dst[a : a + rows_per_block] = formula(src[a : a + rows_per_block], -1)
 
     for_blocks(block, b * h, q * k * scores.itemsize)
 
