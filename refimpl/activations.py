@@ -178,13 +178,13 @@ def erf(x):
     """
     xp = get_namespace(x)
     dtype = _float_dtype(xp, x)
-    t = x.astype(xp.float64)  # [...]
+    t = x.astype(xp.float64, copy=False).reshape(-1)  # [n], in float64
     out = xp.empty(t.shape, dtype=xp.float64)
-    small = xp.abs(t) < _ERF_SMALL  # [...]; nan and +-inf are not small
-    out[small] = _erf_small(t[small])
-    large = xp.logical_not(small)
-    out[large] = _erf_large(xp, t[large])
-    return out.astype(dtype, copy=False)
+    small = xp.abs(t) < _ERF_SMALL  # [n]; nan and +-inf are not small
+    i, j = xp.flatnonzero(small), xp.flatnonzero(xp.logical_not(small))  # each branch's positions
+    out[i] = _erf_small(t.take(i))
+    out[j] = _erf_large(xp, t.take(j))
+    return out.reshape(x.shape).astype(dtype, copy=False)
 
 
 def _float_dtype(xp, x):
@@ -214,7 +214,9 @@ def gelu(x):
     Returns:
         same shape and dtype as ``x``.
     """
-    return (x * 0.5) * (1.0 + erf(x * _SQRT1_2))
+    phi = erf(x * _SQRT1_2)  # [...]
+    phi += 1.0  # 1 + erf(x / sqrt(2)), in its own memory
+    return (x * 0.5) * phi
 
 
 def gelu_python(x):

@@ -7,7 +7,7 @@ same code runs on NumPy and CuPy arrays. Weight layouts are transformers' (``Lin
 Numerics follow PyTorch's CPU kernels (transformers 4.56.2 on torch): the same formulas in the
 same order of operations wherever the order changes the rounding, and the same answers at the
 edges (fully masked softmax rows, ``-0.0``, ``inf``). Each op returns a new array and never
-writes its inputs.
+writes its inputs (a last step may work in place on a temporary the op made itself).
 
 These are the plain formulas. Where a kernel pays for itself it lives in `refimpl.fast` under
 the same name and runs instead (`refimpl.switch`); ``refimpl.reference()`` runs these bodies.
@@ -63,8 +63,10 @@ def layer_norm(x, weight, bias, eps: float):
     mean = x.mean(axis=-1, keepdims=True)  # [..., 1]
     centered = x - mean  # [..., d]
     var = (centered * centered).mean(axis=-1, keepdims=True)  # [..., 1], biased
-    rstd = 1.0 / xp.sqrt(var + float(eps))  # [..., 1]
-    return centered * rstd * weight + bias  # [..., d]
+    y = centered * (1.0 / xp.sqrt(var + float(eps)))  # [..., d] normalized (times 1/std)
+    y *= weight  # the affine map, in y's own memory
+    y += bias
+    return y
 
 
 @replaceable
@@ -88,8 +90,10 @@ def softmax(x, axis: int = -1):
     xp = get_namespace(x)
     if x.shape[axis] == 0:  # nothing to normalise
         return x.copy()
-    e = xp.exp(x - x.max(axis=axis, keepdims=True))  # [...]
-    return e * (1.0 / e.sum(axis=axis, keepdims=True))  # times 1/sum, as torch's vectorized kernel
+    e = x - x.max(axis=axis, keepdims=True)  # [...], the largest of each row is 0
+    xp.exp(e, out=e)  # in e's own memory
+    e *= 1.0 / e.sum(axis=axis, keepdims=True)  # times 1/sum, as torch's vectorized kernel
+    return e
 
 
 def embedding(ids, weight):

@@ -109,11 +109,15 @@ def _erf_eigen(x):
     """Eigen's float erf rational in float64 arithmetic, rounded once to float32 (mask-free:
     clipping keeps nan, sends +-inf to erf(+-4), which rounds to +-1, and keeps -0.0)."""
     xp = get_namespace(x)
-    t = xp.clip(x.astype(xp.float64), -4.0, 4.0)  # erf(4) rounds to 1 in float32
+    t = x.astype(xp.float64)  # [n]
+    xp.clip(t, -4.0, 4.0, out=t)  # erf(4) rounds to 1 in float32
     t2 = t * t
     num = _horner(xp, t2, EIGEN_ALPHA, xp.empty_like(t2))
     num *= t
-    return (num / _horner(xp, t2, EIGEN_BETA, xp.empty_like(t2))).astype(xp.float32)
+    den = _horner(xp, t2, EIGEN_BETA, t)  # t is not read again
+    out = xp.empty(x.shape, dtype=xp.float32)
+    xp.divide(num, den, out=out)  # computed in float64, rounded once
+    return out
 
 
 @kernel_for(activations.erf)
