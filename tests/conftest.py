@@ -3,7 +3,6 @@
 import os
 
 import pytest
-
 from hypothesis import HealthCheck, settings
 
 # CI: derandomized, no deadline, fewer examples so the suite stays under 10 minutes on 2 cores.

@@ -18,8 +18,8 @@ import pytest
 from _strict import strict_namespace, unwrap_tree, wrap_tree
 
 from refimpl import activations, attention, backend, bert, ops, switch, trace
-from refimpl.fast import blocks, dense, erf
 from refimpl.fast import attention as fast_attention
+from refimpl.fast import blocks, dense, erf
 
 DTYPES = [np.float32, np.float64]
 U = {np.float32: 2.0**-24, np.float64: 2.0**-53}  # unit roundoff
@@ -100,7 +100,9 @@ def test_layer_norm_in_blocks(threads, dtype):
     assert x.nbytes > 2 * blocks.BLOCK_BYTES
     np.testing.assert_array_equal(dense.layer_norm(x, g, b, 1e-5), ops.layer_norm.formula(x, g, b, 1e-5))
     small = x[:, :3]  # one block, not contiguous
-    np.testing.assert_array_equal(dense.layer_norm(small, g, b, 1e-5), ops.layer_norm.formula(small, g, b, 1e-5))
+    np.testing.assert_array_equal(
+        dense.layer_norm(small, g, b, 1e-5), ops.layer_norm.formula(small, g, b, 1e-5)
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -427,13 +429,19 @@ def test_the_environment_variable_sets_the_default_and_is_checked():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     for value, want in (("1", "reference"), ("0", "fast"), ("", "fast")):
         out = subprocess.run(
-            [sys.executable, "-c", code], env=dict(env, REFIMPL_REFERENCE=value), capture_output=True, text=True
+            [sys.executable, "-c", code],
+            env=dict(env, REFIMPL_REFERENCE=value),
+            capture_output=True,
+            text=True,
         )
         assert out.stdout.strip() == want, out.stderr
     bad = subprocess.run(
         [sys.executable, "-c", code], env=dict(env, REFIMPL_REFERENCE="yes"), capture_output=True, text=True
     )
-    assert bad.returncode != 0 and "REFIMPL_REFERENCE must be 0 (fast kernels) or 1 (plain formulas), got 'yes'" in bad.stderr
+    assert (
+        bad.returncode != 0
+        and "REFIMPL_REFERENCE must be 0 (fast kernels) or 1 (plain formulas), got 'yes'" in bad.stderr
+    )
 
 
 def test_kernel_for_refuses_a_plain_function_and_a_second_kernel():
