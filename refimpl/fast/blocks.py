@@ -1,7 +1,7 @@
 """The one block size and the one host-thread scheduler every fast kernel uses.
 
 NumPy runs each elementwise loop on one thread (only its BLAS is threaded) and releases the
-GIL inside it. A kernel splits its rows into blocks of about [BLOCK_BYTES][refimpl.fast.blocks.BLOCK_BYTES],
+GIL inside it. A kernel splits its rows into blocks of about `BLOCK_BYTES`,
 and [for_blocks][refimpl.fast.blocks.for_blocks] hands each host thread
 (`refimpl.backend.num_threads`) one contiguous range of blocks, walked in order, so a
 thread's blocks stay on one core and its scratch memory is recycled by the allocator.
@@ -37,8 +37,9 @@ def host_map(fn: Callable[[Any], Any], items: Iterable[Any]) -> list:
 
     ``fn`` must write only memory that no other item writes (one block of an output array,
     say). Each call runs in a copy of the caller's context, so ``numpy.errstate`` (and the
-    fast/reference switch) apply. With one thread or one item, or when called from inside
-    another ``host_map`` item, everything runs in the calling thread, in order.
+    fast/reference switch) apply. The calling thread runs the first item, a pool of
+    ``num_threads() - 1`` threads the others. With one thread or one item, or when called from
+    inside another ``host_map`` item, everything runs in the calling thread, in order.
 
     Args:
         fn: called once per item.
@@ -53,10 +54,10 @@ def host_map(fn: Callable[[Any], Any], items: Iterable[Any]) -> list:
     if n <= 1 or len(items) <= 1 or getattr(_in_worker, "active", False):
         return [fn(item) for item in items]
     with _pool_lock:
-        if _pool is None or _pool._max_workers != n:
+        if _pool is None or _pool._max_workers != n - 1:
             if _pool is not None:
                 _pool.shutdown(wait=True)
-            _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="refimpl")
+            _pool = ThreadPoolExecutor(max_workers=n - 1, thread_name_prefix="refimpl")
         pool = _pool
     context = contextvars.copy_context()  # NumPy's errstate (a context variable) travels along
 
@@ -67,7 +68,14 @@ def host_map(fn: Callable[[Any], Any], items: Iterable[Any]) -> list:
         finally:
             _in_worker.active = False
 
-    return list(pool.map(run, items))
+    # the calling thread takes the first item itself (one thread hand-off fewer, and its
+    # temporaries come from the caller's own allocator arena), the pool's n - 1 threads the rest
+    rest = [pool.submit(run, item) for item in items[1:]]
+    try:
+        first = run(items[0])
+    finally:
+        results = [f.result() for f in rest]
+    return [first, *results]
 
 
 def for_blocks(fn: Callable[[int, int], None], n_rows: int, row_bytes: int) -> None:
