@@ -24,7 +24,7 @@ instead (see [refimpl.trace.Recorder.wants][]).
 
 This module sits below the ops (``refimpl.ops`` imports it, ``refimpl.fast`` fills it), so
 the formulas never import their kernels. The mode lives in a
-[contextvars.ContextVar][], so threads and nested ``with`` blocks each see their own.
+`contextvars.ContextVar`, so threads and nested ``with`` blocks each see their own.
 """
 
 from __future__ import annotations

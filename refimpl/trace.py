@@ -37,7 +37,7 @@ written again by the forward pass (in the fast and the reference mode alike), so
 may keep references instead of copies (``tests/test_tape.py`` checks every recorded array of
 both models bit for bit after the forward).
 
-The active recorder and the scope live in one [contextvars.ContextVar][], so threads and
+The active recorder and the scope live in one `contextvars.ContextVar`, so threads and
 nested runs each see their own.
 """
 

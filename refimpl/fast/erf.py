@@ -2,13 +2,13 @@
 
 * [erf][refimpl.fast.erf.erf] replaces `refimpl.activations.erf`. Float64: the formula, chunk
   by chunk (bit-identical). Float32: Eigen's float erf rational, mask-free, evaluated in
-  float64 and rounded once (within [ERF_FLOAT32_BOUND][refimpl.fast.erf.ERF_FLOAT32_BOUND]
+  float64 and rounded once (within `ERF_FLOAT32_BOUND`
   of the formula). CuPy arrays: CUDA's erf (``cupyx.scipy.special.erf``).
 * [gelu][refimpl.fast.erf.gelu] replaces `refimpl.activations.gelu`: the formula, chunk by
   chunk, with the erf above (float64 bit-identical; float32 within ``0.5 * |x| *
   ERF_FLOAT32_BOUND`` plus one rounding).
 * [gelu_float32][refimpl.fast.erf.gelu_float32] is the exact-form GELU in float32
-  arithmetic throughout, within [GELU_FLOAT32_BOUND][refimpl.fast.erf.GELU_FLOAT32_BOUND]
+  arithmetic throughout, within `GELU_FLOAT32_BOUND`
   ``* max(1, |x|)`` of the exact GELU; `refimpl.fast.dense.intermediate` applies it block
   by block to the projection it fuses with.
 """
