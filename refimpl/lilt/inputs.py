@@ -20,6 +20,19 @@ from .embeddings import create_position_ids_from_input_ids, create_position_ids_
 __all__ = ["check_inputs"]
 
 
+def _ids(xp, ids, name: str, shape: tuple[int, int], size: int):
+    """``ids`` broadcast to ``shape`` = ``(batch, seq)``, each in ``[0, size - 1]``, or a
+    ``ValueError`` naming ``name`` (and the first bad position)."""
+    if not broadcasts_to(tuple(ids.shape), shape):
+        raise ValueError(
+            f"{name} must have shape [batch, seq] = [{shape[0]}, {shape[1]}], got {tuple(ids.shape)}"
+        )
+    require_integers(ids, name)
+    ids = xp.broadcast_to(ids, shape)
+    check_index_range(ids, size, name)
+    return ids
+
+
 def check_inputs(
     config: LiltConfig,
     dtype,
@@ -111,13 +124,7 @@ def check_inputs(
     if token_type_ids is None:
         token_type_ids = xp.zeros((b, s), dtype=xp.int64)
     else:
-        if not broadcasts_to(tuple(token_type_ids.shape), (b, s)):
-            raise ValueError(
-                f"token_type_ids must have shape [batch, seq] = [{b}, {s}], got {tuple(token_type_ids.shape)}"
-            )
-        require_integers(token_type_ids, "token_type_ids")
-        token_type_ids = xp.broadcast_to(token_type_ids, (b, s))
-        check_index_range(token_type_ids, config.type_vocab_size, "token_type_ids")
+        token_type_ids = _ids(xp, token_type_ids, "token_type_ids", (b, s), config.type_vocab_size)
 
     # positions: explicit, or RoBERTa's; both index tables of max_position_embeddings rows
     P = config.max_position_embeddings
@@ -136,13 +143,7 @@ def check_inputs(
                 f"non-pad tokens fit"
             )
     else:
-        if not broadcasts_to(tuple(position_ids.shape), (b, s)):
-            raise ValueError(
-                f"position_ids must have shape [batch, seq] = [{b}, {s}], got {tuple(position_ids.shape)}"
-            )
-        require_integers(position_ids, "position_ids")
-        position_ids = xp.broadcast_to(position_ids, (b, s))
-        check_index_range(position_ids, P, "position_ids")
+        position_ids = _ids(xp, position_ids, "position_ids", (b, s), P)
     if config.position_embedding_type != "absolute" and s > P:
         raise ValueError(
             f"input_ids: sequence length {s} exceeds max_position_embeddings = {P}, the longest distance "

@@ -99,7 +99,7 @@ def check_inputs(
     token_type_ids=None,
     inputs_embeds=None,
 ) -> dict[str, Any]:
-    """Validate LxmertModel's inputs and build the defaults and additive masks the oracle builds.
+    """Validate LxmertModel's inputs and fill in the oracle's defaults.
 
     Args:
         config: the model config (its layer counts are checked too).
