@@ -12,7 +12,7 @@ those ops run their formulas:
   ``attention.bi_acm_attention``), ``attention.attention_probs`` and ``ops.softmax``;
 * ``context``: ``attention.attention_context`` and ``attention.bi_acm_contexts``;
 * ``gemm``: ``ops.linear`` (one GEMM over the flattened rows, ``(W @ x.T).T`` for few float32
-  rows) and ``attention.bi_acm_scores`` (one product per head).
+  rows) and ``attention.bi_acm_scores`` (a block of heads at a time).
 
 Use::
 

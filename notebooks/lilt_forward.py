@@ -297,15 +297,14 @@ check("layout context: by hand vs lilt_self_attention", ctx_layout, lctx_f)
 # `lilt_self_attention` computes $S$, $P$ and both contexts with `refimpl.attention`'s
 # `bi_acm_attention`, whose steps `bi_acm_scores` and `bi_acm_contexts` are the formulas as
 # written above. Each has a fast kernel of the same name in `refimpl.fast`, which runs in its
-# place unless `refimpl.reference()` is on. Scaling the queries instead of the scores turns
-# the two products and the sum into one product per head, and the two value products into one:
+# place unless `refimpl.reference()` is on. The scores' kernel computes $S$ a block of heads
+# at a time, so neither summand is ever held for every head; the contexts' kernel turns the
+# two value products into one:
 #
-# $$S = \Big[\tfrac{Q}{\sqrt d} \;\Big|\; \tfrac{Q_\ell}{\sqrt{d /\!/ r}}\Big]\,\big[K \;\big|\; K_\ell\big]^\top, \qquad \big[C_\text{text} \;\big|\; C_\text{layout}\big] = P\,\big[V \;\big|\; V_\ell\big]$$
+# $$\big[C_\text{text} \;\big|\; C_\text{layout}\big] = P\,\big[V \;\big|\; V_\ell\big]$$
 #
-# The formulas equal the hand computation, and each kernel equals its formula: the scores to
-# round-off (here $\sqrt d = \sqrt{24}$ is not a power of two, so scaling the queries first
-# rounds differently in the last bits; at base size, $\sqrt{64}$ and $\sqrt{16}$, it is
-# exact), the contexts to the order in which BLAS sums each dot product.
+# The formulas equal the hand computation, and each kernel equals its formula: the scores bit
+# for bit, the contexts to the order in which BLAS sums each dot product.
 
 # %%
 qh, kh, vh = (split_heads(proj(text, sa[name]), n) for name in ("query", "key", "value"))

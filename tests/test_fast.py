@@ -257,18 +257,15 @@ def _qkv(rng, b, n, s, d, r, dtype):
 @pytest.mark.parametrize("d, r, relative", [(8, 2, False), (12, 4, True), (64, 4, False), (6, 1, True)])
 def test_bi_acm_scores(dtype, d, r, relative):
     rng = np.random.default_rng(d + r)
-    q, k, _, lq, lk, _ = _qkv(rng, 2, 3, 9, d, r, dtype)
-    rel = rng.standard_normal((2, 3, 9, 9)).astype(dtype) if relative else None
+    q, k, _, lq, lk, _ = _qkv(rng, 3, 12, 40, d, r, dtype)  # several blocks of heads
+    rel = rng.standard_normal((3, 12, 40, 40)).astype(dtype) if relative else None
     got = fast_attention.bi_acm_scores(q, k, lq, lk, r, rel)
-    want = attention.bi_acm_scores.formula(q, k, lq, lk, r, rel)
-    # one dot product of n = d + d/r terms (queries scaled first) against two products, two
-    # scalings and a sum: each within (n + 3) u of the sum of the terms' magnitudes
-    a = lambda t: np.abs(t).astype(np.float64)  # noqa: E731
-    size = a(q) @ a(k).swapaxes(-1, -2) / math.sqrt(d) + a(lq) @ a(lk).swapaxes(-1, -2) / math.sqrt(d // r)
-    if rel is not None:
-        size += a(rel) / math.sqrt(d)
-    bound = 2 * (d + d // r + 4) * U[dtype] * size
-    assert np.all(np.abs(got.astype(np.float64) - want) <= bound)
+    np.testing.assert_array_equal(got, attention.bi_acm_scores.formula(q, k, lq, lk, r, rel))
+    big = _qkv(rng, 1, 2, 300, d, r, dtype)  # one slab larger than a block
+    np.testing.assert_array_equal(
+        fast_attention.bi_acm_scores(big[0], big[1], big[3], big[4], r),
+        attention.bi_acm_scores.formula(big[0], big[1], big[3], big[4], r),
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

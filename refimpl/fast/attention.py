@@ -11,12 +11,10 @@
   `refimpl.attention.attention_context`: the batched product writes straight into the merged
   ``[batch, q_len, heads * head_size]`` layout (no transpose copy). Bit-identical.
 * [bi_acm_scores][refimpl.fast.attention.bi_acm_scores] replaces
-  `refimpl.attention.bi_acm_scores` with one product per head,
-  ``[Q / sqrt(d) | Q_l / sqrt(d // r)] [K | K_l]^T``: one ``[batch, heads, s, s]`` array and
-  a pass over it fewer. Equal up to rounding: each score is one dot product of ``d + d / r``
-  terms instead of two products and a sum (exactly equal when both square roots are powers
-  of two and BLAS sums in the same order, as at base size: 8 and 4). It never forms the
-  oracle's two summands ``tmp_attention_scores`` / ``tmp_layout_attention_scores``.
+  `refimpl.attention.bi_acm_scores` a block of heads at a time: the text share in the
+  result's memory, the layout share in a block-sized scratch array, so the oracle's two
+  ``[batch, heads, s, s]`` summands (``tmp_attention_scores``, ``tmp_layout_attention_scores``)
+  are never held whole. Bit-identical (the same products, scalings and sum per head).
 * [bi_acm_contexts][refimpl.fast.attention.bi_acm_contexts] replaces
   `refimpl.attention.bi_acm_contexts` with one product ``P [V | V_l]``: every output element is
   the same dot product (equal up to BLAS's summation order).
@@ -76,6 +74,17 @@ def softmax(x, axis: int = -1):
     return out.reshape(x.shape)
 
 
+def _pieces(start: int, stop: int, heads: int):
+    """``(i, h0, h1)``: the slabs ``[start, stop)`` of a ``[batch, heads]`` grid in row-major
+    order, as runs of heads ``h0:h1`` of batch item ``i``."""
+    pos = start
+    while pos < stop:
+        i, h0 = divmod(pos, heads)
+        h1 = min(stop - i * heads, heads)
+        yield i, h0, h1
+        pos = i * heads + h1
+
+
 def _masked_softmax(scores, additive_mask, out) -> None:
     """``out = softmax(scores + additive_mask)`` over the last axis, per block of
     ``[batch, heads]`` slabs; ``scores`` and ``out`` are C-contiguous ``[b, h, q, k]`` host
@@ -92,18 +101,9 @@ def _masked_softmax(scores, additive_mask, out) -> None:
         mask = additive_mask.reshape((1,) * (4 - additive_mask.ndim) + additive_mask.shape)  # 4-D
 
     def add_mask(start, stop):  # slabs [start, stop) = (batch, head) pairs in row-major order
-        pos = start
-        while pos < stop:  # at most three steps: a partial item, whole items, a partial item
-            i, h0 = divmod(pos, h)
-            h1 = min(stop - i * h, h)
-            if h0 == 0 and h1 == h:  # whole batch items [i, j): one broadcast add
-                j = stop // h
-                xp.add(scores[i:j], mask[i:j] if mask.shape[0] > 1 else mask, out=out[i:j])
-                pos = j * h
-            else:
-                m = mask[i if mask.shape[0] > 1 else 0]  # [1 or h, 1 or q, k]
-                xp.add(scores[i, h0:h1], m[h0:h1] if m.shape[0] > 1 else m, out=out[i, h0:h1])
-                pos = i * h + h1
+        for i, h0, h1 in _pieces(start, stop, h):
+            m = mask[i if mask.shape[0] > 1 else 0]  # [1 or h, 1 or q, k]
+            xp.add(scores[i, h0:h1], m[h0:h1] if m.shape[0] > 1 else m, out=out[i, h0:h1])
 
     rows_per_block = max(1, BLOCK_BYTES // (k * scores.itemsize))
 
@@ -168,10 +168,9 @@ def attention_context(probs, value):
 
 @kernel_for(attention.bi_acm_scores)
 def bi_acm_scores(query, key, layout_query, layout_key, channel_shrink_ratio: int, relative_scores=None):
-    """`refimpl.attention.bi_acm_scores` in one product per head: scaling the queries instead
-    of the scores turns the two products and the sum into one::
-
-        [Q / sqrt(d) | Q_l / sqrt(d // r)] [K | K_l]^T = Q K^T / sqrt(d) + Q_l K_l^T / sqrt(d // r)
+    """`refimpl.attention.bi_acm_scores` a block of heads at a time: the text share is computed
+    in the result's memory and the layout share in a block-sized scratch array, so neither
+    ``[batch, heads, s, s]`` summand is ever held whole.
 
     Args:
         query, key: text ``[batch, heads, s, d]``.
@@ -182,16 +181,28 @@ def bi_acm_scores(query, key, layout_query, layout_key, channel_shrink_ratio: in
     Returns:
         ``[batch, heads, s, s]``, a fresh array.
     """
-    xp = get_namespace(query, key, layout_query, layout_key)
+    if is_device_array(query):
+        return attention.bi_acm_scores.formula(
+            query, key, layout_query, layout_key, channel_shrink_ratio, relative_scores
+        )
+    xp = get_namespace(query, key, layout_query, layout_key, relative_scores)
     text_scale = math.sqrt(query.shape[-1])
     layout_scale = math.sqrt(query.shape[-1] // channel_shrink_ratio)
-    # [b, n, s, d + d/r] each
-    queries = xp.concatenate([query / text_scale, layout_query / layout_scale], axis=-1)
-    keys = xp.concatenate([key, layout_key], axis=-1)
-    scores = xp.matmul(queries, keys.swapaxes(-1, -2))  # [b, n, s, s]
-    if relative_scores is not None:
-        scores += relative_scores / text_scale
-    return scores
+    b, h, s, _ = query.shape
+    out = xp.empty((b, h, s, key.shape[2]), dtype=xp.result_type(query, key, layout_query, layout_key))
+    per_block = max(1, BLOCK_BYTES // (out[0, 0].nbytes or 1))  # slabs per block
+    # one block after another (each product is BLAS's, threaded by BLAS itself)
+    for start in range(0, b * h, per_block):
+        for i, h0, h1 in _pieces(start, min(start + per_block, b * h), h):
+            text = out[i, h0:h1]  # [heads, s, s], a view
+            xp.matmul(query[i, h0:h1], key[i, h0:h1].swapaxes(-1, -2), out=text)  # Q K^T
+            if relative_scores is not None:
+                text += relative_scores[i, h0:h1]  # + R
+            text /= text_scale
+            layout = xp.matmul(layout_query[i, h0:h1], layout_key[i, h0:h1].swapaxes(-1, -2))
+            layout /= layout_scale
+            text += layout  # S = text + layout, as the formula adds them
+    return out
 
 
 @kernel_for(attention.bi_acm_contexts)
