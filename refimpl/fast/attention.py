@@ -14,7 +14,9 @@
   `refimpl.attention.bi_acm_scores` a block of heads at a time: the text share in the
   result's memory, the layout share in a block-sized scratch array, so the oracle's two
   ``[batch, heads, s, s]`` summands (``tmp_attention_scores``, ``tmp_layout_attention_scores``)
-  are never held whole. Bit-identical (the same products, scalings and sum per head).
+  are never held whole. Bit-identical: the same products and sum per head, and a scale that
+  is a power of two (both at base size) divides the queries before the product, which is
+  exact, instead of the scores after it.
 * [bi_acm_contexts][refimpl.fast.attention.bi_acm_contexts] replaces
   `refimpl.attention.bi_acm_contexts` with one product ``P [V | V_l]``: every output element is
   the same dot product (equal up to BLAS's summation order).
@@ -188,6 +190,14 @@ def bi_acm_scores(query, key, layout_query, layout_key, channel_shrink_ratio: in
     xp = get_namespace(query, key, layout_query, layout_key, relative_scores)
     text_scale = math.sqrt(query.shape[-1])
     layout_scale = math.sqrt(query.shape[-1] // channel_shrink_ratio)
+    # dividing by a power of two is exact, so it may come before the product (on the small
+    # queries) instead of after it (on the large scores), to the same bits: at base size both
+    # scales are (sqrt(64) = 8, sqrt(16) = 4)
+    text_first, layout_first = _power_of_two(text_scale), _power_of_two(layout_scale)
+    if text_first:
+        query = query / text_scale
+    if layout_first:
+        layout_query = layout_query / layout_scale
     b, h, s, _ = query.shape
     out = xp.empty((b, h, s, key.shape[2]), dtype=xp.result_type(query, key, layout_query, layout_key))
     per_block = max(1, BLOCK_BYTES // (out[0, 0].nbytes or 1))  # slabs per block
@@ -196,13 +206,20 @@ def bi_acm_scores(query, key, layout_query, layout_key, channel_shrink_ratio: in
         for i, h0, h1 in _pieces(start, min(start + per_block, b * h), h):
             text = out[i, h0:h1]  # [heads, s, s], a view
             xp.matmul(query[i, h0:h1], key[i, h0:h1].swapaxes(-1, -2), out=text)  # Q K^T
-            if relative_scores is not None:
-                text += relative_scores[i, h0:h1]  # + R
-            text /= text_scale
+            if relative_scores is not None:  # + R
+                text += relative_scores[i, h0:h1] / text_scale if text_first else relative_scores[i, h0:h1]
+            if not text_first:
+                text /= text_scale
             layout = xp.matmul(layout_query[i, h0:h1], layout_key[i, h0:h1].swapaxes(-1, -2))
-            layout /= layout_scale
+            if not layout_first:
+                layout /= layout_scale
             text += layout  # S = text + layout, as the formula adds them
     return out
+
+
+def _power_of_two(x: float) -> bool:
+    """Whether ``x`` is an exact power of two (so dividing by it never rounds)."""
+    return x > 0 and math.frexp(x)[0] == 0.5
 
 
 @kernel_for(attention.bi_acm_contexts)
