@@ -283,9 +283,10 @@ def test_bi_acm_contexts(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("head_mask", [False, True])
-def test_scaled_dot_product_attention(threads, dtype, head_mask):
+@pytest.mark.parametrize("d", [16, 12])  # sqrt(d) a power of two (the queries are scaled) or not
+def test_scaled_dot_product_attention(threads, dtype, head_mask, d):
     rng = np.random.default_rng(3)
-    q, k, v, _, _, _ = _qkv(rng, 4, 12, 40, 16, 1, dtype)
+    q, k, v, _, _, _ = _qkv(rng, 4, 12, 40, d, 1, dtype)
     mask = _mask(4, (4, 1, 1, 40), dtype)
     hm = rng.random((1, 12, 1, 1)).astype(dtype) if head_mask else None
     with switch.fast():

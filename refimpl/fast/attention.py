@@ -272,8 +272,12 @@ def scaled_dot_product_attention(query, key, value, additive_mask=None, layer_he
             query, key, value, additive_mask, layer_head_mask
         )
     xp = get_namespace(query, key)
-    scores = xp.matmul(query, key.swapaxes(-1, -2))  # [b, n, l, r], fresh
-    scores /= math.sqrt(query.shape[-1])
+    scale = math.sqrt(query.shape[-1])
+    if _power_of_two(scale):  # exact either way: divide the queries, not the scores
+        scores = xp.matmul(query / scale, key.swapaxes(-1, -2))  # [b, n, l, r], fresh
+    else:
+        scores = xp.matmul(query, key.swapaxes(-1, -2))
+        scores /= scale
     probs = _probs_in_place(scores, additive_mask, layer_head_mask)
     return attention_context(probs, value), probs
 
