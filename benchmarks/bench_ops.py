@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from refimpl import backend, ops  # noqa: E402
+from refimpl import attention, backend, bert, ops, switch  # noqa: E402
 
 ERF_REF = np.vectorize(math.erf, otypes=[np.float64])
 
@@ -124,13 +124,12 @@ def gelu_case(rng, dtype) -> None:
 
     h = rng.standard_normal((512, 3072)).astype(dtype)
     th = torch.from_numpy(h)
-    buf = np.empty_like(h)
     t = best_ms(
-        {"ours": lambda: ops.gelu(h), "out": lambda: ops.gelu(h, out=buf), "torch": lambda: F.gelu(th)}, 15
+        {"ours": lambda: ops.gelu(h), "formula": lambda: ops.gelu.formula(h), "torch": lambda: F.gelu(th)}, 15
     )
     diff = np.abs(ops.gelu(h) - F.gelu(th).numpy()).max()
     print(
-        f"gelu [512, 3072] {np.dtype(dtype).name}: ours {t['ours']:.2f} (out= {t['out']:.2f}), "
+        f"gelu [512, 3072] {np.dtype(dtype).name}: ours {t['ours']:.2f} (the formula alone {t['formula']:.2f}), "
         f"torch {t['torch']:.2f}; max |diff| {diff:.1e}"
     )
 
@@ -140,17 +139,10 @@ def softmax_case(rng, dtype) -> None:
 
     s = (rng.standard_normal((12, 512, 512)) * 3).astype(dtype)
     ts = torch.from_numpy(s)
-    work = np.empty_like(s)
-
-    def fresh_then_in_place():
-        np.copyto(work, s)  # stands for a freshly computed score array
-        ops.softmax(work, out=work)
-
     t = best_ms(
         {
             "ours": lambda: ops.softmax(s),
-            "in_place": fresh_then_in_place,
-            "copy": lambda: np.copyto(work, s),
+            "formula": lambda: ops.softmax.formula(s),
             "torch": lambda: torch.softmax(ts, dim=-1),
         },
         10,
@@ -158,7 +150,7 @@ def softmax_case(rng, dtype) -> None:
     diff = np.abs(ops.softmax(s) - torch.softmax(ts, -1).numpy()).max()
     print(
         f"softmax [12, 512, 512] {np.dtype(dtype).name}: ours {t['ours']:.2f} "
-        f"(in place {t['in_place'] - t['copy']:.2f}), torch {t['torch']:.2f}; max |diff| {diff:.1e}"
+        f"(the formula alone {t['formula']:.2f}), torch {t['torch']:.2f}; max |diff| {diff:.1e}"
     )
 
 
@@ -198,62 +190,60 @@ def paired_ms(a, b, reps: int = 15) -> tuple[float, float, float, float]:
     return 1e3 * float(np.median(ta)), 1e3 * float(np.median(tb)), float(np.median(ratios)), max(ratios)
 
 
-def fused_vs_plain() -> None:
-    """Each fused kernel of refimpl._fused against its plain twin, at LXMERT b32 / LiLT 1x512 shapes."""
-    from refimpl import _fused, attention
-
+def kernels_vs_formulas() -> None:
+    """Each fast kernel of refimpl.fast against its op's formula (run with refimpl.reference()),
+    at LXMERT b32 / LiLT 1x512 shapes."""
     rng = np.random.default_rng(0)
-    print(f"== fused kernels vs plain twins (wall ms, paired medians; {backend.num_threads()} host threads)")
+    print(f"== fast kernels vs formulas (wall ms, paired medians; {backend.num_threads()} host threads)")
+
+    def formula(fn):
+        def run():
+            with switch.reference():
+                return fn()
+
+        return run
 
     def run_dtype(dtype):
         name = np.dtype(dtype).name
-        x = rng.standard_normal((640, 768)).astype(dtype)
-        w, bias = (
-            (0.03 * rng.standard_normal((3072, 768))).astype(dtype),
-            rng.standard_normal(3072).astype(dtype),
-        )
-        h = rng.standard_normal((640, 3072)).astype(dtype)
-        w2, b2 = (
-            (0.02 * rng.standard_normal((768, 3072))).astype(dtype),
-            rng.standard_normal(768).astype(dtype),
-        )
-        g, b = (1 + 0.1 * rng.standard_normal(768)).astype(dtype), rng.standard_normal(768).astype(dtype)
-
-        def plain_add_norm():
-            y = ops.linear(h, w2, b2)
-            y += x
-            return ops.layer_norm(y, g, b, 1e-12, out=y)
-
+        r = lambda *shape, scale=1.0: (scale * rng.standard_normal(shape)).astype(dtype)  # noqa: E731
+        x, h = r(640, 768), r(640, 3072)
+        inter = {"weight": r(3072, 768, scale=0.03), "bias": r(3072)}
+        out = {"weight": r(768, 3072, scale=0.02), "bias": r(768)}
+        norm = {"weight": 1 + r(768, scale=0.1), "bias": r(768)}
         cases = {
-            "linear_gelu [640,768]->[640,3072]": (
-                lambda: _fused.linear_gelu(x, w, bias),
-                lambda: ops.gelu(ops.linear(x, w, bias)),
+            "intermediate [640,768]->[640,3072]": lambda: bert.intermediate(
+                x, dense=inter, hidden_act="gelu"
             ),
-            "linear_add_layer_norm [640,3072]->[640,768]": (
-                lambda: _fused.linear_add_layer_norm(h, w2, b2, x, g, b, 1e-12),
-                plain_add_norm,
+            "add_and_norm [640,3072]->[640,768]": lambda: bert.add_and_norm(
+                h, x, dense=out, LayerNorm=norm, layer_norm_eps=1e-12
             ),
+            "layer_norm [640,3072]": lambda: ops.layer_norm(h, 1 + h[0] * 0.1, h[1], 1e-12),
+            "gelu [640,3072]": lambda: ops.gelu(h),
         }
-        for shape, mshape in (((32, 12, 20, 36), (32, 1, 1, 36)), ((1, 12, 512, 512), (1, 1, 1, 512))):
-            s0 = rng.standard_normal(shape).astype(dtype)
-            mask = np.zeros(mshape, dtype)
+        for b, s, n_keys in ((32, 20, 36), (1, 512, 512)):
+            q, k, v = r(b, 12, s, 64), r(b, 12, n_keys, 64), r(b, 12, n_keys, 64)
+            mask = np.zeros((b, 1, 1, n_keys), dtype)
             mask[..., -3:] = np.finfo(dtype).min  # some padded keys
-            zero = np.zeros(mshape, dtype)
-            work = s0.copy()
-            for label, m in (("masked", mask), ("all-zero mask", zero)):
-                cases[f"masked_softmax {list(shape)} {label}"] = (
-                    lambda m=m, s0=s0, work=work: _fused.masked_softmax(np.copyto(work, s0) or work, m),
-                    lambda m=m, s0=s0, work=work: attention.attention_probs(np.copyto(work, s0) or work, m),
-                )
-            v = rng.standard_normal(shape[:3][:2] + (shape[3], 64)).astype(dtype)
-            cases[f"attention_context {list(shape)}"] = (
-                lambda p=s0, v=v: _fused.attention_context(p, v),
-                lambda p=s0, v=v: attention.merge_heads(np.matmul(p, v)),
+            scores = r(b, 12, s, n_keys, scale=3.0)
+            cases[f"attention_probs {list(scores.shape)}"] = lambda s_=scores, m=mask: (
+                attention.attention_probs(s_, m)
             )
-        for label, (fused, plain) in cases.items():
-            tf, tp, r, rmax = paired_ms(fused, plain)
+            cases[f"attention_context {list(scores.shape)}"] = lambda p=scores, v=v: (
+                attention.attention_context(p, v)
+            )
+            cases[f"scaled_dot_product_attention {list(scores.shape)}"] = lambda q=q, k=k, v=v, m=mask: (
+                attention.scaled_dot_product_attention(q, k, v, m)
+            )
+        lq, lk, lv = r(1, 12, 512, 16), r(1, 12, 512, 16), r(1, 12, 512, 16)
+        q, k, v = r(1, 12, 512, 64), r(1, 12, 512, 64), r(1, 12, 512, 64)
+        mask = np.zeros((1, 1, 1, 512), dtype)
+        cases["bi_acm_attention [1,12,512,512]"] = lambda: attention.bi_acm_attention(
+            q, k, v, lq, lk, lv, 4, mask
+        )
+        for label, fn in cases.items():
+            tf, tp, ratio, rmax = paired_ms(fn, formula(fn))
             print(
-                f"{name} {label}: fused {tf:.2f} ms, plain {tp:.2f} ms, fused/plain {r:.2f} (max {rmax:.2f})"
+                f"{name} {label}: kernel {tf:.2f} ms, formula {tp:.2f} ms, kernel/formula {ratio:.2f} (max {rmax:.2f})"
             )
 
     for dtype in (np.float32, np.float64):
@@ -264,13 +254,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--exhaustive-float32", action="store_true", help="check erf on every float32 in [0, 6.5]")
     p.add_argument("--no-tune", action="store_true", help="leave glibc malloc settings alone")
-    p.add_argument("--fused", action="store_true", help="only: each fused kernel vs its plain twin")
+    p.add_argument("--fused", action="store_true", help="only: each fast kernel vs its op's formula")
     args = p.parse_args()
     if not args.no_tune:
         backend.tune_allocator()
     print(f"numpy {np.__version__}")
     if args.fused:
-        fused_vs_plain()
+        kernels_vs_formulas()
         return
     erf_accuracy(args.exhaustive_float32)
     erf_speed()

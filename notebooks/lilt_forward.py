@@ -49,9 +49,7 @@ import refimpl
 from refimpl import bert
 from refimpl.attention import (
     bi_acm_contexts,
-    bi_acm_contexts_plain,
     bi_acm_scores,
-    bi_acm_scores_plain,
     extended_attention_mask,
     head_masks,
     split_heads,
@@ -307,36 +305,36 @@ check("text context: by hand vs lilt_self_attention", ctx_text, ctx_f)
 check("layout context: by hand vs lilt_self_attention", ctx_layout, lctx_f)
 
 # %% [markdown]
-# ### The fused BiACM ops beside their plain twins
+# ### The formulas and their fast kernels
 #
-# `lilt_self_attention` computes $S$ and both contexts with two fused ops of
-# `refimpl.attention`. Scaling the queries instead of the scores turns the two products and
-# the sum into one product per head, and the two value products into one:
+# `lilt_self_attention` computes $S$, $P$ and both contexts with `refimpl.attention`'s
+# `bi_acm_attention`, whose steps `bi_acm_scores` and `bi_acm_contexts` are the formulas as
+# written above. Each has a fast kernel of the same name in `refimpl.fast`, which runs in its
+# place unless `refimpl.reference()` is on. The scores' kernel computes $S$ a block of heads
+# at a time, so neither summand is ever held for every head; the contexts' kernel turns the
+# two value products into one:
 #
-# $$S = \Big[\tfrac{Q}{\sqrt d} \;\Big|\; \tfrac{Q_\ell}{\sqrt{d /\!/ r}}\Big]\,\big[K \;\big|\; K_\ell\big]^\top, \qquad \big[C_\text{text} \;\big|\; C_\text{layout}\big] = P\,\big[V \;\big|\; V_\ell\big]$$
+# $$\big[C_\text{text} \;\big|\; C_\text{layout}\big] = P\,\big[V \;\big|\; V_\ell\big]$$
 #
-# Each sits beside a plain twin that is the formula as written above (`bi_acm_scores_plain`,
-# `bi_acm_contexts_plain`). Called by themselves on the same heads, the plain twins equal the
-# hand computation, and each fused op equals its twin: the scores to round-off (here
-# $\sqrt d = \sqrt{24}$ is not a power of two, so scaling the queries first rounds
-# differently in the last bits; at base size, $\sqrt{64}$ and $\sqrt{16}$, it is exact), the
-# contexts bit for bit (each element is the same dot product).
+# The formulas equal the hand computation, and each kernel equals its formula: the scores bit
+# for bit, the contexts to the order in which BLAS sums each dot product.
 
 # %%
 qh, kh, vh = (split_heads(proj(text, sa[name]), n) for name in ("query", "key", "value"))
 qlh, klh, vlh = (
     split_heads(proj(layout, sa[name]), n) for name in ("layout_query", "layout_key", "layout_value")
 )
-scores_fused = bi_acm_scores(qh, kh, qlh, klh, r)  # [B, n, L, L]
-scores_plain = bi_acm_scores_plain(qh, kh, qlh, klh, r)  # [B, n, L, L]
-check("S: by hand vs bi_acm_scores_plain", s_text + s_layout, scores_plain)
-check("S: bi_acm_scores (fused) vs plain twin", scores_fused, scores_plain)
-print("  fused == plain bit for bit:", np.array_equal(scores_fused, scores_plain))
-ctx_fused, lctx_fused = bi_acm_contexts(a, vh, vlh)
-ctx_plain, lctx_plain = bi_acm_contexts_plain(a, vh, vlh)
-check("contexts: by hand vs bi_acm_contexts_plain", ctx_text, ctx_plain)
-assert np.array_equal(ctx_fused, ctx_plain) and np.array_equal(lctx_fused, lctx_plain)
-print("bi_acm_contexts (fused) == bi_acm_contexts_plain, bit for bit (text and layout)")
+with refimpl.reference():  # the formulas only
+    scores_plain = bi_acm_scores(qh, kh, qlh, klh, r)  # [B, n, L, L]
+    ctx_plain, lctx_plain = bi_acm_contexts(a, vh, vlh)
+scores_fast = bi_acm_scores(qh, kh, qlh, klh, r)  # the default: refimpl.fast's kernel
+ctx_fast, lctx_fast = bi_acm_contexts(a, vh, vlh)
+check("S: by hand vs the formula", s_text + s_layout, scores_plain)
+check("S: the fast kernel vs the formula", scores_fast, scores_plain)
+print("  kernel == formula bit for bit:", np.array_equal(scores_fast, scores_plain))
+check("contexts: by hand vs the formula", ctx_text, ctx_plain)
+check("text context: the fast kernel vs the formula", ctx_fast, ctx_plain)
+check("layout context: the fast kernel vs the formula", lctx_fast, lctx_plain)
 
 # %% [markdown]
 # What each stream contributes, head 0 of page 1: the text scores, the layout scores, and the

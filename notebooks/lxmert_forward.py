@@ -42,10 +42,11 @@ import numpy as np
 
 import refimpl
 from refimpl import bert, trace
+from refimpl.attention import extended_attention_mask
 from refimpl.data import path as bundled_path
 from refimpl.lxmert import heads
 from refimpl.lxmert import layers as L
-from refimpl.lxmert.modeling import check_inputs
+from refimpl.lxmert.inputs import check_inputs
 from refimpl.lxmert.tokenization import LxmertTokenizer
 
 np.set_printoptions(precision=4, suppress=True, linewidth=88)
@@ -179,7 +180,8 @@ check("E_vis: by hand vs lxmert_visual_feature_encoder", vis_by_hand, vis)
 #
 # Each stream has its own additive mask over its **keys**, `[B, 1, 1, L]` and `[B, 1, 1, N]`:
 # $(1 - \text{mask})\cdot\text{finfo.min}$. `check_inputs` validates the model's inputs and
-# builds the same masks the model uses.
+# returns the 0/1 keep masks it was given (1 = attend), checked, as LiLT's does; the model
+# makes them additive with `extended_attention_mask`.
 
 # %%
 fmin = np.finfo(np.float64).min
@@ -195,8 +197,11 @@ inputs = check_inputs(
     visual_attention_mask=visual_attention_mask,
     token_type_ids=token_type_ids,
 )
-assert np.array_equal(lang_mask, inputs["lang_mask"]) and np.array_equal(visn_mask, inputs["visn_mask"])
-print("language mask", lang_mask.shape, "| vision mask", visn_mask.shape, "| both equal check_inputs'")
+assert np.array_equal(inputs["attention_mask"], attention_mask)  # the keep masks, checked
+assert np.array_equal(inputs["visual_attention_mask"], visual_attention_mask)
+assert np.array_equal(lang_mask, extended_attention_mask(inputs["attention_mask"], np.float64))
+assert np.array_equal(visn_mask, extended_attention_mask(inputs["visual_attention_mask"], np.float64))
+print("language mask", lang_mask.shape, "| vision mask", visn_mask.shape, "| both equal the model's")
 print("question 2, vision mask over the 6 regions:", mask_str(visn_mask[1, 0, 0]))
 print(f"finfo(float64).min = {fmin:.6e}")
 
@@ -221,12 +226,12 @@ def split(t):  # [B, S, H] -> [B, n, S, d]
     return t.reshape(B, S, n, H // n).transpose(0, 2, 1, 3)
 
 
-def attention_by_hand(h, context, key_mask, att):
-    """Queries from h, keys and values from context: (C [B, S, H], P [B, n, S, S'])."""
+def attention_by_hand(h, key_value_states, key_mask, att):
+    """Queries from h, keys and values from key_value_states: (C [B, S, H], P [B, n, S, S'])."""
     qh, kh, vh = (
         split(proj(h, att["query"])),
-        split(proj(context, att["key"])),
-        split(proj(context, att["value"])),
+        split(proj(key_value_states, att["key"])),
+        split(proj(key_value_states, att["value"])),
     )
     s = qh @ kh.transpose(0, 1, 3, 2) / np.sqrt(qh.shape[-1]) + key_mask
     p = np.exp(s - s.max(-1, keepdims=True))
@@ -239,11 +244,11 @@ ctx_by_hand, probs_by_hand = attention_by_hand(lang, lang, lang_mask, l0["attent
 att_by_hand = layer_norm_by_hand(
     proj(ctx_by_hand, l0["attention"]["output"]["dense"]) + lang, **l0["attention"]["output"]["LayerNorm"]
 )
-ctx, probs = bert.self_attention(
+ctx, probs = bert.multi_head_attention(
     lang, lang, lang_mask, None, **l0["attention"]["self"], num_attention_heads=n
 )
-check("P: by hand vs bert.self_attention", probs_by_hand, probs)
-check("C: by hand vs bert.self_attention", ctx_by_hand, ctx)
+check("P: by hand vs bert.multi_head_attention", probs_by_hand, probs)
+check("C: by hand vs bert.multi_head_attention", ctx_by_hand, ctx)
 att_out = bert.add_and_norm(ctx, lang, **l0["attention"]["output"], layer_norm_eps=EPS)
 check("X': by hand vs bert.add_and_norm", att_by_hand, att_out)
 att_layer, att_probs = L.lxmert_self_attention_layer(lang, lang_mask, **l0["attention"], config=cfg)
@@ -259,7 +264,7 @@ ffn = bert.add_and_norm(inner, att_out, **l0["output"], layer_norm_eps=EPS)
 check("X'': by hand vs bert.add_and_norm", ffn_by_hand, ffn)
 layer_out, layer_probs = L.lxmert_layer(lang, lang_mask, **l0, config=cfg)
 check("X'': the blocks vs lxmert_layer", ffn, layer_out)
-check("P: bert.self_attention vs lxmert_layer", probs, layer_probs)
+check("P: bert.multi_head_attention vs lxmert_layer", probs, layer_probs)
 
 # %% [markdown]
 # Then `lxmert_layer` for every layer: `l_layers` over the words, `r_layers` over the regions.
@@ -331,8 +336,8 @@ xw = w["encoder"]["x_layers"]["0"]
 va = xw["visual_attention"]
 
 
-def cross_by_hand(h, context, context_mask):
-    c, p = attention_by_hand(h, context, context_mask, va["att"])
+def cross_by_hand(h, key_value_states, key_mask):
+    c, p = attention_by_hand(h, key_value_states, key_mask, va["att"])
     return layer_norm_by_hand(proj(c, va["output"]["dense"]) + h, **va["output"]["LayerNorm"]), p
 
 

@@ -12,7 +12,9 @@ import importlib
 import os
 import warnings
 
+from . import fast as _fast  # noqa: F401  (registers the fast kernels: the default mode)
 from .files import CheckpointError as CheckpointError  # every problem with a file raises it
+from .switch import reference as reference  # run the plain formulas: ``with refimpl.reference(): ...``
 
 __version__ = "0.1.0"
 
@@ -22,6 +24,7 @@ __all__ = [
     "SUPPORTED_ARCHITECTURES",
     "BASE_MODELS",
     "CheckpointError",
+    "reference",
     "lilt",
     "lxmert",
     "data",

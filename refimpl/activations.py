@@ -1,10 +1,13 @@
 """Activations: transformers' ``ACT2FN``, formula by formula, and erf.
 
-Each function takes an array and returns one of the same shape and float dtype (Python
+Each function takes an array and returns a new one of the same shape and float dtype (Python
 scalars never upcast float32). The exact GELU, the one every released LiLT and LXMERT
 checkpoint uses, is ``x * 0.5 * (1 + erf(x / sqrt(2)))``; NumPy has no erf, so
-:func:`erf` is computed here from published rational approximations (see
-:mod:`refimpl._kernels`): at most 2.3e-16 absolute error in float64.
+[erf][refimpl.activations.erf] is computed here from two published rational approximations:
+at most 2.3e-16 absolute error in float64.
+
+These are the plain formulas; `refimpl.fast` holds the kernels that run in their place for
+large arrays (cache-sized chunks on the host threads, and a cheaper erf for float32).
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from ._kernels import elementwise, erf_block, gelu_block, gelu_python_block
 from .backend import get_namespace
+from .switch import replaceable
 
 __all__ = [
     "erf",
@@ -42,29 +45,155 @@ __all__ = [
 ]
 
 _SQRT_2 = math.sqrt(2.0)
+_SQRT1_2 = math.sqrt(0.5)  # M_SQRT1_2, the constant of torch's exact GELU kernel
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)  # NewGELUActivation / AccurateGELUActivation
 _GELU_TANH_BETA = math.sqrt(2.0) * (2.0 / math.sqrt(math.pi)) * 0.5  # torch: M_SQRT2 * M_2_SQRTPI * 0.5
 
 
-def erf(x, out=None):
+# --------------------------------------------------------------------------------------------
+# erf: two published rational approximations, each computed only on its own elements
+# --------------------------------------------------------------------------------------------
+#
+#   |x| <  0.84375   Sun's fdlibm (s_erf.c, 1993):  erf(x) = x + x * P(x^2) / Q(x^2),
+#                    |P/Q - (erf(x) - x)/x| < 2^-57.9, relative accuracy down to subnormals.
+#   |x| >= 0.84375   W. J. Cody's rational Chebyshev approximation (Math. Comp. 1969; SPECFUN
+#                    CALERF): erfc(y) = exp(-y^2) * C(y) / D(y), y = min(|x|, 6), and
+#                    erf(x) = sign(x) * ((0.5 - erfc) + 0.5).
+#
+# Cody gives C/D on [0.46875, 4] (and an asymptotic form beyond). We use it up to 6 instead: on
+# (4, 6] its relative error grows to 2.4e-12 (measured against math.erfc), but erfc < 1.6e-8
+# there, so erf's absolute error stays below 4e-20. Beyond 6, 1 - erf < 2.2e-17 rounds to 1 and
+# the clamp gives exactly +-1 (inf included; nan stays nan through min and every step). Both
+# fdlibm and Cody split exp(-y^2) in two for erfc's *relative* accuracy; erf only needs absolute
+# accuracy, where the rounding of y^2 changes the result by < 1e-18, so one exp suffices.
+#
+# Measured: float64 <= 2.3e-16 absolute error against math.erf (dense grids, interval edges,
+# tiny, huge and random values). Float32 (and float16) inputs are computed in float64 and
+# rounded once, so they are correctly rounded but for ties. refimpl.fast.erf runs float32
+# through a cheaper, mask-free rational instead (Eigen's float erf, within 9.5e-8).
+
+_ERF_SMALL = 0.84375
+_ERF_CLAMP = 6.0
+# fdlibm s_erf.c pp0..pp4, qq1..qq5 (FreeBSD msun); Horner order: highest degree first.
+_PP = (
+    -2.37630166566501626084e-05,
+    -5.77027029648944159157e-03,
+    -2.84817495755985104766e-02,
+    -3.25042107247001499370e-01,
+    1.28379167095512558561e-01,
+)
+_QQ = (
+    -3.96022827877536812320e-06,
+    1.32494738004321644526e-04,
+    5.08130628187576562776e-03,
+    6.50222499887672944485e-02,
+    3.97917223959155352819e-01,
+    1.0,
+)
+# Cody's CALERF c(1..9) and d(1..8), in his order: numerator c(9)*y^8 + ..., monic denominator.
+_CODY_C = (
+    5.64188496988670089e-1,
+    8.88314979438837594e0,
+    6.61191906371416295e1,
+    2.98635138197400131e2,
+    8.81952221241769090e2,
+    1.71204761263407058e3,
+    2.05107837782607147e3,
+    1.23033935479799725e3,
+    2.15311535474403846e-8,
+)
+_CODY_D = (
+    1.57449261107098347e1,
+    1.17693950891312499e2,
+    5.37181101862009858e2,
+    1.62138957456669019e3,
+    3.29079923573345963e3,
+    4.36261909014324716e3,
+    3.43936767414372164e3,
+    1.23033935480374942e3,
+)
+
+
+def _horner(t, coeffs):
+    """``c[0] * t^k + ... + c[k]`` evaluated in place (Horner), same dtype as ``t``."""
+    r = t * coeffs[0]
+    for c in coeffs[1:-1]:
+        r += c
+        r *= t
+    r += coeffs[-1]
+    return r
+
+
+def _erf_small(x):
+    """fdlibm: ``x + x * P(x^2) / Q(x^2)`` for ``|x| < 0.84375`` (keeps -0.0 and subnormals)."""
+    z = x * x
+    y = _horner(z, _PP)
+    y /= _horner(z, _QQ)
+    y *= x
+    y += x
+    return y
+
+
+def _erf_large(xp, x):
+    """Cody: ``sign(x) * (1 - exp(-y^2) C(y)/D(y))``, ``y = min(|x|, 6)``, for ``|x| >= 0.84375``."""
+    y = xp.abs(x)
+    xp.minimum(y, _ERF_CLAMP, out=y)  # nan stays nan
+    c, d = _CODY_C, _CODY_D
+    num = y * c[8]  # CALERF: xnum = c9*y; xnum = (xnum + c_i)*y, i = 1..7; + c8
+    for ci in c[:7]:
+        num += ci
+        num *= y
+    num += c[7]
+    den = y + d[0]  # CALERF: xden = y; xden = (xden + d_i)*y, i = 1..7; + d8
+    for di in d[1:7]:
+        den *= y
+        den += di
+    den *= y
+    den += d[7]
+    num /= den  # exp(y^2) * erfc(y)
+    xp.multiply(y, y, out=y)
+    xp.negative(y, out=y)
+    xp.exp(y, out=y)
+    num *= y  # erfc(y)
+    xp.subtract(0.5, num, out=num)
+    num += 0.5  # erf(y) = (0.5 - erfc) + 0.5
+    return xp.copysign(num, x, out=num)
+
+
+@replaceable
+def erf(x):
     """The error function, elementwise, in pure array code (no SciPy).
 
     ``|x| < 0.84375``: fdlibm's ``x + x * P(x^2)/Q(x^2)``; beyond: W. J. Cody's
     ``erfc = exp(-x^2) C(|x|)/D(|x|)`` on ``min(|x|, 6)``, each computed only on its own
-    elements (see :mod:`refimpl._kernels` for the error analysis). ``erf(+-inf) = +-1``,
-    ``erf(nan) = nan``, ``erf(-0.0) = -0.0``. Float64: at most 2.3e-16 absolute error. Float32
-    inputs use Eigen's float erf rational ``x * alpha(x^2) / beta(x^2)`` evaluated in float64
-    (mask-free): at most 9.5e-8 absolute error. On CuPy arrays this is
-    ``cupyx.scipy.special.erf``.
+    elements (the error analysis is in the comment above). ``erf(+-inf) = +-1``,
+    ``erf(nan) = nan``, ``erf(-0.0) = -0.0``. Computed in float64 (at most 2.3e-16 absolute
+    error) and rounded once to the input's float dtype.
 
     Args:
-        x: float array of any shape (integers are computed in float64, float16 via float32).
-        out: optional array of ``x``'s shape and dtype to write into (may be ``x``).
+        x: float array of any shape (integers give float64, as ``np.exp`` does).
 
     Returns:
         ``erf(x)``, same shape and (float) dtype as ``x``.
     """
-    return elementwise(erf_block, x, out)
+    xp = get_namespace(x)
+    dtype = _float_dtype(xp, x)
+    t = x.astype(xp.float64, copy=False).reshape(-1)  # [n], in float64
+    out = xp.empty(t.shape, dtype=xp.float64)
+    small = xp.abs(t) < _ERF_SMALL  # [n]; nan and +-inf are not small
+    i, j = xp.flatnonzero(small), xp.flatnonzero(xp.logical_not(small))  # each branch's positions
+    out[i] = _erf_small(t.take(i))
+    out[j] = _erf_large(xp, t.take(j))
+    return out.reshape(x.shape).astype(dtype, copy=False)
+
+
+def _float_dtype(xp, x):
+    """The float dtype elementwise math returns for ``x``: floats kept, integers -> float64."""
+    if x.dtype.kind == "f":
+        return x.dtype
+    if x.dtype.kind == "c":
+        raise ValueError(f"expected a real array, got dtype {x.dtype}")
+    return xp.float64
 
 
 # --------------------------------------------------------------------------------------------
@@ -72,30 +201,34 @@ def erf(x, out=None):
 # --------------------------------------------------------------------------------------------
 
 
-def gelu(x, out=None):
-    """Exact GELU, ``x * 0.5 * (1 + erf(x / sqrt(2)))``, as ``torch.nn.functional.gelu``.
+@replaceable
+def gelu(x):
+    """Exact GELU, ``(x * 0.5) * (1 + erf(x / sqrt(2)))``, as ``torch.nn.functional.gelu``.
 
-    transformers' ``"gelu"`` (``GELUActivation``). Computed chunk by chunk in cache; ``out=x``
-    works in place.
+    transformers' ``"gelu"`` (``GELUActivation``); ``x / sqrt(2)`` is ``x * M_SQRT1_2``, as
+    torch's kernel computes it.
 
     Args:
         x: float array of any shape.
-        out: optional array of ``x``'s shape and dtype to write into (may be ``x``).
 
     Returns:
         same shape and dtype as ``x``.
     """
-    return elementwise(gelu_block, x, out)
+    phi = erf(x * _SQRT1_2)  # [...]
+    phi += 1.0  # 1 + erf(x / sqrt(2)), in its own memory
+    return (x * 0.5) * phi
 
 
-def gelu_python(x, out=None):
-    """transformers' ``"gelu_python"``: ``x * 0.5 * (1 + erf(x / math.sqrt(2)))`` (a division).
+def gelu_python(x):
+    """transformers' ``"gelu_python"``: ``(x * 0.5) * (1 + erf(x / math.sqrt(2)))`` (a division).
 
     Args:
         x: float array of any shape.
-        out: optional array to write into (may be ``x``).
+
+    Returns:
+        same shape and dtype as ``x``.
     """
-    return elementwise(gelu_python_block, x, out)
+    return (x * 0.5) * (1.0 + erf(x / _SQRT_2))
 
 
 def gelu_10(x):
@@ -196,9 +329,7 @@ def laplace(x, mu: float = 0.707107, sigma: float = 0.282095):
     """transformers' ``"laplace"`` (MEGA): ``0.5 * (1 + erf((x - mu) / (sigma * sqrt(2))))``."""
     xp = get_namespace(x)
     mu, sigma = float(mu), float(sigma)  # a NumPy float64 scalar would upcast float32 (NEP 50)
-    t = x - mu
-    t /= sigma * _SQRT_2
-    erf(t, out=t)
+    t = erf((x - mu) / (sigma * _SQRT_2))
     t += 1.0
     return xp.multiply(t, 0.5, out=t)
 

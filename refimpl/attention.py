@@ -8,35 +8,38 @@ of operations (so float64 results agree to the last few bits)::
     v = split_heads(linear(x, **value), n)                          # [b, n, s, d]
     context, probs = scaled_dot_product_attention(q, k, v, mask)    # [b, s, n*d], [b, n, s, s]
 
-where :func:`scaled_dot_product_attention` is ``softmax(q k^T / sqrt(d) + mask) @ v``, written
-out step by step with :func:`attention_scores`, :func:`attention_probs` and
-:func:`apply_head_mask`.
+where `scaled_dot_product_attention` is ``softmax(q k^T / sqrt(d) + mask) @ v``, written out
+step by step with `attention_scores`, `attention_probs`, `apply_head_mask` and
+`attention_context`. ``context`` is always the attention's output ``P V`` (heads merged).
 
 Masks follow ``PreTrainedModel.get_extended_attention_mask`` / ``get_head_mask``:
-:func:`extended_attention_mask` makes the additive ``(1 - mask) * finfo(dtype).min`` mask,
-:func:`head_masks` one multiplicative head mask per layer. Relative position scores
+`extended_attention_mask` makes the additive ``(1 - mask) * finfo(dtype).min`` mask,
+`head_masks` one multiplicative head mask per layer. Relative position scores
 (``position_embedding_type`` ``relative_key`` / ``relative_key_query``) come from
-:func:`relative_position_embeddings` + :func:`relative_position_scores_query` /
-:func:`relative_position_scores_key`.
+`relative_position_embeddings` + `relative_position_scores_query` /
+`relative_position_scores_key`.
 
 LiLT's bi-directional attention (BiACM) shares one score between its text and layout streams:
 
     S = Q K^T / sqrt(d) + Q_l K_l^T / sqrt(d // r)
 
-:func:`bi_acm_scores` computes ``S`` and :func:`bi_acm_contexts` both streams' contexts from the
-shared probabilities. Each is a fused op that pays for itself at base size, written beside
-its plain twin (:func:`bi_acm_scores_plain`, :func:`bi_acm_contexts_plain`), which is the
-formula as the paper and the oracle write it; ``tests/test_attention.py`` checks that they
-agree.
+`bi_acm_attention` is that attention on split heads: `bi_acm_scores` computes ``S``,
+`attention_probs` ``P = softmax(S + mask)`` and `bi_acm_contexts` both streams' contexts
+``P V`` and ``P V_l``.
+
+Every function here is its formula. Those marked ``@replaceable`` have a fast kernel of the
+same name in `refimpl.fast.attention` (fused products, blocks of heads on the host threads),
+which runs instead unless ``refimpl.reference()`` is on.
 """
 
 from __future__ import annotations
 
 import math
 
-from . import _fused, trace
+from . import trace
 from .backend import get_namespace
 from .ops import embedding, softmax
+from .switch import replaceable
 
 __all__ = [
     "split_heads",
@@ -44,11 +47,8 @@ __all__ = [
     "extended_attention_mask",
     "head_masks",
     "attention_scores",
-    "attention_probs_plain",
     "attention_probs",
-    "attention_probs_",
     "apply_head_mask",
-    "attention_context_plain",
     "attention_context",
     "scaled_dot_product_attention",
     "relative_position_embeddings",
@@ -56,10 +56,9 @@ __all__ = [
     "relative_position_scores_key",
     "text_attention_scores",
     "layout_attention_scores",
-    "bi_acm_scores_plain",
     "bi_acm_scores",
-    "bi_acm_contexts_plain",
     "bi_acm_contexts",
+    "bi_acm_attention",
 ]
 
 
@@ -79,7 +78,7 @@ def split_heads(x, num_heads: int):
 
 
 def merge_heads(x):
-    """Inverse of :func:`split_heads`.
+    """Inverse of `split_heads`.
 
     Args:
         x: ``[batch, num_heads, seq, head_size]``.
@@ -108,19 +107,12 @@ def extended_attention_mask(attention_mask, dtype):
 
     Returns:
         ``[batch, 1, 1, seq]`` or ``[batch, 1, from_seq, to_seq]`` in ``dtype``.
-
-    Raises:
-        ValueError: for any other number of axes.
     """
     xp = get_namespace(attention_mask)
     if attention_mask.ndim == 2:
         m = attention_mask[:, None, None, :]  # [b, s] -> [b, 1, 1, s]
-    elif attention_mask.ndim == 3:
-        m = attention_mask[:, None, :, :]  # [b, s_q, s_k] -> [b, 1, s_q, s_k]
     else:
-        raise ValueError(
-            f"attention_mask must have shape [batch, seq] or [batch, seq, seq], got {tuple(attention_mask.shape)}"
-        )
+        m = attention_mask[:, None, :, :]  # [b, s_q, s_k] -> [b, 1, s_q, s_k]
     m = m.astype(dtype)
     # 0 where kept, finfo.min where masked
     return (1.0 - m) * xp.finfo(dtype).min
@@ -132,8 +124,9 @@ def head_masks(head_mask, num_layers: int, num_heads: int, dtype) -> list:
     Args:
         head_mask: ``None``; ``[num_heads]`` (the same for every layer);
             ``[num_layers, num_heads]``; or already 5-d ``[num_layers, batch|1, num_heads|1,
-            seq|1, seq|1]``. 1 keeps a head, 0 drops it; fractions scale it. A size-1 head
-            axis broadcasts over the heads, as in the oracle.
+            seq|1, seq|1]`` (checked by `refimpl.checks.check_head_mask`). 1 keeps a head,
+            0 drops it; fractions scale it. A size-1 head axis broadcasts over the heads, as
+            in the oracle.
         num_layers: layers of the encoder the mask is for.
         num_heads: heads per layer.
         dtype: the model's float dtype (the oracle casts the mask to it).
@@ -142,28 +135,15 @@ def head_masks(head_mask, num_layers: int, num_heads: int, dtype) -> list:
         a list of ``num_layers`` items, each ``None`` (no mask) or an array that broadcasts
         against ``[batch, heads, seq, seq]`` probabilities: ``[1, heads, 1, 1]`` for 1-d and
         2-d masks.
-
-    Raises:
-        ValueError: naming ``head_mask`` and its shape when it does not fit.
     """
     if head_mask is None:
         return [None] * num_layers
-    shape = tuple(head_mask.shape)
-    ok_heads = (num_heads, 1)
-    if head_mask.ndim == 1 and shape[0] in ok_heads:
-        m5 = head_mask[None, None, :, None, None]  # [n] -> [1, 1, n, 1, 1]
-        per_layer = [m5[0]] * num_layers
-    elif head_mask.ndim == 2 and shape[0] == num_layers and shape[1] in ok_heads:
-        m5 = head_mask[:, None, :, None, None]  # [L, n] -> [L, 1, n, 1, 1]
-        per_layer = [m5[i] for i in range(num_layers)]
-    elif head_mask.ndim == 5 and shape[0] == num_layers and shape[2] in ok_heads:
-        per_layer = [head_mask[i] for i in range(num_layers)]
+    if head_mask.ndim == 1:
+        per_layer = [head_mask[None, :, None, None]] * num_layers  # [n] -> [1, n, 1, 1]
+    elif head_mask.ndim == 2:
+        per_layer = [head_mask[i][None, :, None, None] for i in range(num_layers)]  # [L, n] -> [1, n, 1, 1]
     else:
-        raise ValueError(
-            f"head_mask has shape {shape}; expected [num_heads] = [{num_heads}], "
-            f"[num_hidden_layers, num_heads] = [{num_layers}, {num_heads}] or a 5-d "
-            f"[{num_layers}, batch|1, {num_heads}|1, seq|1, seq|1]"
-        )
+        per_layer = [head_mask[i] for i in range(num_layers)]  # [L, b|1, n|1, s|1, s|1]
     return [m.astype(dtype) for m in per_layer]
 
 
@@ -182,55 +162,19 @@ def attention_scores(query, key):
     return xp.matmul(query, key.swapaxes(-1, -2))
 
 
-def attention_probs_plain(scores, additive_mask=None):
-    """``softmax(scores + additive_mask)`` over the key axis, as written (the plain twin of
-    :func:`attention_probs`).
-
-    Args:
-        scores: ``[batch, heads, q_len, k_len]`` (already scaled).
-        additive_mask: ``None`` or broadcastable to ``scores`` (see :func:`extended_attention_mask`).
-
-    Returns:
-        ``[batch, heads, q_len, k_len]``, rows summing to 1.
-    """
-    return softmax(scores if additive_mask is None else scores + additive_mask, axis=-1)
-
-
+@replaceable
 def attention_probs(scores, additive_mask=None):
-    """``softmax(scores + additive_mask)`` over the key axis (fused; see :func:`attention_probs_plain`).
-
-    The mask is added and the softmax taken per block of ``[batch, heads]`` slabs while they
-    are in cache, and an all-zero mask (every key kept) is skipped. Bit-identical to the plain
-    twin; ``scores`` is left as it is.
+    """``softmax(scores + additive_mask)`` over the key axis.
 
     Args:
         scores: ``[batch, heads, q_len, k_len]`` (already scaled).
-        additive_mask: ``None`` or broadcastable to ``scores`` (see :func:`extended_attention_mask`).
+        additive_mask: ``None`` or broadcastable to ``scores`` (see `extended_attention_mask`).
 
     Returns:
         ``[batch, heads, q_len, k_len]``, rows summing to 1. A fully masked row is uniform,
         as in the oracle.
     """
-    return _fused.masked_softmax(scores, additive_mask)
-
-
-def attention_probs_(scores, additive_mask=None):
-    """``softmax(scores + additive_mask)`` computed in the memory of ``scores``, which it
-    consumes (the trailing underscore is torch's mark of an in-place op). Otherwise the same
-    fused op as :func:`attention_probs`, bit-identical to :func:`attention_probs_plain`.
-
-    For a caller whose scores are fresh and not needed again (every attention layer here: the
-    trace has already copied them): one ``[batch, heads, q_len, k_len]`` array fewer, which at
-    a 512-token page is 12.6 MB per layer in float32 and 25 MB in float64.
-
-    Args:
-        scores: ``[batch, heads, q_len, k_len]`` (already scaled), C-contiguous; overwritten.
-        additive_mask: ``None`` or broadcastable to ``scores``.
-
-    Returns:
-        ``scores``, now the probabilities.
-    """
-    return _fused.masked_softmax(scores, additive_mask, out=scores)
+    return softmax(scores if additive_mask is None else scores + additive_mask, axis=-1)
 
 
 def apply_head_mask(probs, layer_head_mask=None):
@@ -238,15 +182,19 @@ def apply_head_mask(probs, layer_head_mask=None):
 
     Args:
         probs: ``[batch, heads, q_len, k_len]``.
-        layer_head_mask: one item of :func:`head_masks`.
+        layer_head_mask: one item of `head_masks`.
+
+    Returns:
+        ``[batch, heads, q_len, k_len]``.
     """
     if layer_head_mask is None:
         return probs
     return probs * layer_head_mask
 
 
-def attention_context_plain(probs, value):
-    """``merge_heads(probs @ value)`` as written (the plain twin of :func:`attention_context`).
+@replaceable
+def attention_context(probs, value):
+    """The attention's output ``P V`` with the heads merged: ``merge_heads(probs @ value)``.
 
     Args:
         probs: ``[batch, heads, q_len, k_len]``.
@@ -256,23 +204,11 @@ def attention_context_plain(probs, value):
         ``[batch, q_len, heads * head_size]``.
     """
     xp = get_namespace(probs, value)
+    # [b, n, l, r] @ [b, n, r, d] -> [b, n, l, d] -> [b, l, n*d]
     return merge_heads(xp.matmul(probs, value))
 
 
-def attention_context(probs, value):
-    """``merge_heads(probs @ value)`` with the batched product written straight into the merged
-    layout (fused; see :func:`attention_context_plain`): no transpose copy. Bit-identical.
-
-    Args:
-        probs: ``[batch, heads, q_len, k_len]``.
-        value: ``[batch, heads, k_len, head_size]``.
-
-    Returns:
-        ``[batch, q_len, heads * head_size]``.
-    """
-    return _fused.attention_context(probs, value)
-
-
+@replaceable(records=("attention_scores", "attention_probs", "context"))
 def scaled_dot_product_attention(query, key, value, additive_mask=None, layer_head_mask=None):
     """BERT attention on split heads: ``softmax(q k^T / sqrt(d) + mask) * head_mask @ v``.
 
@@ -280,11 +216,15 @@ def scaled_dot_product_attention(query, key, value, additive_mask=None, layer_he
     ``attention_scores`` (scaled, before the mask), ``attention_probs`` (after the head mask)
     and ``context`` (heads merged) in the current trace scope.
 
+    Its fast kernel never forms the scores apart from the probabilities (the softmax runs in
+    the scores' memory), so it gives way to this formula while a recorder wants any of the
+    three names.
+
     Args:
         query: ``[batch, heads, q_len, head_size]``.
         key, value: ``[batch, heads, k_len, head_size]``.
         additive_mask: ``None`` or broadcastable to ``[batch, heads, q_len, k_len]``.
-        layer_head_mask: ``None`` or one item of :func:`head_masks`.
+        layer_head_mask: ``None`` or one item of `head_masks`.
 
     Returns:
         ``(context, probs)``: ``[batch, q_len, heads * head_size]`` (heads merged) and the
@@ -293,8 +233,8 @@ def scaled_dot_product_attention(query, key, value, additive_mask=None, layer_he
     # scaled dot products: [b, n, l, d] @ [b, n, d, r] -> [b, n, l, r]
     scores = attention_scores(query, key) / math.sqrt(query.shape[-1])
     trace.record("attention_scores", scores)
-    # masked keys get finfo.min, softmax over the keys (in the scores' memory), then the head mask: [b, n, l, r]
-    probs = apply_head_mask(attention_probs_(scores, additive_mask), layer_head_mask)
+    # masked keys get finfo.min, softmax over the keys, then the head mask: [b, n, l, r]
+    probs = apply_head_mask(attention_probs(scores, additive_mask), layer_head_mask)
     trace.record("attention_probs", probs)
     # weighted sum of the values, heads merged back: [b, n, l, d] -> [b, l, n*d]
     context = attention_context(probs, value)
@@ -307,26 +247,19 @@ def relative_position_embeddings(distance_embedding_weight, seq_len: int, max_po
 
     Args:
         distance_embedding_weight: ``[2 * max_position_embeddings - 1, head_size]``.
-        seq_len: query and key length ``s`` (must be ``<= max_position_embeddings``).
+        seq_len: query and key length ``s``, at most ``max_position_embeddings`` (LiLT's
+            ``check_inputs`` checks it).
         max_position_embeddings: ``P``.
 
     Returns:
         ``[s, s, head_size]``: entry ``[l, r]`` is row ``l - r + P - 1``.
-
-    Raises:
-        ValueError: when ``seq_len > max_position_embeddings`` (the distance is out of the table).
     """
     xp = get_namespace(distance_embedding_weight)
-    if seq_len > max_position_embeddings:
-        raise ValueError(
-            f"sequence length {seq_len} exceeds max_position_embeddings ({max_position_embeddings}): "
-            f"relative distances would index outside distance_embedding [0, {2 * max_position_embeddings - 2}]"
-        )
     pos = xp.arange(seq_len)
     # [s, 1] - [1, s] -> [s, s] distances l - r, shifted to be >= 0
     distance = pos[:, None] - pos[None, :] + (max_position_embeddings - 1)
     # [s, s] -> [s, s, d]
-    return embedding(distance, distance_embedding_weight, "relative distance")
+    return embedding(distance, distance_embedding_weight)
 
 
 def relative_position_scores_query(query, positional_embedding):
@@ -334,7 +267,7 @@ def relative_position_scores_query(query, positional_embedding):
 
     Args:
         query: ``[batch, heads, s, head_size]``.
-        positional_embedding: ``[s, s, head_size]`` from :func:`relative_position_embeddings`.
+        positional_embedding: ``[s, s, head_size]`` from `relative_position_embeddings`.
 
     Returns:
         ``[batch, heads, s, s]``.
@@ -354,7 +287,7 @@ def relative_position_scores_key(key, positional_embedding):
 
     Args:
         key: ``[batch, heads, s, head_size]``.
-        positional_embedding: ``[s, s, head_size]`` from :func:`relative_position_embeddings`.
+        positional_embedding: ``[s, s, head_size]`` from `relative_position_embeddings`.
 
     Returns:
         ``[batch, heads, s, s]``.
@@ -407,10 +340,10 @@ def layout_attention_scores(layout_query, layout_key, channel_shrink_ratio: int)
     return attention_scores(layout_query, layout_key) / math.sqrt(head_size // channel_shrink_ratio)
 
 
-def bi_acm_scores_plain(
-    query, key, layout_query, layout_key, channel_shrink_ratio: int, relative_scores=None
-):
-    """BiACM's shared score as the paper and the oracle write it (the plain twin of :func:`bi_acm_scores`):
+@replaceable(records=("tmp_attention_scores", "tmp_layout_attention_scores"))
+def bi_acm_scores(query, key, layout_query, layout_key, channel_shrink_ratio: int, relative_scores=None):
+    """BiACM's shared score as the paper and the oracle write it, recording the oracle's two
+    summands ``tmp_attention_scores`` and ``tmp_layout_attention_scores``:
 
         S = (Q K^T + R) / sqrt(d) + Q_l K_l^T / sqrt(d // r)
 
@@ -423,74 +356,19 @@ def bi_acm_scores_plain(
     Returns:
         ``[batch, heads, s, s]``.
     """
-    return text_attention_scores(query, key, relative_scores) + layout_attention_scores(
-        layout_query, layout_key, channel_shrink_ratio
-    )
+    # the text stream's share: [b, n, s, s]
+    text = text_attention_scores(query, key, relative_scores)
+    trace.record("tmp_attention_scores", text)
+    # the layout stream's share: [b, n, s, s]
+    layout = layout_attention_scores(layout_query, layout_key, channel_shrink_ratio)
+    trace.record("tmp_layout_attention_scores", layout)
+    return text + layout
 
 
-def _bi_acm_summands(query, key, layout_query, layout_key, channel_shrink_ratio, relative_scores=None):
-    """The oracle's two summands of ``S``, recorded while tracing (the fusion never forms them)."""
-    return {
-        "tmp_attention_scores": text_attention_scores(query, key, relative_scores),
-        "tmp_layout_attention_scores": layout_attention_scores(
-            layout_query, layout_key, channel_shrink_ratio
-        ),
-    }
-
-
-@trace.observed_by(_bi_acm_summands)
-def bi_acm_scores(query, key, layout_query, layout_key, channel_shrink_ratio: int, relative_scores=None):
-    """BiACM's shared score ``S`` in one product per head (fused; see :func:`bi_acm_scores_plain`).
-
-    Scaling the queries instead of the scores turns the two products and the sum into one::
-
-        [Q / sqrt(d) | Q_l / sqrt(d // r)] [K | K_l]^T = Q K^T / sqrt(d) + Q_l K_l^T / sqrt(d // r)
-
-    which saves one ``[batch, heads, s, s]`` array and a pass over it. The result differs from
-    the plain twin by rounding only (none when the square roots are powers of two, as at base
-    size: 8 and 4). While tracing, the oracle's two summands are recorded as
-    ``tmp_attention_scores`` and ``tmp_layout_attention_scores``.
-
-    Args:
-        query, key: text ``[batch, heads, s, d]``.
-        layout_query, layout_key: layout ``[batch, heads, s, d / r]``.
-        channel_shrink_ratio: ``r``.
-        relative_scores: ``None`` or ``[batch, heads, s, s]`` (added to the text share).
-
-    Returns:
-        ``[batch, heads, s, s]``, a fresh array.
-    """
-    xp = get_namespace(query, key, layout_query, layout_key)
-    text_scale = math.sqrt(query.shape[-1])
-    layout_scale = math.sqrt(query.shape[-1] // channel_shrink_ratio)
-    # [b, n, s, d + d/r] each
-    queries = xp.concatenate([query / text_scale, layout_query / layout_scale], axis=-1)
-    keys = xp.concatenate([key, layout_key], axis=-1)
-    scores = attention_scores(queries, keys)  # [b, n, s, s]
-    if relative_scores is not None:
-        scores += relative_scores / text_scale
-    return scores
-
-
-def bi_acm_contexts_plain(probs, value, layout_value):
-    """Both streams' contexts from the shared probabilities (the plain twin of :func:`bi_acm_contexts`):
-    ``merge_heads(P V)`` and ``merge_heads(P V_l)``.
-
-    Args:
-        probs: ``[batch, heads, s, s]``.
-        value: text ``[batch, heads, s, d]``.
-        layout_value: layout ``[batch, heads, s, d / r]``.
-
-    Returns:
-        ``(context [batch, s, heads * d], layout_context [batch, s, heads * d / r])``.
-    """
-    return attention_context_plain(probs, value), attention_context_plain(probs, layout_value)
-
-
+@replaceable
 def bi_acm_contexts(probs, value, layout_value):
-    """Both streams' contexts in one product per head (fused; see :func:`bi_acm_contexts_plain`):
-    ``P [V | V_l]``, split back into the two streams. Equal to the plain twin to the last bit
-    (each output element is the same dot product).
+    """Both streams' contexts from the shared probabilities: ``merge_heads(P V)`` and
+    ``merge_heads(P V_l)``.
 
     Args:
         probs: ``[batch, heads, s, s]``.
@@ -500,8 +378,64 @@ def bi_acm_contexts(probs, value, layout_value):
     Returns:
         ``(context [batch, s, heads * d], layout_context [batch, s, heads * d / r])``.
     """
-    xp = get_namespace(probs, value, layout_value)
-    d = value.shape[-1]
-    # [b, n, s, s] @ [b, n, s, d + d/r] -> [b, n, s, d + d/r]
-    both = xp.matmul(probs, xp.concatenate([value, layout_value], axis=-1))
-    return merge_heads(both[..., :d]), merge_heads(both[..., d:])
+    return attention_context(probs, value), attention_context(probs, layout_value)
+
+
+@replaceable(
+    records=(
+        *bi_acm_scores.records,
+        "attention_scores",
+        "layout_attention_scores",
+        "layout_attention_probs",
+        "attention_probs",
+        "layout_context",
+        "context",
+    )
+)
+def bi_acm_attention(
+    query,
+    key,
+    value,
+    layout_query,
+    layout_key,
+    layout_value,
+    channel_shrink_ratio: int,
+    additive_mask=None,
+    layer_head_mask=None,
+    relative_scores=None,
+):
+    """LiLT's BiACM on split heads: one shared score, a context per stream.
+
+        S = (Q K^T + R) / sqrt(d) + Q_l K_l^T / sqrt(d // r)
+        P = softmax(S + mask) * head_mask
+        context = P V,   layout_context = P V_l
+
+    Records (the oracle computes each twice, once per stream, with equal values)
+    ``attention_scores`` = ``layout_attention_scores`` (``S``), ``layout_attention_probs`` =
+    ``attention_probs`` (``P``, after the head mask), ``layout_context`` and ``context``.
+    Its fast kernel never forms ``S`` apart from ``P``, so it gives way to this formula while
+    a recorder wants any of these names.
+
+    Args:
+        query, key, value: text ``[batch, heads, s, d]``.
+        layout_query, layout_key, layout_value: layout ``[batch, heads, s, d / r]``.
+        channel_shrink_ratio: ``r``.
+        additive_mask: ``None`` or broadcastable to ``[batch, heads, s, s]``.
+        layer_head_mask: ``None`` or one item of `head_masks`.
+        relative_scores: ``None`` or ``[batch, heads, s, s]`` relative position scores ``R``.
+
+    Returns:
+        ``(context [batch, s, heads * d], layout_context [batch, s, heads * d / r],
+        probs [batch, heads, s, s])``.
+    """
+    # S, shared by both streams: [b, n, s, s]
+    scores = bi_acm_scores(query, key, layout_query, layout_key, channel_shrink_ratio, relative_scores)
+    trace.record("attention_scores", scores, also="layout_attention_scores")
+    # P = softmax(S + mask), then the head mask: [b, n, s, s]
+    probs = apply_head_mask(attention_probs(scores, additive_mask), layer_head_mask)
+    trace.record("layout_attention_probs", probs, also="attention_probs")
+    # both streams' contexts from the shared P, heads merged: [b, s, n*d] and [b, s, n*d/r]
+    context, layout_context = bi_acm_contexts(probs, value, layout_value)
+    trace.record("layout_context", layout_context)
+    trace.record("context", context)
+    return context, layout_context, probs

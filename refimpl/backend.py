@@ -12,15 +12,11 @@ CuPy is imported only when a caller asks for ``device="cuda"`` or hands us a CuP
 
 from __future__ import annotations
 
-import contextvars
 import ctypes
 import ctypes.util
 import importlib
 import os
 import sys
-import threading
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -36,7 +32,6 @@ __all__ = [
     "quiet_blas_threads",
     "num_threads",
     "set_num_threads",
-    "host_map",
     "DTYPES",
     "DEVICES",
 ]
@@ -246,21 +241,18 @@ def quiet_blas_threads(timeout: int = 4) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# host threads for elementwise work
+# host threads for elementwise work (the fast kernels share their blocks over them)
 # --------------------------------------------------------------------------------------------
 
 _threads: int | None = None
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-_in_worker = threading.local()  # set in the pool's threads: a nested host_map runs inline
 
 
 def num_threads() -> int:
-    """Host threads for large elementwise steps (GELU, erf, ...) on NumPy arrays.
+    """Host threads for large elementwise steps (GELU, erf, LayerNorm, softmax) on NumPy arrays.
 
-    NumPy runs each elementwise loop on one thread (only its BLAS is threaded); refimpl
-    splits large elementwise steps into cache-sized chunks and shares them out over this many
-    threads (NumPy releases the GIL inside its loops).
+    NumPy runs each elementwise loop on one thread (only its BLAS is threaded); the fast
+    kernels (`refimpl.fast`) split large steps into cache-sized blocks and share them out
+    over this many threads (NumPy releases the GIL inside its loops).
 
     Returns:
         ``set_num_threads(n)``'s ``n`` if set; else the first positive integer among the
@@ -280,54 +272,12 @@ def num_threads() -> int:
 
 
 def set_num_threads(n: int | None) -> None:
-    """Set the host threads of :func:`num_threads`; ``None`` goes back to the default.
+    """Set the host threads of `num_threads`; ``None`` goes back to the default.
 
     Raises:
         ValueError: ``n`` is neither ``None`` nor a positive integer.
     """
-    global _threads, _pool
+    global _threads
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise ValueError(f"n must be a positive integer or None, got {n!r}")
-    with _pool_lock:
-        _threads = n
-        if _pool is not None:
-            _pool.shutdown(wait=True)
-            _pool = None
-
-
-def host_map(fn: Callable[[Any], Any], items: Iterable[Any]) -> list:
-    """``[fn(item) for item in items]``, shared out over :func:`num_threads` host threads.
-
-    ``fn`` must write only memory that no other item writes (one chunk of an output array,
-    say). Each call runs in a copy of the caller's context, so ``numpy.errstate`` applies.
-    With one thread or one item, or when called from inside another ``host_map`` item,
-    everything runs in the calling thread, in order.
-
-    Args:
-        fn: called once per item.
-        items: finite iterable.
-
-    Returns:
-        the results, in the order of ``items``.
-    """
-    global _pool
-    items = list(items)
-    n = num_threads()
-    if n <= 1 or len(items) <= 1 or getattr(_in_worker, "active", False):
-        return [fn(item) for item in items]
-    with _pool_lock:
-        if _pool is None or _pool._max_workers != n:
-            if _pool is not None:
-                _pool.shutdown(wait=True)
-            _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="refimpl")
-        pool = _pool
-    context = contextvars.copy_context()  # NumPy's errstate (a context variable) travels along
-
-    def run(item):
-        _in_worker.active = True
-        try:
-            return context.copy().run(fn, item)
-        finally:
-            _in_worker.active = False
-
-    return list(pool.map(run, items))
+    _threads = n

@@ -1,4 +1,4 @@
-"""The BERT-style blocks both families share: self-attention, add-and-norm, intermediate, pooler.
+"""The BERT-style blocks both families share: multi-head attention, add-and-norm, intermediate, pooler.
 
 LiLT's feed-forward and output blocks and LXMERT's language, relationship and cross layers
 are all built from these, with the checkpoint's weight names as keyword sub-dicts::
@@ -9,31 +9,49 @@ are all built from these, with the checkpoint's weight names as keyword sub-dict
 Each records its weight-owning submodules (``dense``, ``LayerNorm``, ``query``...) in the
 current trace scope; the caller records the block's own output, since the oracle's modules
 differ in which containers a forward hook sees. Masks, head splitting and the attention
-arithmetic are in :mod:`refimpl.attention`.
+arithmetic are in `refimpl.attention`.
+
+``add_and_norm`` and ``intermediate`` are replaceable: their fast kernels
+(`refimpl.fast.dense`) fuse the bias, the residual, the LayerNorm or the GELU into the
+projection's own output, block by block, and so skip the ``dense`` tensor they record; while a
+recorder wants it, these formulas run.
 """
 
 from __future__ import annotations
 
 from . import trace
+from .activations import get_activation
 from .attention import scaled_dot_product_attention, split_heads
 from .backend import get_namespace
-from .ops import add_layer_norm_, linear, linear_act
+from .ops import layer_norm, linear
+from .switch import replaceable
 
-__all__ = ["self_attention", "add_and_norm", "intermediate", "pooler"]
+__all__ = ["multi_head_attention", "add_and_norm", "intermediate", "pooler"]
 
 
-def self_attention(
-    hidden_states, context, attention_mask, head_mask, *, query, key, value, num_attention_heads: int
+def multi_head_attention(
+    hidden_states,
+    key_value_states,
+    attention_mask,
+    head_mask,
+    *,
+    query,
+    key,
+    value,
+    num_attention_heads: int,
 ):
-    """BERT's self-attention module (``BertSelfAttention``; LXMERT's ``LxmertAttention``):
-    queries from ``hidden_states``, keys and values from ``context``.
+    """BERT's attention module (``BertSelfAttention``; LXMERT's ``LxmertAttention``): queries
+    from ``hidden_states``, keys and values from ``key_value_states``.
+
+    Self-attention passes ``hidden_states`` twice; cross-attention passes the other
+    modality's states as ``key_value_states``.
 
     Args:
         hidden_states: ``[batch, q_len, hidden]``.
-        context: ``[batch, k_len, hidden]`` (``hidden_states`` itself for self-attention).
+        key_value_states: ``[batch, k_len, hidden]``.
         attention_mask: additive mask broadcastable to ``[batch, 1, 1, k_len]`` (see
-            :func:`refimpl.attention.extended_attention_mask`), or ``None``.
-        head_mask: ``None`` or one item of :func:`refimpl.attention.head_masks`.
+            `refimpl.attention.extended_attention_mask`), or ``None``.
+        head_mask: ``None`` or one item of `refimpl.attention.head_masks`.
         query, key, value: ``{"weight": [hidden, hidden], "bias": [hidden]}``.
         num_attention_heads: ``config.num_attention_heads``.
 
@@ -44,9 +62,9 @@ def self_attention(
     # project: [b, lq, h] and [b, lk, h]
     query_layer = linear(hidden_states, **query)
     trace.record("query", query_layer)
-    key_layer = linear(context, **key)
+    key_layer = linear(key_value_states, **key)
     trace.record("key", key_layer)
-    value_layer = linear(context, **value)
+    value_layer = linear(key_value_states, **value)
     trace.record("value", value_layer)
     # softmax(q k^T / sqrt(d) + mask) v on split heads: [b, n, l, d] -> [b, lq, h]
     return scaled_dot_product_attention(
@@ -58,6 +76,7 @@ def self_attention(
     )
 
 
+@replaceable(records=("dense", "LayerNorm"))
 def add_and_norm(hidden_states, input_tensor, *, dense, LayerNorm, layer_norm_eps: float):
     """``LayerNorm(dense(hidden_states) + input_tensor)``: BERT's SelfOutput and Output blocks.
 
@@ -74,32 +93,33 @@ def add_and_norm(hidden_states, input_tensor, *, dense, LayerNorm, layer_norm_ep
     # project: [b, s, in] -> [b, s, f]
     h = linear(hidden_states, **dense)
     trace.record("dense", h)
-    # residual, then normalise (in the memory of the projection, not needed again): [b, s, f]
-    out = add_layer_norm_(h, input_tensor, **LayerNorm, eps=layer_norm_eps)
+    # residual, then normalise: [b, s, f]
+    out = layer_norm(h + input_tensor, **LayerNorm, eps=layer_norm_eps)
     trace.record("LayerNorm", out)
     return out
 
 
-def _dense_output(hidden_states, *args, dense, **kwargs):
-    """The block's ``dense`` output, recorded while tracing (the fused op never forms it alone)."""
-    return {"dense": linear(hidden_states, **dense)}
-
-
-@trace.observed_by(_dense_output)
+@replaceable(records=("dense",))
 def intermediate(hidden_states, *, dense, hidden_act: str):
     """``act(dense(hidden_states))``: BERT's Intermediate block.
+
+    Records the projection (the activation's input) as ``dense``; the caller records the
+    block's output.
 
     Args:
         hidden_states: ``[batch, seq, features]``.
         dense: ``{"weight": [inner, features], "bias": [inner]}``.
-        hidden_act: a name in :data:`refimpl.activations.ACT2FN` (``"gelu"``, the exact
-            GELU, for every released LiLT and LXMERT).
+        hidden_act: a name in `refimpl.activations.ACT2FN` (``"gelu"``, the exact GELU, for
+            every released LiLT and LXMERT).
 
     Returns:
         ``[batch, seq, inner]``.
     """
-    # act(x W^T + b): [b, s, f] -> [b, s, inner] (one fused pass for the exact GELU, see ops.linear_act)
-    return linear_act(hidden_states, **dense, hidden_act=hidden_act)
+    # project: [b, s, f] -> [b, s, inner]
+    h = linear(hidden_states, **dense)
+    trace.record("dense", h)
+    # activation: [b, s, inner]
+    return get_activation(hidden_act)(h)
 
 
 def pooler(hidden_states, *, dense):

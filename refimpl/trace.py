@@ -18,17 +18,26 @@ Inside the model, recording is a statement of its own, never wrapped around an e
         ...
         trace.output(layer_output)                                # the module's own output
 
-Four verbs:
+Three verbs:
 
-* :func:`scope` prefixes every name recorded inside it (``call="lang"`` also appends the
-  per-call suffix ``@lang`` to those names, for a module the oracle calls more than once);
-* :func:`record` stores one value under ``<scope>.<name>`` (``also=`` names the same value
-  under the oracle's other names for it);
-* :func:`output` stores a module's own output under the scope's name;
-* :func:`observed_by` decorates a fused op with a function that computes, only while
-  tracing, the oracle's intermediates the fusion skips.
+* [scope][refimpl.trace.scope] prefixes every name recorded inside it (``call="lang"`` also
+  appends the per-call suffix ``@lang`` to those names, for a module the oracle calls more
+  than once);
+* [record][refimpl.trace.record] stores one value under ``<scope>.<name>`` (``also=`` names
+  the same value under the oracle's other names for it);
+* [output][refimpl.trace.output] stores a module's own output under the scope's name.
 
-The active recorder and the scope live in one :class:`contextvars.ContextVar`, so threads and
+A recorder chooses what it keeps ([Recorder.wants][refimpl.trace.Recorder.wants]). A fast
+kernel may skip intermediates its formula records; while the recorder wants one of them,
+the formula runs instead (see `refimpl.switch`), so a recorder never misses a name and never
+pays for one it does not want.
+
+The contract a recorder relies on: an array passed to ``record`` or ``output`` is never
+written again by the forward pass (in the fast and the reference mode alike), so a recorder
+may keep references instead of copies (``tests/test_tape.py`` checks every recorded array of
+both models bit for bit after the forward).
+
+The active recorder and the scope live in one `contextvars.ContextVar`, so threads and
 nested runs each see their own.
 """
 
@@ -36,25 +45,23 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
-__all__ = ["Recorder", "tracing", "scope", "record", "output", "observed_by", "active", "current_name"]
+__all__ = ["Recorder", "tracing", "scope", "record", "output", "wants_any", "active", "current_name"]
 
 
 class Recorder:
     """Collects named arrays in forward order.
 
-    Subclass it and override :meth:`store` to send each value elsewhere as it is recorded
-    (a streaming file writer, say); :meth:`add` checks the name first.
+    Subclass it and override ``store`` to send each value elsewhere as it is recorded
+    (a streaming file writer, say), and ``wants`` to choose names; ``add`` checks the name first.
 
     Attributes:
         tensors: name -> array, in the order they were recorded.
-        copy: store copies (default). The forward works in place on some fresh arrays after
-            recording them (``attention_probs_``, ``add_layer_norm_``), so ``copy=False`` is
-            only safe in a subclass whose :meth:`store` consumes the value at once (a
-            streaming writer).
+        copy: store copies (default), so that the caller's own later writes to the returned
+            arrays cannot change what was recorded. ``copy=False`` keeps references: the
+            forward never writes a recorded array again.
     """
 
     def __init__(self, copy: bool = True):
@@ -73,6 +80,13 @@ class Recorder:
                 )
             self._names.add(n)
         self.store(name, value, aliases)
+
+    def wants(self, name: str) -> bool:
+        """Whether this recorder keeps the tensor of the full ``name`` (default: every name).
+
+        A fast kernel that would skip a wanted name gives way to its formula, which records it.
+        """
+        return True
 
     def store(self, name: str, value: Any, aliases: tuple[str, ...] = ()) -> None:
         """Keep ``value`` (an array of any shape, or a scalar) under ``name`` and its ``aliases``
@@ -173,26 +187,17 @@ def output(value: Any, also: tuple[str, ...] | str = ()) -> None:
         st.recorder.add(names[0], value, tuple(names[1:]))
 
 
-def observed_by(observer: Callable[..., dict[str, Any]]):
-    """Decorate a fused op with the oracle's intermediates it skips.
+def wants_any(names: Iterable[str]) -> bool:
+    """Whether the active recorder wants any of ``names`` (relative to the current scope);
+    ``False`` when tracing is off.
 
-    While tracing, ``observer(*args, **kwargs)`` (the op's own arguments) is called before the
-    op and returns ``{name: array}``, recorded in the current scope in that order. Untraced,
-    the op runs alone: the observer costs nothing.
+    Args:
+        names: module-path suffixes, e.g. ``("dense", "LayerNorm")``.
     """
-
-    def wrap(op: Callable) -> Callable:
-        @functools.wraps(op)
-        def observed(*args, **kwargs):
-            if _state.get() is not None:
-                for name, value in observer(*args, **kwargs).items():
-                    record(name, value)
-            return op(*args, **kwargs)
-
-        observed.observer = observer  # type: ignore[attr-defined]
-        return observed
-
-    return wrap
+    st = _state.get()
+    if st is None:
+        return False
+    return any(st.recorder.wants(_full(st, n)) for n in names)
 
 
 def current_name(name: str = "") -> str:

@@ -41,28 +41,31 @@ def test_sweep_cases_subset_and_errors():
         sweep.parse_cases("lilt:2x64")
 
 
-def test_plain_ops_swaps_every_fused_op_for_its_twin_and_restores_it():
+def test_plain_ops_switches_every_kernel_off_and_back_on():
     import numpy as np
-    from fused_wiring import _TWINS, plain_ops
+    from fused_wiring import GROUPS, plain_ops
 
-    from refimpl import _fused, attention, bert, data
+    from refimpl import data, switch
     from refimpl.lilt import LiltForTokenClassification
 
-    fused = {key: getattr(module, name) for key, (module, name, _) in _TWINS.items()}
+    grouped = [op for ops_ in GROUPS.values() for op in ops_]
+    assert sorted(op.key for op in grouped) == sorted(op.key for op in switch.kernels())  # each once
     model = LiltForTokenClassification.from_pretrained(data.path("lilt-tiny"), dtype="float32")
     rng = np.random.default_rng(0)
     ids = rng.integers(0, model.config.vocab_size, (2, 9))
     x0, y0 = rng.integers(0, 500, (2, 9)), rng.integers(0, 500, (2, 9))
     bbox = np.stack([x0, y0, x0 + 10, y0 + 10], axis=-1)
-    want = model(input_ids=ids, bbox=bbox).logits
-    with plain_ops():
-        for key, (module, name, twin) in _TWINS.items():
-            assert getattr(module, name) is twin, key
-        got = model(input_ids=ids, bbox=bbox).logits
-    assert {key: getattr(module, name) for key, (module, name, _) in _TWINS.items()} == fused
-    assert _fused.matmul_wt is fused["gemm"] and bert.linear_act is fused["gelu"]
-    assert attention.attention_context is fused["context"]
-    # float32: the fast GELU is within 1e-6 * max(1, |x|) of the exact one the twin evaluates
+    with switch.fast():
+        want = model(input_ids=ids, bbox=bbox).logits
+        with plain_ops():
+            assert switch.mode() == "reference"  # every kernel off
+            got = model(input_ids=ids, bbox=bbox).logits
+        with plain_ops(gelu=False, softmax=False, context=False, gemm=False):
+            assert switch.mode() == "fast without refimpl.bert.add_and_norm, refimpl.ops.layer_norm"
+        assert switch.mode() == "fast"
+    with switch.reference():
+        np.testing.assert_array_equal(model(input_ids=ids, bbox=bbox).logits, got)
+    # float32: the fast GELU is within 1e-6 * max(1, |x|) of the exact one the formula evaluates
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 

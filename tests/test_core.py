@@ -52,22 +52,17 @@ def test_trace_per_call_scopes_and_aliases():
     ]
 
 
-def test_trace_observer_runs_only_while_tracing():
-    calls = []
+def test_trace_wants_any_asks_the_recorder_with_full_names():
+    class Picky(trace.Recorder):
+        def wants(self, name):
+            return name == "m.b@lang"
 
-    def observer(a, b):
-        calls.append((a, b))
-        return {"a_plus_b": np.asarray(a + b)}
-
-    @trace.observed_by(observer)
-    def fused(a, b):
-        return a * b
-
-    assert fused(2.0, 3.0) == 6.0 and calls == []  # untraced: the observer costs nothing
+    assert trace.wants_any(["a"]) is False  # tracing off: nothing is wanted
     with trace.tracing() as rec:
-        with trace.scope("m"):
-            assert fused(2.0, 3.0) == 6.0
-    assert calls == [(2.0, 3.0)] and float(rec.tensors["m.a_plus_b"]) == 5.0
+        assert rec.wants("anything") and trace.wants_any(["a"])  # the default recorder keeps all
+    with trace.tracing(recorder=Picky()):
+        with trace.scope("m", call="lang"):
+            assert trace.wants_any(["a", "b"]) and not trace.wants_any(["a"])
 
 
 def test_trace_is_per_thread_and_nests():

@@ -117,19 +117,14 @@ def test_matches_torch_float64():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_out_in_place_and_layouts(dtype):
+def test_layouts(dtype):
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((7, 300, 5)) * 3).astype(dtype)
+    before = x.copy()
     want = ops.erf(x)
-    # in place
-    y = x.copy()
-    assert ops.erf(y, out=y) is y
-    np.testing.assert_array_equal(y, want)
-    # non-contiguous input, and a non-contiguous out
+    np.testing.assert_array_equal(x, before)  # a new array; the input is left as it is
+    # a non-contiguous input
     np.testing.assert_array_equal(ops.erf(x.transpose(2, 0, 1)), want.transpose(2, 0, 1))
-    out = np.empty((5, 7, 300), dtype).transpose(1, 2, 0)
-    ops.erf(x, out=out)
-    np.testing.assert_array_equal(out, want)
     # 0-d and empty
     assert ops.erf(np.array(0.5, dtype)).shape == ()
     assert ops.erf(np.zeros((0, 3), dtype)).shape == (0, 3)
@@ -144,5 +139,3 @@ def test_other_dtypes():
     np.testing.assert_allclose(y.astype(np.float64), REF(h.astype(np.float64)), atol=1e-3, rtol=0)
     with pytest.raises(ValueError, match="real"):
         ops.erf(np.array([1j]))
-    with pytest.raises(ValueError, match="out must have shape"):
-        ops.erf(np.zeros(3), out=np.zeros(4))

@@ -2,7 +2,8 @@
 
 Random weights in the published checkpoint's shapes (vocab 50265, 514 positions, one token
 type, pad id 1, eps 1e-5, 12 x 768 with 12 heads, intermediate 3072, shrink 4, 1024 box
-positions), saved by the oracle's ``save_pretrained``. Every output within 1e-4.
+positions), saved by the oracle's ``save_pretrained``. Every output within 1e-4, with the fast
+kernels and with the plain formulas only.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from _oracle import assert_close, save, to_numpy
 from transformers.modeling_utils import no_init_weights
 
 import refimpl
+from refimpl import switch
 
 BASE = dict(
     vocab_size=50265,
@@ -72,20 +74,25 @@ def test_base_size_float32_matches_oracle(tmp_path):
             output_hidden_states=True,
             output_attentions=True,
         )
-    out = model(
-        input_ids=ids, bbox=bbox, attention_mask=mask, output_hidden_states=True, output_attentions=True
-    )
-
-    worst = 0.0
-    for name in ref.keys():
-        theirs = to_numpy(ref[name])
-        pairs = (
-            [(f"{name}[{i}]", a, b) for i, (a, b) in enumerate(zip(out[name], theirs, strict=True))]
-            if isinstance(theirs, tuple)
-            else [(name, out[name], theirs)]
-        )
-        for label, a, b in pairs:
-            assert a.dtype == np.float32, label
-            assert_close(label, a, b, 1e-4)
-            worst = max(worst, float(np.abs(a.astype(np.float64) - b).max()))
-    print(f"\nLiLT base float32 worst |diff| vs oracle: {worst:.3e}")
+    for use in (switch.fast, switch.reference):  # the fast kernels, then the plain formulas only
+        with use():
+            out = model(
+                input_ids=ids,
+                bbox=bbox,
+                attention_mask=mask,
+                output_hidden_states=True,
+                output_attentions=True,
+            )
+        worst = 0.0
+        for name in ref.keys():
+            theirs = to_numpy(ref[name])
+            pairs = (
+                [(f"{name}[{i}]", a, b) for i, (a, b) in enumerate(zip(out[name], theirs, strict=True))]
+                if isinstance(theirs, tuple)
+                else [(name, out[name], theirs)]
+            )
+            for label, a, b in pairs:
+                assert a.dtype == np.float32, label
+                assert_close(f"{use.__name__}: {label}", a, b, 1e-4)
+                worst = max(worst, float(np.abs(a.astype(np.float64) - b).max()))
+        print(f"\nLiLT base float32 ({use.__name__}) worst |diff| vs oracle: {worst:.3e}")

@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import refimpl
-from refimpl import trace
+from refimpl import switch, trace
 from refimpl.config import LxmertConfig
 from refimpl.lxmert import LxmertForPreTraining, LxmertForQuestionAnswering, LxmertModel
 from refimpl.ops import ACT2FN
@@ -837,7 +837,8 @@ def test_broadcast_masks_and_types_are_accepted_like_the_oracle():
 @pytest.mark.slow
 def test_base_size_pretraining_float32():
     """The published LXMERT shape (9/5/5 layers, hidden 768, 2048-d regions, vocab 30522):
-    batch 2, 20 tokens, 36 boxes, float32, every output within 1e-4 of the oracle."""
+    batch 2, 20 tokens, 36 boxes, float32, every output within 1e-4 of the oracle, with the
+    fast kernels and with the plain formulas only."""
     cfg = dict(num_qa_labels=9500)  # transformers' defaults are the base model
     oracle = build(transformers.LxmertForPreTraining, transformers.LxmertConfig(**cfg), dtype=torch.float32)
     d = save(oracle, os.path.join(_TMP.name, "base"), safe=True)
@@ -848,13 +849,15 @@ def test_base_size_pretraining_float32():
     x = cast(x, "float32")
     with torch.no_grad():
         ref = oracle(**to_torch(x, torch.float32), output_attentions=True, output_hidden_states=True)
-    out = ours(**x, output_attentions=True, output_hidden_states=True)
-    for k in ref.keys():
-        a, b = ref[k], getattr(out, k)
-        for i, (ai, bi) in enumerate(zip(a, b, strict=True) if isinstance(a, tuple) else [(a, b)]):
-            diff = float(np.abs(bi.astype(np.float64) - to_numpy(ai)).max())
-            WORST["float32 base size"] = max(WORST["float32 base size"], diff)
-            assert_close(f"{k}[{i}]", bi, to_numpy(ai), 1e-4)
+    for use in (switch.fast, switch.reference):  # the fast kernels, then the plain formulas only
+        with use():
+            out = ours(**x, output_attentions=True, output_hidden_states=True)
+        for k in ref.keys():
+            a, b = ref[k], getattr(out, k)
+            for i, (ai, bi) in enumerate(zip(a, b, strict=True) if isinstance(a, tuple) else [(a, b)]):
+                diff = float(np.abs(bi.astype(np.float64) - to_numpy(ai)).max())
+                WORST["float32 base size"] = max(WORST["float32 base size"], diff)
+                assert_close(f"{use.__name__}: {k}[{i}]", bi, to_numpy(ai), 1e-4)
 
 
 def test_explicit_output_attentions_false_beats_the_config():

@@ -78,6 +78,10 @@ class GoldenWriter(trace.Recorder):
                 return cand
         return None
 
+    def wants(self, name: str) -> bool:
+        """Whether the selection keeps ``name`` (a fast kernel that would skip it gives way to its formula)."""
+        return is_selected(self.selection, name)
+
     def store(self, name: str, value: Any, aliases: tuple[str, ...] = ()) -> None:
         """Spill ``value`` (or alias it to an equal stored tensor) under the selected names.
 

@@ -87,15 +87,15 @@ def text_embeddings(
     """
     # word vectors, unless the caller gave them: [b, s] -> [b, s, h]
     if inputs_embeds is None:
-        inputs_embeds = embedding(input_ids, **word_embeddings, name="input_ids")
+        inputs_embeds = embedding(input_ids, **word_embeddings)
         trace.record("word_embeddings", inputs_embeds)
     # segment vectors: [b, s] -> [b, s, h]
-    token_type = embedding(token_type_ids, **token_type_embeddings, name="token_type_ids")
+    token_type = embedding(token_type_ids, **token_type_embeddings)
     trace.record("token_type_embeddings", token_type)
     embeddings = inputs_embeds + token_type
     # absolute positions only: [b, s] -> [b, s, h]
     if config.position_embedding_type == "absolute":
-        position = embedding(position_ids, **position_embeddings, name="position_ids")
+        position = embedding(position_ids, **position_embeddings)
         trace.record("position_embeddings", position)
         embeddings = embeddings + position
     # normalise: [b, s, h]
@@ -137,18 +137,18 @@ def layout_embeddings(
     """
     xp = get_namespace(bbox)
     # corner coordinates: [b, s] each -> [b, s, h/6] each
-    left = embedding(bbox[:, :, 0], **x_position_embeddings, name="bbox[..., 0]")
+    left = embedding(bbox[:, :, 0], **x_position_embeddings)
     trace.record("x_position_embeddings.left", left)
-    upper = embedding(bbox[:, :, 1], **y_position_embeddings, name="bbox[..., 1]")
+    upper = embedding(bbox[:, :, 1], **y_position_embeddings)
     trace.record("y_position_embeddings.upper", upper)
-    right = embedding(bbox[:, :, 2], **x_position_embeddings, name="bbox[..., 2]")
+    right = embedding(bbox[:, :, 2], **x_position_embeddings)
     trace.record("x_position_embeddings.right", right)
-    lower = embedding(bbox[:, :, 3], **y_position_embeddings, name="bbox[..., 3]")
+    lower = embedding(bbox[:, :, 3], **y_position_embeddings)
     trace.record("y_position_embeddings.lower", lower)
     # box height y1 - y0 and width x1 - x0: [b, s] -> [b, s, h/6]
-    height = embedding(bbox[:, :, 3] - bbox[:, :, 1], **h_position_embeddings, name="bbox height")
+    height = embedding(bbox[:, :, 3] - bbox[:, :, 1], **h_position_embeddings)
     trace.record("h_position_embeddings", height)
-    width = embedding(bbox[:, :, 2] - bbox[:, :, 0], **w_position_embeddings, name="bbox width")
+    width = embedding(bbox[:, :, 2] - bbox[:, :, 0], **w_position_embeddings)
     trace.record("w_position_embeddings", width)
     # 6 x [b, s, h/6] -> [b, s, h] -> [b, s, h/r]
     spatial = linear(
@@ -156,7 +156,7 @@ def layout_embeddings(
     )
     trace.record("box_linear_embeddings", spatial)
     # sequence positions of the boxes: [b, s] -> [b, s, h/r]
-    box_position = embedding(position_ids, **box_position_embeddings, name="position_ids")
+    box_position = embedding(position_ids, **box_position_embeddings)
     trace.record("box_position_embeddings", box_position)
     # add and normalise: [b, s, h/r]
     out = layer_norm(spatial + box_position, **LayerNorm, eps=config.layer_norm_eps)

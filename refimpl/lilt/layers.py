@@ -20,10 +20,7 @@ from __future__ import annotations
 
 from .. import bert, trace
 from ..attention import (
-    apply_head_mask,
-    attention_probs_,
-    bi_acm_contexts,
-    bi_acm_scores,
+    bi_acm_attention,
     relative_position_embeddings,
     relative_position_scores_key,
     relative_position_scores_query,
@@ -110,18 +107,20 @@ def lilt_self_attention(
             trace.record("relative_position_scores_key", relative_key)
             relative_scores = relative_query + relative_key
 
-    # BiACM: S = Q K^T / sqrt(d) + Q_l K_l^T / sqrt(d // r), shared by both streams: [b, n, s, s]
-    scores = bi_acm_scores(query_layer, key_layer, layout_query_layer, layout_key_layer, r, relative_scores)
-    trace.record("attention_scores", scores, also="layout_attention_scores")
-
-    # P = softmax(S + mask) (in the memory of S, which is not needed again), then the head mask: [b, n, s, s]
-    probs = apply_head_mask(attention_probs_(scores, attention_mask), head_mask)
-    trace.record("layout_attention_probs", probs, also="attention_probs")
-
-    # both streams' contexts from the shared P, heads merged: [b, s, h] and [b, s, h/r]
-    context, layout_context = bi_acm_contexts(probs, value_layer, layout_value_layer)
-    trace.record("layout_context", layout_context)
-    trace.record("context", context)
+    # BiACM: S = Q K^T / sqrt(d) + Q_l K_l^T / sqrt(d // r) shared by both streams, P = softmax(S + mask),
+    # then both streams' contexts P V and P V_l, heads merged: [b, s, h], [b, s, h/r], [b, n, s, s]
+    context, layout_context, probs = bi_acm_attention(
+        query_layer,
+        key_layer,
+        value_layer,
+        layout_query_layer,
+        layout_key_layer,
+        layout_value_layer,
+        r,
+        attention_mask,
+        head_mask,
+        relative_scores,
+    )
     return context, layout_context, probs
 
 
@@ -139,7 +138,7 @@ def lilt_attention(
     """LiltAttention: self-attention, then an add-and-norm output block per stream.
 
     Args:
-        hidden_states, layout_inputs, attention_mask, head_mask: as in :func:`lilt_self_attention`.
+        hidden_states, layout_inputs, attention_mask, head_mask: as in `lilt_self_attention`.
         self: the ``attention.self`` weights (``query``, ..., ``layout_value``[, ``distance_embedding``]).
         output, layout_output: ``{"dense", "LayerNorm"}`` weights of the two streams.
         config: uses ``layer_norm_eps`` and what :func:`lilt_self_attention` uses.

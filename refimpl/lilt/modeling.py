@@ -1,11 +1,13 @@
-"""LiLT models: input checks, the forward pass as one function, and the thin public classes.
+"""LiLT models: the forward pass as one function, and the thin public classes.
 
-    inputs = check_inputs(config, dtype, input_ids=ids, bbox=boxes)   # checked, defaults filled
+    inputs = check_inputs(config, dtype, input_ids=ids, bbox=boxes)   # refimpl.lilt.inputs
     out = lilt_model(w, inputs, config, dtype)                        # LiltModel as a pure function
     LiltModel / LiltForSequenceClassification / LiltForTokenClassification / LiltForQuestionAnswering
 
-Every class runs the same steps in the same order as LXMERT's: input checks, embeddings,
-encoder, heads, output record. ``w`` is the checkpoint nested once at load
+Every class runs the same steps in the same order as LXMERT's: input checks (the only place
+that validates the caller's arrays; ``check_inputs`` returns them checked, with the 0/1 keep
+``attention_mask``, 1 = attend, broadcast to full size), embeddings, the additive attention
+mask, encoder, heads, output record. ``w`` is the checkpoint nested once at load
 (``model.weights["encoder"]["layer"]["0"]["attention"]["self"]["query"]["weight"]``), so
 each layer function receives its sub-dict with the checkpoint's names.
 """
@@ -15,8 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 from .. import backend, bert, trace
-from ..attention import extended_attention_mask, head_masks
-from ..checks import broadcasts_to, check_index_range, first_bad, require_integers
+from ..attention import extended_attention_mask
+from ..checks import require_integers
 from ..config import LiltConfig
 from ..modeling import PreTrainedModel
 from ..ops import linear
@@ -26,12 +28,7 @@ from ..outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
-from .embeddings import (
-    create_position_ids_from_input_ids,
-    create_position_ids_from_inputs_embeds,
-    layout_embeddings,
-    text_embeddings,
-)
+from .embeddings import layout_embeddings, text_embeddings
 from .heads import (
     classification_head,
     question_answering_logits,
@@ -39,6 +36,7 @@ from .heads import (
     sequence_classification_loss,
     token_classification_loss,
 )
+from .inputs import check_inputs
 from .layers import lilt_encoder
 
 __all__ = [
@@ -47,7 +45,6 @@ __all__ = [
     "LiltForTokenClassification",
     "LiltForQuestionAnswering",
     "lilt_model",
-    "check_inputs",
     "lilt_attention_mask",
     "base_shapes",
 ]
@@ -121,157 +118,6 @@ def base_shapes(
 
 
 # --------------------------------------------------------------------------------------------
-# input checks
-# --------------------------------------------------------------------------------------------
-
-
-def check_inputs(
-    config: LiltConfig,
-    dtype,
-    input_ids=None,
-    bbox=None,
-    attention_mask=None,
-    token_type_ids=None,
-    position_ids=None,
-    head_mask=None,
-    inputs_embeds=None,
-) -> dict[str, Any]:
-    """Validate LiltModel's inputs and fill in the oracle's defaults.
-
-    Every array must broadcast to ``[batch, seq]`` (``[batch, seq, 4]`` for ``bbox``,
-    ``[batch, seq, seq]`` for a 3-d ``attention_mask``), as the oracle's broadcasting
-    allows; the result is broadcast to full size.
-
-    Defaults: ``bbox`` all zeros, ``attention_mask`` all ones, ``token_type_ids`` zeros,
-    ``position_ids`` RoBERTa-style from ``input_ids`` (or sequential from ``pad + 1`` with
-    ``inputs_embeds``).
-
-    Returns:
-        dict of ``input_ids, inputs_embeds, bbox, attention_mask, token_type_ids,
-        position_ids, head_masks`` (one per layer), ready for :func:`lilt_model`.
-
-    Raises:
-        ValueError: naming the argument, the first bad position and the allowed range.
-    """
-    if input_ids is not None and inputs_embeds is not None:
-        raise ValueError("pass either input_ids or inputs_embeds, not both")
-    if input_ids is None and inputs_embeds is None:
-        raise ValueError("pass input_ids or inputs_embeds")
-    xp = backend.get_namespace(
-        input_ids, inputs_embeds, bbox, attention_mask, token_type_ids, position_ids, head_mask
-    )
-    h = config.hidden_size
-    if input_ids is not None:
-        if input_ids.ndim != 2:
-            raise ValueError(f"input_ids must have shape [batch, seq], got {tuple(input_ids.shape)}")
-        require_integers(input_ids, "input_ids")
-        check_index_range(input_ids, config.vocab_size, "input_ids")
-        b, s = input_ids.shape
-    else:
-        if inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != h:
-            raise ValueError(
-                f"inputs_embeds must have shape [batch, seq, {h}], got {tuple(inputs_embeds.shape)}"
-            )
-        if inputs_embeds.dtype.kind not in "fiu":
-            raise ValueError(f"inputs_embeds must be a float array, got dtype {inputs_embeds.dtype}")
-        inputs_embeds = inputs_embeds.astype(dtype, copy=False)
-        b, s = inputs_embeds.shape[:2]
-    if s == 0:
-        raise ValueError("the sequence is empty (seq = 0): LiLT needs at least one token")
-
-    # boxes: integers in [0, max_2d - 1] with x0 <= x1 and y0 <= y1
-    M = config.max_2d_position_embeddings
-    if bbox is None:
-        bbox = xp.zeros((b, s, 4), dtype=xp.int64)
-    else:
-        if bbox.ndim != 3 or bbox.shape[-1] != 4 or not broadcasts_to(tuple(bbox.shape), (b, s, 4)):
-            raise ValueError(f"bbox must have shape [batch, seq, 4] = [{b}, {s}, 4], got {tuple(bbox.shape)}")
-        require_integers(bbox, "bbox")
-        check_index_range(bbox, M, "bbox")
-        bbox = xp.broadcast_to(bbox, (b, s, 4))
-        for lo, hi, what, table in ((0, 2, "width x1 - x0", "w"), (1, 3, "height y1 - y0", "h")):
-            bad = bbox[:, :, hi] < bbox[:, :, lo]
-            if bool(bad.any()):
-                i, j = first_bad(bad)
-                raise ValueError(
-                    f"bbox[{i}, {j}] = {[int(v) for v in bbox[i, j]]}: the {what} is negative; it indexes "
-                    f"{table}_position_embeddings, allowed range [0, {M - 1}] (boxes are (x0, y0, x1, y1))"
-                )
-
-    # attention mask: [b, s] or [b, s, s], default all ones
-    if attention_mask is None:
-        attention_mask = xp.ones((b, s), dtype=dtype)
-    else:
-        target = (b, s) if attention_mask.ndim <= 2 else (b, s, s)
-        if attention_mask.ndim not in (2, 3) or not broadcasts_to(tuple(attention_mask.shape), target):
-            raise ValueError(
-                f"attention_mask must have shape [batch, seq] = [{b}, {s}] or [batch, seq, seq] = [{b}, {s}, {s}], "
-                f"got {tuple(attention_mask.shape)}"
-            )
-        attention_mask = xp.broadcast_to(attention_mask, target)
-
-    # segment ids in [0, type_vocab_size - 1], default zeros
-    if token_type_ids is None:
-        token_type_ids = xp.zeros((b, s), dtype=xp.int64)
-    else:
-        if not broadcasts_to(tuple(token_type_ids.shape), (b, s)):
-            raise ValueError(
-                f"token_type_ids must have shape [batch, seq] = [{b}, {s}], got {tuple(token_type_ids.shape)}"
-            )
-        require_integers(token_type_ids, "token_type_ids")
-        token_type_ids = xp.broadcast_to(token_type_ids, (b, s))
-        check_index_range(token_type_ids, config.type_vocab_size, "token_type_ids")
-
-    # positions: explicit, or RoBERTa's; both index tables of max_position_embeddings rows
-    P = config.max_position_embeddings
-    if position_ids is None:
-        if input_ids is not None:
-            position_ids = create_position_ids_from_input_ids(input_ids, config.pad_token_id)
-        else:
-            position_ids = create_position_ids_from_inputs_embeds(b, s, config.pad_token_id, xp)
-        bad = position_ids >= P
-        if bool(bad.any()):
-            i, j = first_bad(bad)
-            raise ValueError(
-                f"the sequence is too long: token [{i}, {j}] gets position id {int(position_ids[i, j])} "
-                f"(positions start at pad_token_id + 1 = {config.pad_token_id + 1}), outside the allowed range "
-                f"[0, {P - 1}] of max_position_embeddings = {P}; at most {P - config.pad_token_id - 1} "
-                f"non-pad tokens fit"
-            )
-    else:
-        if not broadcasts_to(tuple(position_ids.shape), (b, s)):
-            raise ValueError(
-                f"position_ids must have shape [batch, seq] = [{b}, {s}], got {tuple(position_ids.shape)}"
-            )
-        require_integers(position_ids, "position_ids")
-        position_ids = xp.broadcast_to(position_ids, (b, s))
-        check_index_range(position_ids, P, "position_ids")
-    if config.position_embedding_type != "absolute" and s > P:
-        raise ValueError(
-            f"input_ids: sequence length {s} exceeds max_position_embeddings = {P}, the longest distance "
-            f"relative position embeddings ({config.position_embedding_type}) can represent"
-        )
-
-    # head mask: [heads], [layers, heads] or 5-d
-    if head_mask is not None and head_mask.ndim == 5:
-        hm = tuple(head_mask.shape)
-        if hm[1] not in (1, b) or hm[3] not in (1, s) or hm[4] not in (1, s):
-            raise ValueError(
-                f"head_mask has shape {hm}; a 5-d head mask must broadcast to [layers, {b}, heads, {s}, {s}]"
-            )
-    masks = head_masks(head_mask, config.num_hidden_layers, config.num_attention_heads, dtype)
-    return {
-        "input_ids": input_ids,
-        "inputs_embeds": inputs_embeds,
-        "bbox": bbox,
-        "attention_mask": attention_mask,
-        "token_type_ids": token_type_ids,
-        "position_ids": position_ids,
-        "head_masks": masks,
-    }
-
-
-# --------------------------------------------------------------------------------------------
 # LiltModel as one function
 # --------------------------------------------------------------------------------------------
 
@@ -290,7 +136,7 @@ def lilt_model(
     Args:
         w: nested weights (``model.weights``, see :func:`refimpl.modeling.nest`) with ``embeddings``, ``layout_embeddings``,
             ``encoder`` and, with ``add_pooling_layer``, ``pooler``.
-        inputs: the checked inputs from :func:`check_inputs`.
+        inputs: the checked inputs from `refimpl.lilt.inputs.check_inputs`.
         config: the model config.
         dtype: the model's float dtype.
         add_pooling_layer: compute ``pooler_output``.
@@ -343,11 +189,11 @@ def lilt_model(
 def lilt_attention_mask(attention_mask, config: LiltConfig, dtype):
     """The additive mask every layer adds to its scores, as ``get_extended_attention_mask``.
 
-    A decoder config (``is_decoder``) also hides later keys. (A mask that keeps every key adds
-    only zeros; :func:`refimpl.attention.attention_probs_` skips it.)
+    A decoder config (``is_decoder``) also hides later keys.
 
     Args:
-        attention_mask: ``[batch, seq]`` or ``[batch, seq, seq]``, 1 = attend.
+        attention_mask: the keep-mask of `refimpl.lilt.inputs.check_inputs`, ``[batch, seq]``
+            or ``[batch, seq, seq]``, 1 = attend.
         config: uses ``is_decoder``.
         dtype: the scores' float dtype.
 
@@ -373,7 +219,7 @@ class _LiltBase(PreTrainedModel):
     base_model_prefix = "lilt"
 
     def _check(self, **inputs) -> dict[str, Any]:
-        """:func:`check_inputs` on the caller's arrays, moved to the model's device."""
+        """`refimpl.lilt.inputs.check_inputs` on the caller's arrays, moved to the model's device."""
         return check_inputs(self.config, self.dtype, **{k: self._array(v) for k, v in inputs.items()})
 
     def _lilt(self, w, inputs, add_pooling_layer: bool, output_attentions, output_hidden_states):

@@ -29,7 +29,8 @@ from ..config import LiltConfig
 from ..modeling import PreTrainedModel
 from ..ops import cross_entropy, linear
 from ..outputs import ReOutput, TokenClassifierOutput
-from .modeling import base_shapes, check_inputs, lilt_model
+from .inputs import check_inputs
+from .modeling import base_shapes, lilt_model
 from .original_re import ENTITY_LABELS, check_entities, check_relations, relation_extraction
 
 __all__ = [

@@ -370,7 +370,7 @@ def relation_extraction(x, entities, relations, *, entity_emb, ffnn_head, ffnn_t
                 idx = np.asarray(idx, dtype=np.int64)
                 # each side's entity label, embedded: [p] -> [p, D]
                 with trace.scope("entity_emb", call=f"doc{b}_{side}"):
-                    label_repr = embedding(xp.asarray(kinds[idx]), entity_emb["weight"], name="entity label")
+                    label_repr = embedding(xp.asarray(kinds[idx]), entity_emb["weight"])
                     trace.output(label_repr)
                 # its first token's state joined with it: [p, D] + [p, D] -> [p, 2D]
                 token_repr = x[b][xp.asarray(starts[idx])]

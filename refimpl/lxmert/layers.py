@@ -76,16 +76,14 @@ def lxmert_embeddings(
     xp = get_namespace(position_embeddings["weight"])
     # word vectors, unless the caller gave them: [b, s] -> [b, s, h]
     if inputs_embeds is None:
-        inputs_embeds = embedding(input_ids, word_embeddings["weight"], "input_ids")
+        inputs_embeds = embedding(input_ids, word_embeddings["weight"])
         trace.record("word_embeddings", inputs_embeds)
     # absolute positions 0..seq-1, the same for every row: [s] -> [b, s, h]
     position_ids = xp.arange(inputs_embeds.shape[1])
-    position = xp.broadcast_to(
-        embedding(position_ids, position_embeddings["weight"], "position_ids"), inputs_embeds.shape
-    )
+    position = xp.broadcast_to(embedding(position_ids, position_embeddings["weight"]), inputs_embeds.shape)
     trace.record("position_embeddings", position)
     # segment vectors: [b, s] -> [b, s, h]
-    token_type = embedding(token_type_ids, token_type_embeddings["weight"], "token_type_ids")
+    token_type = embedding(token_type_ids, token_type_embeddings["weight"])
     trace.record("token_type_embeddings", token_type)
     # sum, then normalise: [b, s, h]
     out = layer_norm(inputs_embeds + position + token_type, **LayerNorm, eps=LN_EPS)
@@ -140,7 +138,7 @@ def lxmert_self_attention_layer(hidden_states, attention_mask, *, self, output, 
         ``(attention_output [batch, len, hidden], attention_probs [batch, heads, len, len])``.
     """
     with trace.scope("self"):
-        context, probs = bert.self_attention(
+        context, probs = bert.multi_head_attention(
             hidden_states,
             hidden_states,
             attention_mask,
@@ -154,14 +152,16 @@ def lxmert_self_attention_layer(hidden_states, attention_mask, *, self, output, 
     return attention_output, probs
 
 
-def lxmert_cross_attention_layer(hidden_states, context, context_mask, *, att, output, config: LxmertConfig):
-    """LxmertCrossAttentionLayer: ``hidden_states`` attend to ``context`` (the other modality),
-    then ``LayerNorm(dense(attended) + hidden_states)``.
+def lxmert_cross_attention_layer(
+    hidden_states, key_value_states, key_value_mask, *, att, output, config: LxmertConfig
+):
+    """LxmertCrossAttentionLayer: ``hidden_states`` attend to ``key_value_states`` (the other
+    modality), then ``LayerNorm(dense(context) + hidden_states)``.
 
     Args:
         hidden_states: queries ``[batch, q_len, hidden]``.
-        context: keys and values ``[batch, k_len, hidden]``.
-        context_mask: additive ``[batch, 1, 1, k_len]`` over the context, or ``None``.
+        key_value_states: the other modality, keys and values ``[batch, k_len, hidden]``.
+        key_value_mask: additive ``[batch, 1, 1, k_len]`` over ``key_value_states``, or ``None``.
         att: ``{"query", "key", "value"}`` Linear weights.
         output: ``{"dense", "LayerNorm"}`` weights.
         config: uses ``num_attention_heads``.
@@ -170,11 +170,16 @@ def lxmert_cross_attention_layer(hidden_states, context, context_mask, *, att, o
         ``(attention_output [batch, q_len, hidden], attention_probs [batch, heads, q_len, k_len])``.
     """
     with trace.scope("att"):
-        attended, probs = bert.self_attention(
-            hidden_states, context, context_mask, None, **att, num_attention_heads=config.num_attention_heads
+        context, probs = bert.multi_head_attention(
+            hidden_states,
+            key_value_states,
+            key_value_mask,
+            None,
+            **att,
+            num_attention_heads=config.num_attention_heads,
         )
     with trace.scope("output"):
-        attention_output = bert.add_and_norm(attended, hidden_states, **output, layer_norm_eps=LN_EPS)
+        attention_output = bert.add_and_norm(context, hidden_states, **output, layer_norm_eps=LN_EPS)
         trace.output(attention_output)
     return attention_output, probs
 

@@ -1,12 +1,15 @@
 """LXMERT models: input checks, the forward pass as one function, and the thin public classes.
 
-    inputs = check_inputs(config, dtype, input_ids=ids, visual_feats=f, visual_pos=p)
+    inputs = check_inputs(config, dtype, input_ids=ids, visual_feats=f, visual_pos=p)   # .inputs
     out = lxmert_model(w, inputs, config)                     # LxmertModel as a pure function
     LxmertModel / LxmertForPreTraining / LxmertForQuestionAnswering
 
-Every class runs the same steps in the same order as LiLT's: input checks (so bad input fails
-with a ``ValueError`` naming the argument instead of a shape error deep inside), embeddings,
-encoder, heads, output record. ``w`` is the checkpoint nested once at load (``model.weights``).
+Every class runs the same steps in the same order as LiLT's: input checks (the only place that
+validates the caller's arrays, `refimpl.lxmert.inputs`, so bad input fails with a
+``ValueError`` naming the argument instead of a shape error deep inside; ``check_inputs``
+returns the 0/1 keep masks ``attention_mask`` and ``visual_attention_mask``, 1 = attend,
+broadcast to full size, as LiLT's does), embeddings, the additive attention masks, encoder,
+heads, output record. ``w`` is the checkpoint nested once at load (``model.weights``).
 
 Trace names (``refimpl.trace``) are the oracle's ``named_modules()`` paths: unprefixed for
 ``LxmertModel`` (``embeddings.word_embeddings``, ``encoder.x_layers.0.visual_attention.att.query@lang``),
@@ -26,7 +29,6 @@ from typing import Any
 from .. import bert, trace
 from ..attention import extended_attention_mask
 from ..backend import get_namespace
-from ..checks import broadcasts_to, check_index_range, first_bad
 from ..config import LxmertConfig
 from ..losses import cross_entropy
 from ..modeling import PreTrainedModel
@@ -40,6 +42,7 @@ from .heads import (
     visual_losses,
     visual_obj_head,
 )
+from .inputs import check_inputs, check_labels, check_targets
 from .layers import lxmert_embeddings, lxmert_encoder
 
 __all__ = [
@@ -47,8 +50,6 @@ __all__ = [
     "LxmertForPreTraining",
     "LxmertForQuestionAnswering",
     "lxmert_model",
-    "check_inputs",
-    "check_targets",
 ]
 
 _EXTRA_ATTENTIONS = (
@@ -127,247 +128,16 @@ def _answer_head_shapes(c: LxmertConfig) -> dict[str, tuple[int, ...]]:
 
 
 # ------------------------------------------------------------------------------------------
-# input checks
-# ------------------------------------------------------------------------------------------
-
-
-def _shape(x) -> tuple[int, ...]:
-    return tuple(int(d) for d in x.shape)
-
-
-def _float_input(x, name: str, dtype):
-    """``x`` as a finite float array of ``dtype``, or ``ValueError`` naming ``name`` and the position."""
-    xp = get_namespace(x)
-    x = xp.asarray(x)
-    if x.dtype.kind not in "fiub":
-        raise ValueError(f"{name} must be a real numeric array, got dtype {x.dtype}")
-    x = x.astype(dtype, copy=False)
-    finite = xp.isfinite(x)
-    if not bool(finite.all()):
-        pos = first_bad(~finite)
-        raise ValueError(f"{name}[{', '.join(map(str, pos))}] = {float(x[pos])} is not finite (NaN or inf)")
-    return x
-
-
-def _int_input(x, name: str):
-    x = get_namespace(x).asarray(x)
-    if x.dtype.kind not in "iu":
-        raise ValueError(f"{name} must hold integers, got dtype {x.dtype}")
-    return x
-
-
-def _mask(mask, name: str, target: tuple[int, int], dtype):
-    """A 0/1 keep-mask ``[batch|1, len|1]`` -> the additive ``[batch, 1, 1, len]`` mask."""
-    mask = get_namespace(mask).asarray(mask)
-    if mask.dtype.kind not in "fiub":
-        raise ValueError(f"{name} must be a numeric or bool array, got dtype {mask.dtype}")
-    if mask.ndim != 2 or not broadcasts_to(_shape(mask), target):
-        raise ValueError(
-            f"{name} has shape {_shape(mask)}; expected [batch, len] = {list(target)} (size-1 axes broadcast)"
-        )
-    mask = _float_input(mask, name, dtype)
-    return extended_attention_mask(mask, dtype)  # [b, 1, 1, len]
-
-
-def _labels(labels, name: str, n_items: int, n_classes: int):
-    """Class-id labels as the oracle's ``.view(-1)`` sees them: ``[n_items]`` ids in ``[0, n_classes)`` or -100."""
-    labels = _int_input(labels, name)
-    if labels.size != n_items:
-        raise ValueError(f"{name} has shape {_shape(labels)} ({labels.size} items); expected {n_items} items")
-    flat = labels.reshape(-1)
-    bad = (flat != -100) & ((flat < 0) | (flat >= n_classes))
-    if bool(bad.any()):
-        idx = first_bad(bad.reshape(labels.shape))
-        raise ValueError(
-            f"{name}[{', '.join(map(str, idx))}] = {int(labels[idx])} is outside the allowed range "
-            f"[0, {n_classes - 1}] (or -100 to ignore)"
-        )
-    return flat
-
-
-def check_inputs(
-    config: LxmertConfig,
-    dtype,
-    input_ids=None,
-    visual_feats=None,
-    visual_pos=None,
-    attention_mask=None,
-    visual_attention_mask=None,
-    token_type_ids=None,
-    inputs_embeds=None,
-) -> dict[str, Any]:
-    """Validate LxmertModel's inputs and build the defaults and additive masks the oracle builds.
-
-    Args:
-        config: the model config (its layer counts are checked too).
-        dtype: the model's float dtype.
-        input_ids: integer ``[batch, seq]`` (or ``inputs_embeds`` ``[batch, seq, hidden]``).
-        visual_feats: ``[batch, boxes, visual_feat_dim]``; visual_pos: ``[batch, boxes, visual_pos_dim]``.
-        attention_mask: ``[batch, seq]``, default all ones; visual_attention_mask:
-            ``[batch, boxes]``, default ``None``: no region is masked.
-        token_type_ids: integer ``[batch, seq]``, default zeros.
-
-    Returns:
-        dict of ``input_ids, inputs_embeds, token_type_ids, visual_feats, visual_pos``, the
-        additive masks ``lang_mask`` ``[batch, 1, 1, seq]`` and ``visn_mask``
-        (``[batch, 1, 1, boxes]`` or ``None``), and the sizes ``batch, seq, boxes``.
-
-    Raises:
-        ValueError: naming the argument, the first bad position and the allowed range.
-    """
-    c, dt = config, dtype
-    if c.x_layers == 0 and (c.l_layers == 0 or c.r_layers == 0):
-        which = "l_layers" if c.l_layers == 0 else "r_layers"
-        raise ValueError(
-            f"config.x_layers = 0 and config.{which} = 0: the model has no "
-            f"{'language' if which == 'l_layers' else 'vision'} output (the oracle's forward fails with IndexError)"
-        )
-    # text: ids or vectors
-    if input_ids is not None and inputs_embeds is not None:
-        raise ValueError("You cannot specify both input_ids and inputs_embeds at the same time")
-    if input_ids is not None:
-        input_ids = _int_input(input_ids, "input_ids")
-        if input_ids.ndim != 2:
-            raise ValueError(f"input_ids must have shape [batch, seq], got {_shape(input_ids)}")
-        check_index_range(input_ids, c.vocab_size, "input_ids")
-        b, n_tok = _shape(input_ids)
-    elif inputs_embeds is not None:
-        inputs_embeds = _float_input(inputs_embeds, "inputs_embeds", dt)
-        if inputs_embeds.ndim != 3 or inputs_embeds.shape[2] != c.hidden_size:
-            raise ValueError(
-                f"inputs_embeds must have shape [batch, seq, hidden_size={c.hidden_size}], got {_shape(inputs_embeds)}"
-            )
-        b, n_tok = _shape(inputs_embeds)[:2]
-    else:
-        raise ValueError("You have to specify either input_ids or inputs_embeds")
-    xp = get_namespace(input_ids if input_ids is not None else inputs_embeds)
-    text = "input_ids" if input_ids is not None else "inputs_embeds"
-    if b == 0 or n_tok == 0:
-        raise ValueError(
-            f"{text} has shape {_shape(input_ids if input_ids is not None else inputs_embeds)}; need at least one row and one token"
-        )
-    if n_tok > c.max_position_embeddings:
-        raise ValueError(
-            f"{text} has {n_tok} tokens, more than the position table holds "
-            f"(config.max_position_embeddings = {c.max_position_embeddings})"
-        )
-    # vision: region features and boxes
-    if visual_feats is None:
-        raise ValueError("`visual_feats` cannot be `None`")
-    if visual_pos is None:
-        raise ValueError("`visual_pos` cannot be `None`")
-    visual_feats = _float_input(visual_feats, "visual_feats", dt)
-    visual_pos = _float_input(visual_pos, "visual_pos", dt)
-    for name, x, dim, field in (
-        ("visual_feats", visual_feats, c.visual_feat_dim, "visual_feat_dim"),
-        ("visual_pos", visual_pos, c.visual_pos_dim, "visual_pos_dim"),
-    ):
-        if x.ndim != 3 or x.shape[2] != dim:
-            raise ValueError(f"{name} must have shape [batch, boxes, {field}={dim}], got {_shape(x)}")
-        if x.shape[0] != b:
-            raise ValueError(f"{name} has batch size {x.shape[0]} but {text} has {b}")
-    n_box = visual_feats.shape[1]
-    if visual_pos.shape[1] != n_box:
-        raise ValueError(f"visual_pos has {visual_pos.shape[1]} boxes but visual_feats has {n_box}")
-    # token types: zeros by default
-    if token_type_ids is None:
-        token_type_ids = xp.zeros((b, n_tok), dtype=xp.int64)
-    token_type_ids = _int_input(token_type_ids, "token_type_ids")
-    if not broadcasts_to(_shape(token_type_ids), (b, n_tok)):
-        raise ValueError(
-            f"token_type_ids has shape {_shape(token_type_ids)}; expected [batch, seq] = {[b, n_tok]}"
-        )
-    check_index_range(token_type_ids, c.type_vocab_size, "token_type_ids")
-    # masks: text defaults to all ones; no visual mask means no masking at all
-    if attention_mask is None:
-        attention_mask = xp.ones((b, n_tok), dtype=dt)
-    lang_mask = _mask(attention_mask, "attention_mask", (b, n_tok), dt)
-    visn_mask = None
-    if visual_attention_mask is not None:
-        visn_mask = _mask(visual_attention_mask, "visual_attention_mask", (b, n_box), dt)
-    return {
-        "input_ids": input_ids,
-        "inputs_embeds": inputs_embeds,
-        "token_type_ids": token_type_ids,
-        "visual_feats": visual_feats,
-        "visual_pos": visual_pos,
-        "lang_mask": lang_mask,
-        "visn_mask": visn_mask,
-        "batch": b,
-        "seq": n_tok,
-        "boxes": n_box,
-    }
-
-
-def check_targets(
-    config: LxmertConfig, dtype, inputs: dict, labels=None, obj_labels=None, matched_label=None, ans=None
-) -> dict:
-    """Validate the pre-training labels the oracle will read (those of enabled tasks) as its ``.view`` calls see them.
-
-    Args:
-        config: the model config (``task_*`` flags, label counts).
-        dtype: the model's float dtype.
-        inputs: the result of :func:`check_inputs` (for ``batch``, ``seq``, ``boxes``).
-        labels: ``[batch, seq]`` masked-LM ids; matched_label: ``[batch]``; ans: ``[batch]``;
-            obj_labels: ``{key: (labels, confidence)}`` (see :meth:`LxmertForPreTraining.forward`).
-
-    Returns:
-        dict with ``any`` (whether any label was given) and the checked, flattened labels of
-        the enabled tasks.
-    """
-    c, dt = config, dtype
-    b, n_tok, n_box = inputs["batch"], inputs["seq"], inputs["boxes"]
-    t: dict = {"any": not (labels is None and matched_label is None and obj_labels is None and ans is None)}
-    if labels is not None and c.task_mask_lm:
-        t["labels"] = _labels(labels, "labels", b * n_tok, c.vocab_size)
-    if matched_label is not None and c.task_matched:
-        t["matched_label"] = _labels(matched_label, "matched_label", b, 2)
-    if ans is not None and c.task_qa:
-        t["ans"] = _labels(ans, "ans", b, c.num_qa_labels)
-    if obj_labels is not None and c.task_obj_predict:
-        if not isinstance(obj_labels, Mapping):
-            raise ValueError(
-                f"obj_labels must be a dict of (labels, confidence) pairs, got {type(obj_labels).__name__}"
-            )
-        vis = {}
-        for key, info in visual_losses(c).items():
-            name = f"obj_labels[{key!r}]"
-            if key not in obj_labels:
-                raise ValueError(
-                    f"{name} is missing: config.visual_{key}_loss is on (keys given: {sorted(obj_labels)})"
-                )
-            pair = obj_labels[key]
-            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-                raise ValueError(f"{name} must be a (labels, confidence) pair")
-            label, conf = pair
-            if info["loss"] == "visual_ce":
-                label = _labels(label, f"{name}[0]", b * n_box, info["num"])
-            else:
-                label = _float_input(label, f"{name}[0]", dt)
-                if label.size != b * n_box * info["num"]:
-                    raise ValueError(
-                        f"{name}[0] has shape {_shape(label)}; expected [batch, boxes, visual_feat_dim] = {[b, n_box, info['num']]}"
-                    )
-                label = label.reshape(-1, info["num"])
-            conf = _float_input(conf, f"{name}[1]", dt).reshape(-1)
-            if not (conf.size == b * n_box or conf.size == 1 or b * n_box == 1):
-                raise ValueError(f"{name}[1] has {conf.size} items; expected [batch, boxes] = {[b, n_box]}")
-            vis[key] = (label, conf)
-        t["obj_labels"] = vis
-    return t
-
-
-# ------------------------------------------------------------------------------------------
 # LxmertModel as one function
 # ------------------------------------------------------------------------------------------
 
 
 def lxmert_model(w: dict, inputs: dict, config: LxmertConfig) -> dict:
-    """LxmertModel's forward pass on checked inputs (see :func:`check_inputs`).
+    """LxmertModel's forward pass on checked inputs (see `refimpl.lxmert.inputs.check_inputs`).
 
     Args:
         w: nested weights of the base model (``w["embeddings"]``, ``w["encoder"]``, ``w["pooler"]``).
-        inputs: the checked inputs and additive masks.
+        inputs: the checked inputs and 0/1 keep masks.
         config: the model config.
 
     Returns:
@@ -381,14 +151,18 @@ def lxmert_model(w: dict, inputs: dict, config: LxmertConfig) -> dict:
             inputs["input_ids"], inputs["token_type_ids"], inputs["inputs_embeds"], **w["embeddings"]
         )
         trace.output(embedding_output)
+    # additive masks over the keys: [b, 1, 1, s] and [b, 1, 1, boxes] (None: no region is masked)
+    mask, visual_mask = inputs["attention_mask"], inputs["visual_attention_mask"]
+    lang_mask = extended_attention_mask(mask, mask.dtype)
+    visn_mask = None if visual_mask is None else extended_attention_mask(visual_mask, visual_mask.dtype)
     # language, relationship and cross-modality layers
     with trace.scope("encoder"):
         enc = lxmert_encoder(
             embedding_output,
-            inputs["lang_mask"],
+            lang_mask,
             inputs["visual_feats"],
             inputs["visual_pos"],
-            inputs["visn_mask"],
+            visn_mask,
             **w["encoder"],
             config=config,
         )
@@ -405,13 +179,6 @@ def lxmert_model(w: dict, inputs: dict, config: LxmertConfig) -> dict:
         "pooled_output": pooled_output,
         **enc,
     }
-
-
-_EXTRA_ATTENTIONS = (
-    "cross_encoder_vision_attentions",
-    "cross_encoder_language_self_attentions",
-    "cross_encoder_vision_self_attentions",
-)
 
 
 def _stream_fields(enc: dict, output_attentions: bool, output_hidden_states: bool) -> dict:
@@ -434,7 +201,7 @@ class _LxmertBase(PreTrainedModel):
     base_model_prefix = "lxmert"
 
     def _check(self, **inputs) -> dict[str, Any]:
-        """:func:`check_inputs` on the caller's arrays, moved to the model's device."""
+        """`refimpl.lxmert.inputs.check_inputs` on the caller's arrays, moved to the model's device."""
         return check_inputs(self.config, self.dtype, **{k: self._array(v) for k, v in inputs.items()})
 
 
@@ -744,7 +511,7 @@ class LxmertForQuestionAnswering(_LxmertBase):
             inputs_embeds=inputs_embeds,
         )
         if labels is not None:
-            labels = _labels(self._array(labels), "labels", inputs["batch"], c.num_qa_labels)
+            labels = check_labels(self._array(labels), "labels", inputs["batch"], c.num_qa_labels)
         with trace.scope("lxmert"):
             base = lxmert_model(w["lxmert"], inputs, c)
         # answer head over the pooled output: [b, num_qa]
