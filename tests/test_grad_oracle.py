@@ -74,7 +74,12 @@ def lxmert_inputs(rng, b=2, s=6, o=4, with_labels=False):
 
 @pytest.fixture(scope="module")
 def lilt_token(tmp_path_factory):
-    cfg = tiny_lilt_config(hidden_size=24, num_attention_heads=2, intermediate_size=40, position_embedding_type="relative_key_query")
+    cfg = tiny_lilt_config(
+        hidden_size=24,
+        num_attention_heads=2,
+        intermediate_size=40,
+        position_embedding_type="relative_key_query",
+    )
     model = build(LiltForTokenClassification, cfg, seed=21, std=0.2)
     d = save(model, tmp_path_factory.mktemp("lilt-tok"))
     inputs = lilt_inputs(np.random.default_rng(21))
