@@ -21,6 +21,7 @@ from .switch import replaceable
 __all__ = [
     "erf",
     "gelu",
+    "gelu_backward",
     "gelu_python",
     "gelu_new",
     "gelu_fast",
@@ -32,11 +33,13 @@ __all__ = [
     "leaky_relu",
     "mish",
     "relu",
+    "relu_backward",
     "relu2",
     "relu6",
     "sigmoid",
     "silu",
     "tanh",
+    "tanh_backward",
     "identity",
     "prelu",
     "ACT2FN",
@@ -46,6 +49,9 @@ __all__ = [
 
 _SQRT_2 = math.sqrt(2.0)
 _SQRT1_2 = math.sqrt(0.5)  # M_SQRT1_2, the constant of torch's exact GELU kernel
+_INV_SQRT_2PI = (
+    2.0 / math.sqrt(math.pi) * math.sqrt(0.5) * 0.5
+)  # 1/sqrt(2 pi), as torch's GELU backward kernel (M_2_SQRTPI * M_SQRT1_2 * 0.5)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)  # NewGELUActivation / AccurateGELUActivation
 _GELU_TANH_BETA = math.sqrt(2.0) * (2.0 / math.sqrt(math.pi)) * 0.5  # torch: M_SQRT2 * M_2_SQRTPI * 0.5
 
@@ -219,6 +225,36 @@ def gelu(x):
     return (x * 0.5) * phi
 
 
+def gelu_backward(grad_output, x):
+    """Backward of the exact `gelu`: ``dx = dy * (Phi(x) + x * phi(x))``.
+
+    ``GELU(x) = x Phi(x)`` with ``Phi`` the standard normal CDF, so
+    ``GELU'(x) = Phi(x) + x phi(x)``, with ``Phi(x) = (1 + erf(x / sqrt(2))) / 2`` (this
+    module's `erf`) and the density ``phi(x) = exp(-x^2 / 2) / sqrt(2 pi)``, in the order of
+    torch's ``GeluBackward`` kernel.
+
+    Args:
+        grad_output: ``dL/dy``, any shape.
+        x: the forward's input, same shape.
+
+    Returns:
+        ``dL/dx``, same shape and dtype as ``x``.
+    """
+    xp = get_namespace(grad_output, x)
+    # Phi(x) = 0.5 * (1 + erf(x / sqrt(2))): [...]
+    cdf = erf(x * _SQRT1_2)
+    cdf += 1.0
+    cdf *= 0.5
+    # phi(x) = exp(-x^2 / 2) / sqrt(2 pi): [...]
+    pdf = xp.exp(x * x * -0.5)
+    pdf *= _INV_SQRT_2PI
+    # dy * (Phi + x phi): [...]
+    pdf *= x
+    pdf += cdf
+    pdf *= grad_output
+    return pdf
+
+
 def gelu_python(x):
     """transformers' ``"gelu_python"``: ``(x * 0.5) * (1 + erf(x / math.sqrt(2)))`` (a division).
 
@@ -346,6 +382,21 @@ def relu(x):
     return xp.maximum(x, 0.0)
 
 
+def relu_backward(grad_output, y):
+    """Backward of `relu` from its output ``y``: ``dx = dy`` where ``y > 0``, else 0 (0 at ``x = 0``,
+    as torch's ``threshold_backward``).
+
+    Args:
+        grad_output: ``dL/dy``, any shape.
+        y: the forward's output ``relu(x)``, same shape.
+
+    Returns:
+        ``dL/dx``, same shape.
+    """
+    xp = get_namespace(grad_output, y)
+    return xp.where(y <= 0, 0.0, grad_output).astype(grad_output.dtype, copy=False)
+
+
 def relu2(x):
     """``"relu2"`` (``ReLUSquaredActivation``): ``relu(x)^2``."""
     r = relu(x)
@@ -362,6 +413,20 @@ def relu6(x):
 def tanh(x):
     """``"tanh"``."""
     return get_namespace(x).tanh(x)
+
+
+def tanh_backward(grad_output, y):
+    """Backward of `tanh` from its output ``y``: ``dx = dy * (1 - y^2)``.
+
+    Args:
+        grad_output: ``dL/dy``, any shape.
+        y: the forward's output ``tanh(x)``, same shape.
+
+    Returns:
+        ``dL/dx``, same shape.
+    """
+    # d tanh(x) / dx = 1 - tanh(x)^2: [...]
+    return grad_output * (1.0 - y * y)
 
 
 def identity(x):

@@ -35,10 +35,11 @@ which runs instead unless ``refimpl.reference()`` is on.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from . import trace
 from .backend import get_namespace
-from .ops import embedding, softmax
+from .ops import embedding, embedding_backward, softmax, softmax_backward
 from .switch import replaceable
 
 __all__ = [
@@ -51,14 +52,21 @@ __all__ = [
     "apply_head_mask",
     "attention_context",
     "scaled_dot_product_attention",
+    "AttentionGrads",
+    "scaled_dot_product_attention_backward",
     "relative_position_embeddings",
+    "relative_position_embeddings_backward",
     "relative_position_scores_query",
+    "relative_position_scores_query_backward",
     "relative_position_scores_key",
+    "relative_position_scores_key_backward",
     "text_attention_scores",
     "layout_attention_scores",
     "bi_acm_scores",
     "bi_acm_contexts",
     "bi_acm_attention",
+    "BiAcmGrads",
+    "bi_acm_backward",
 ]
 
 
@@ -242,6 +250,85 @@ def scaled_dot_product_attention(query, key, value, additive_mask=None, layer_he
     return context, probs
 
 
+class AttentionGrads(NamedTuple):
+    """The gradients `scaled_dot_product_attention_backward` returns, named as the trace names
+    the forward tensors.
+
+    Attributes:
+        query: ``dL/dq``, ``[batch, heads, q_len, head_size]`` (split heads).
+        key: ``dL/dk``, ``[batch, heads, k_len, head_size]``.
+        value: ``dL/dv``, ``[batch, heads, k_len, head_size]``.
+        attention_scores: ``dL/dS`` for the scaled scores ``S = q k^T / sqrt(d)`` before the
+            additive mask (the trace's ``attention_scores``), ``[batch, heads, q_len, k_len]``.
+        attention_probs: ``dL/dP'`` for the probabilities after the head mask (the trace's
+            ``attention_probs``), ``[batch, heads, q_len, k_len]``.
+    """
+
+    query: object
+    key: object
+    value: object
+    attention_scores: object
+    attention_probs: object
+
+
+def scaled_dot_product_attention_backward(
+    grad_context, query, key, value, probs, layer_head_mask=None, grad_probs=None
+):
+    """Backward of `scaled_dot_product_attention`, step by step in reverse.
+
+    The forward, with ``M`` the additive mask and ``h`` the head mask::
+
+        S = q k^T / sqrt(d)      P = softmax(S + M)      P' = P * h      C = merge_heads(P' v)
+
+    and its backward (``dC`` split into heads first)::
+
+        dP' = dC v^T (+ grad_probs)      dv = P'^T dC
+        dP  = dP' * h                    dS = P * (dP - sum_k dP * P)     (softmax_backward)
+        dq  = (dS / sqrt(d)) k           dk = (dS / sqrt(d))^T q
+
+    The additive mask passes the gradient through unchanged. Where the head mask is 0, the
+    head's ``P'`` is 0, so its values get no gradient and neither do its scores (``dP = 0``),
+    although ``dP'`` itself is not 0 there. That is why this takes ``P`` from *before* the
+    head mask: ``P'`` cannot give it back where ``h`` is 0 (nor where a 5-d head mask zeroes
+    single keys).
+
+    Args:
+        grad_context: ``dL/dC``, ``[batch, q_len, heads * head_size]`` (heads merged, as the
+            forward returns the context).
+        query: ``[batch, heads, q_len, head_size]``.
+        key, value: ``[batch, heads, k_len, head_size]``.
+        probs: ``P = softmax(S + M)`` *before* the head mask, ``[batch, heads, q_len, k_len]``
+            (the probabilities the forward returns when there is no head mask; with one,
+            ``attention_probs(scores, additive_mask)`` from the recorded ``attention_scores``).
+        layer_head_mask: the forward's head mask (one item of `head_masks`) or ``None``.
+        grad_probs: an upstream gradient of ``P'`` itself (the returned attentions feed the
+            loss), ``[batch, heads, q_len, k_len]``, or ``None``.
+
+    Returns:
+        an `AttentionGrads` ``(query, key, value, attention_scores, attention_probs)``.
+    """
+    xp = get_namespace(grad_context, query, key, value, probs)
+    num_heads, head_size = query.shape[1], query.shape[-1]
+    # heads split out of the context gradient: [b, l, n*d] -> [b, n, l, d]
+    d_context = split_heads(grad_context, num_heads)
+    # P' = P * h: [b, n, l, r]
+    masked_probs = apply_head_mask(probs, layer_head_mask)
+    # C = P' v: dP' = dC v^T [b, n, l, r] and dv = P'^T dC [b, n, r, d]
+    d_masked_probs = xp.matmul(d_context, value.swapaxes(-1, -2))
+    if grad_probs is not None:
+        d_masked_probs = d_masked_probs + grad_probs
+    d_value = xp.matmul(masked_probs.swapaxes(-1, -2), d_context)
+    # P' = P * h: dP = dP' * h: [b, n, l, r]
+    d_probs = apply_head_mask(d_masked_probs, layer_head_mask)
+    # P = softmax(S + M): dS = P * (dP - sum(dP * P)); the mask is a constant: [b, n, l, r]
+    d_scores = softmax_backward(d_probs, probs)
+    # S = q k^T / sqrt(d): [b, n, l, r] @ [b, n, r, d] -> [b, n, l, d], and [b, n, r, l] @ [b, n, l, d]
+    d_raw = d_scores / math.sqrt(head_size)
+    d_query = xp.matmul(d_raw, key)
+    d_key = xp.matmul(d_raw.swapaxes(-1, -2), query)
+    return AttentionGrads(d_query, d_key, d_value, d_scores, d_masked_probs)
+
+
 def relative_position_embeddings(distance_embedding_weight, seq_len: int, max_position_embeddings: int):
     """Distance embeddings for every (query, key) pair, as BERT's ``distance_embedding(l - r + P - 1)``.
 
@@ -260,6 +347,28 @@ def relative_position_embeddings(distance_embedding_weight, seq_len: int, max_po
     distance = pos[:, None] - pos[None, :] + (max_position_embeddings - 1)
     # [s, s] -> [s, s, d]
     return embedding(distance, distance_embedding_weight)
+
+
+def relative_position_embeddings_backward(grad_positional, max_position_embeddings: int):
+    """Backward of `relative_position_embeddings`: scatter-add the ``[s, s]`` table's gradients
+    into the distance embedding, row ``l - r + P - 1`` for entry ``[l, r]``.
+
+    Each distance ``l - r`` occurs ``s - |l - r|`` times in the table, and its row collects all
+    of them (`embedding_backward`, no padding row: ``distance_embedding`` has none).
+
+    Args:
+        grad_positional: ``dL/dE``, ``[s, s, head_size]``.
+        max_position_embeddings: ``P``.
+
+    Returns:
+        ``dL/d distance_embedding.weight``, ``[2 * P - 1, head_size]``.
+    """
+    xp = get_namespace(grad_positional)
+    s = grad_positional.shape[0]
+    pos = xp.arange(s)
+    # [s, 1] - [1, s] -> [s, s] table rows l - r + P - 1
+    distance = pos[:, None] - pos[None, :] + (max_position_embeddings - 1)
+    return embedding_backward(grad_positional, distance, 2 * max_position_embeddings - 1)
 
 
 def relative_position_scores_query(query, positional_embedding):
@@ -282,6 +391,32 @@ def relative_position_scores_query(query, positional_embedding):
     return out.reshape(s, b, n, s).transpose(1, 2, 0, 3)
 
 
+def relative_position_scores_query_backward(grad_scores, query, positional_embedding):
+    """Backward of `relative_position_scores_query` (``R[b,h,l,r] = sum_d q[b,h,l,d] E[l,r,d]``).
+
+    ``dq[b,h,l,d] = sum_r dR[b,h,l,r] E[l,r,d]`` and ``dE[l,r,d] = sum_{b,h} dR[b,h,l,r] q[b,h,l,d]``,
+    each one product per query position ``l``.
+
+    Args:
+        grad_scores: ``dL/dR``, ``[batch, heads, s, s]``.
+        query: ``[batch, heads, s, head_size]``.
+        positional_embedding: ``E``, ``[s, s, head_size]``.
+
+    Returns:
+        ``(dquery [batch, heads, s, head_size], dpositional_embedding [s, s, head_size])``.
+    """
+    xp = get_namespace(grad_scores, query, positional_embedding)
+    b, n, s, d = query.shape
+    # [b, n, l, r] -> [l, b*n, r] and [b, n, l, d] -> [l, b*n, d]
+    g = grad_scores.transpose(2, 0, 1, 3).reshape(s, b * n, s)
+    q = query.transpose(2, 0, 1, 3).reshape(s, b * n, d)
+    # per l: [b*n, r] @ [r, d] -> [l, b*n, d] -> [b, n, l, d]
+    d_query = xp.matmul(g, positional_embedding).reshape(s, b, n, d).transpose(1, 2, 0, 3)
+    # per l: [r, b*n] @ [b*n, d] -> [l, r, d]
+    d_positional = xp.matmul(g.swapaxes(-1, -2), q)
+    return d_query, d_positional
+
+
 def relative_position_scores_key(key, positional_embedding):
     """``einsum("bhrd,lrd->bhlr", key, positional_embedding)``: key-side relative scores.
 
@@ -300,6 +435,32 @@ def relative_position_scores_key(key, positional_embedding):
     out = xp.matmul(k, positional_embedding.transpose(1, 2, 0))
     # [r, b*n, l] -> [b, n, l, r]
     return out.reshape(s, b, n, s).transpose(1, 2, 3, 0)
+
+
+def relative_position_scores_key_backward(grad_scores, key, positional_embedding):
+    """Backward of `relative_position_scores_key` (``R[b,h,l,r] = sum_d k[b,h,r,d] E[l,r,d]``).
+
+    ``dk[b,h,r,d] = sum_l dR[b,h,l,r] E[l,r,d]`` and ``dE[l,r,d] = sum_{b,h} dR[b,h,l,r] k[b,h,r,d]``,
+    each one product per key position ``r``.
+
+    Args:
+        grad_scores: ``dL/dR``, ``[batch, heads, s, s]``.
+        key: ``[batch, heads, s, head_size]``.
+        positional_embedding: ``E``, ``[s, s, head_size]``.
+
+    Returns:
+        ``(dkey [batch, heads, s, head_size], dpositional_embedding [s, s, head_size])``.
+    """
+    xp = get_namespace(grad_scores, key, positional_embedding)
+    b, n, s, d = key.shape
+    # [b, n, l, r] -> [r, b*n, l] and [b, n, r, d] -> [r, b*n, d]
+    g = grad_scores.transpose(3, 0, 1, 2).reshape(s, b * n, s)
+    k = key.transpose(2, 0, 1, 3).reshape(s, b * n, d)
+    # per r: [b*n, l] @ [l, d] -> [r, b*n, d] -> [b, n, r, d]
+    d_key = xp.matmul(g, positional_embedding.transpose(1, 0, 2)).reshape(s, b, n, d).transpose(1, 2, 0, 3)
+    # per r: [l, b*n] @ [b*n, d] -> [r, l, d] -> [l, r, d]
+    d_positional = xp.matmul(g.swapaxes(-1, -2), k).transpose(1, 0, 2)
+    return d_key, d_positional
 
 
 # --------------------------------------------------------------------------------------------
@@ -439,3 +600,126 @@ def bi_acm_attention(
     trace.record("layout_context", layout_context)
     trace.record("context", context)
     return context, layout_context, probs
+
+
+class BiAcmGrads(NamedTuple):
+    """The gradients `bi_acm_backward` returns, named as the trace names the forward tensors.
+
+    Attributes:
+        query, key, value: the text stream's ``dL/dQ``, ``dL/dK``, ``dL/dV``, ``[batch, heads, s, d]``.
+        layout_query, layout_key, layout_value: the layout stream's, ``[batch, heads, s, d / r]``.
+        relative_scores: ``dL/dR`` for the relative position scores ``R`` added to ``Q K^T``,
+            ``[batch, heads, s, s]`` (the same for both of relative_key_query's summands).
+        attention_scores: ``dL/dS`` through the text stream's softmax (the oracle's
+            ``attention_scores`` before the mask), ``[batch, heads, s, s]``.
+        layout_attention_scores: ``dL/dS`` through the layout stream's softmax.
+        tmp_attention_scores: ``dL/dT`` for the text summand ``T = (Q K^T + R) / sqrt(d)``: the
+            sum of both streams' ``dS``; ``tmp_layout_attention_scores`` (``T_l``) gets the same.
+        attention_probs: ``dL/dP'`` of the text stream's probabilities (after the head mask).
+        layout_attention_probs: ``dL/dP'`` of the layout stream's probabilities.
+    """
+
+    query: object
+    key: object
+    value: object
+    layout_query: object
+    layout_key: object
+    layout_value: object
+    relative_scores: object
+    attention_scores: object
+    layout_attention_scores: object
+    tmp_attention_scores: object
+    attention_probs: object
+    layout_attention_probs: object
+
+
+def bi_acm_backward(
+    grad_context,
+    grad_layout_context,
+    query,
+    key,
+    value,
+    layout_query,
+    layout_key,
+    layout_value,
+    probs,
+    channel_shrink_ratio: int,
+    layer_head_mask=None,
+    grad_probs=None,
+):
+    """Backward of LiLT's BiACM attention (`bi_acm_scores`, the softmax, `bi_acm_contexts`).
+
+    The forward shares one score between the streams::
+
+        T = (Q K^T + R) / sqrt(d)     T_l = Q_l K_l^T / sqrt(d // r)     S = T + T_l
+        P = softmax(S + M)     P' = P * h     C = merge_heads(P' V)     C_l = merge_heads(P' V_l)
+
+    The oracle computes ``P`` twice, once per stream, with equal values; each copy gets the
+    gradient of its own stream's context, so the two ``dP'`` differ. Both softmax gradients
+    flow into the one shared ``S``, and from there into both summands::
+
+        dP'   = dC V^T (+ grad_probs)       dP'_l = dC_l V_l^T       dV = P'^T dC      dV_l = P'^T dC_l
+        dS    = softmax_backward(dP' * h, P)        dS_l = softmax_backward(dP'_l * h, P)
+        dT = dT_l = dS + dS_l
+        dQ   = (dT / sqrt(d)) K           dK   = (dT / sqrt(d))^T Q          dR = dT / sqrt(d)
+        dQ_l = (dT / sqrt(d // r)) K_l    dK_l = (dT / sqrt(d // r))^T Q_l
+
+    The layout scale is the square root of the *text* head size floor-divided by ``r``, as in
+    the forward (for ``d = 12, r = 4``: ``sqrt(3)``, not a power of two).
+
+    Args:
+        grad_context: ``dL/dC``, ``[batch, s, heads * d]``.
+        grad_layout_context: ``dL/dC_l``, ``[batch, s, heads * d / r]``.
+        query, key, value: text ``[batch, heads, s, d]``.
+        layout_query, layout_key, layout_value: layout ``[batch, heads, s, d / r]``.
+        probs: the shared ``P = softmax(S + M)`` *before* the head mask, ``[batch, heads, s, s]``
+            (see `scaled_dot_product_attention_backward` for why).
+        channel_shrink_ratio: ``r``.
+        layer_head_mask: the forward's head mask or ``None``.
+        grad_probs: an upstream gradient of the text stream's ``P'`` (returned as the
+            attentions), ``[batch, heads, s, s]``, or ``None``.
+
+    Returns:
+        a `BiAcmGrads`.
+    """
+    xp = get_namespace(grad_context, grad_layout_context, query, key, layout_query, layout_key, probs)
+    num_heads, head_size = query.shape[1], query.shape[-1]
+    # heads split out of both context gradients: [b, s, n*d] -> [b, n, s, d], [b, n, s, d/r]
+    d_context = split_heads(grad_context, num_heads)
+    d_layout_context = split_heads(grad_layout_context, num_heads)
+    # P' = P * h, shared by both streams: [b, n, s, s]
+    masked_probs = apply_head_mask(probs, layer_head_mask)
+    # C = P' V and C_l = P' V_l: each stream's dP' [b, n, s, s], and dV, dV_l
+    d_masked_probs = xp.matmul(d_context, value.swapaxes(-1, -2))
+    if grad_probs is not None:
+        d_masked_probs = d_masked_probs + grad_probs
+    d_layout_masked_probs = xp.matmul(d_layout_context, layout_value.swapaxes(-1, -2))
+    d_value = xp.matmul(masked_probs.swapaxes(-1, -2), d_context)  # [b, n, s, d]
+    d_layout_value = xp.matmul(masked_probs.swapaxes(-1, -2), d_layout_context)  # [b, n, s, d/r]
+    # each stream's head mask and softmax: [b, n, s, s]
+    d_scores = softmax_backward(apply_head_mask(d_masked_probs, layer_head_mask), probs)
+    d_layout_scores = softmax_backward(apply_head_mask(d_layout_masked_probs, layer_head_mask), probs)
+    # S = T + T_l in both streams: each summand gets both gradients: [b, n, s, s]
+    d_summands = d_scores + d_layout_scores
+    # T = (Q K^T + R) / sqrt(d): [b, n, s, d]
+    d_text = d_summands / math.sqrt(head_size)
+    d_query = xp.matmul(d_text, key)
+    d_key = xp.matmul(d_text.swapaxes(-1, -2), query)
+    # T_l = Q_l K_l^T / sqrt(d // r): [b, n, s, d/r]
+    d_layout = d_summands / math.sqrt(head_size // channel_shrink_ratio)
+    d_layout_query = xp.matmul(d_layout, layout_key)
+    d_layout_key = xp.matmul(d_layout.swapaxes(-1, -2), layout_query)
+    return BiAcmGrads(
+        d_query,
+        d_key,
+        d_value,
+        d_layout_query,
+        d_layout_key,
+        d_layout_value,
+        d_text,
+        d_scores,
+        d_layout_scores,
+        d_summands,
+        d_masked_probs,
+        d_layout_masked_probs,
+    )

@@ -4,16 +4,26 @@ from __future__ import annotations
 
 from .. import trace
 from ..backend import get_namespace
-from ..losses import bce_with_logits, cross_entropy, mse_loss
+from ..losses import (
+    bce_with_logits,
+    bce_with_logits_backward,
+    cross_entropy,
+    cross_entropy_backward,
+    mse_loss,
+    mse_loss_backward,
+)
 from ..ops import linear
 
 __all__ = [
     "classification_head",
     "sequence_classification_problem_type",
     "sequence_classification_loss",
+    "sequence_classification_loss_backward",
     "token_classification_loss",
+    "token_classification_loss_backward",
     "question_answering_logits",
     "question_answering_loss",
+    "question_answering_loss_backward",
 ]
 
 
@@ -89,6 +99,45 @@ def sequence_classification_loss(logits, labels, *, num_labels: int, problem_typ
     return bce_with_logits(logits, labels.astype(logits.dtype)).astype(logits.dtype)
 
 
+def sequence_classification_loss_backward(grad_output, logits, labels, *, num_labels: int, problem_type):
+    """Backward of `sequence_classification_loss`: ``dL/dlogits`` for the problem type the
+    forward chose (see `sequence_classification_problem_type`).
+
+    Regression: the MSE's gradient ``2 (logits - labels) / N * g`` (on the squeezed arrays when
+    ``num_labels == 1``, reshaped back); single-label: the cross entropy's (``-100`` labels
+    get none); multi-label: the binary cross entropy's ``(sigmoid(logits) - labels) / N * g``.
+
+    Args:
+        grad_output: ``dL/dloss``, a scalar (0-d array or float).
+        logits: ``[batch, num_labels]``.
+        labels: as in the forward.
+        num_labels: ``config.num_labels``.
+        problem_type: ``config.problem_type`` (``None`` chooses as the oracle does).
+
+    Returns:
+        ``dL/dlogits``, ``[batch, num_labels]``.
+    """
+    kind = sequence_classification_problem_type(problem_type, num_labels, labels)
+    if kind == "regression":
+        target = labels.astype(logits.dtype)
+        if num_labels == 1:
+            # the forward's squeeze(), undone on the gradient: [b] -> [b, 1]
+            squeezed = mse_loss_backward(grad_output, logits.squeeze(), target.squeeze())
+            return squeezed.reshape(logits.shape)
+        return mse_loss_backward(grad_output, logits, target)
+    if kind == "single_label_classification":
+        # [b, labels] vs [b]
+        return cross_entropy_backward(
+            grad_output, logits.reshape(-1, num_labels), labels.reshape(-1)
+        ).reshape(logits.shape)
+    if labels.shape != logits.shape:
+        raise ValueError(
+            f"labels has shape {tuple(labels.shape)}; multi-label classification needs [batch, num_labels] = "
+            f"{list(logits.shape)}"
+        )
+    return bce_with_logits_backward(grad_output, logits, labels.astype(logits.dtype))
+
+
 def token_classification_loss(logits, labels):
     """Cross entropy over every token, ``-100`` ignored (NaN when every label is ignored, as torch).
 
@@ -102,6 +151,25 @@ def token_classification_loss(logits, labels):
     num_labels = logits.shape[-1]
     # [b, s, labels] -> [b*s, labels] vs [b*s]
     return cross_entropy(logits.reshape(-1, num_labels), labels.reshape(-1)).astype(logits.dtype)
+
+
+def token_classification_loss_backward(grad_output, logits, labels):
+    """Backward of `token_classification_loss`: the mean cross entropy's gradient, 0 on ``-100``
+    tokens (all zeros when every label is ignored, as torch, though the loss is NaN).
+
+    Args:
+        grad_output: ``dL/dloss``, a scalar (0-d array or float).
+        logits: ``[batch, seq, num_labels]``.
+        labels: integer ``[batch, seq]``.
+
+    Returns:
+        ``dL/dlogits``, ``[batch, seq, num_labels]``.
+    """
+    num_labels = logits.shape[-1]
+    # [b, s, labels] -> [b*s, labels] vs [b*s], and back
+    return cross_entropy_backward(grad_output, logits.reshape(-1, num_labels), labels.reshape(-1)).reshape(
+        logits.shape
+    )
 
 
 def question_answering_logits(sequence_output, *, weight, bias):
@@ -148,3 +216,34 @@ def question_answering_loss(start_logits, end_logits, start_positions, end_posit
     start_loss = cross_entropy(start_logits, start_positions, ignore_index=ignored_index)
     end_loss = cross_entropy(end_logits, end_positions, ignore_index=ignored_index)
     return ((start_loss + end_loss) / 2).astype(start_logits.dtype)
+
+
+def question_answering_loss_backward(grad_output, start_logits, end_logits, start_positions, end_positions):
+    """Backward of `question_answering_loss`: half the upstream gradient into each cross entropy.
+
+    The positions are clamped into ``[0, seq]`` as in the forward, and position ``seq`` is
+    ignored, so an answer cut off by truncation sends no gradient; when every start (or end)
+    position is ignored that loss is NaN but its gradient is all zeros, as in torch.
+
+    Args:
+        grad_output: ``dL/dloss``, a scalar (0-d array or float).
+        start_logits, end_logits: ``[batch, seq]``.
+        start_positions, end_positions: integer ``[batch]`` (or ``[batch, 1]``).
+
+    Returns:
+        ``(dstart_logits [batch, seq], dend_logits [batch, seq])``.
+    """
+    xp = get_namespace(start_logits, end_logits)
+    ignored_index = start_logits.shape[1]
+    # [b, 1] -> [b]
+    if start_positions.ndim > 1:
+        start_positions = start_positions.squeeze(-1)
+    if end_positions.ndim > 1:
+        end_positions = end_positions.squeeze(-1)
+    start_positions = xp.clip(start_positions, 0, ignored_index)
+    end_positions = xp.clip(end_positions, 0, ignored_index)
+    # loss = (start_loss + end_loss) / 2: each gets half
+    half = xp.asarray(grad_output) / 2
+    d_start = cross_entropy_backward(half, start_logits, start_positions, ignore_index=ignored_index)
+    d_end = cross_entropy_backward(half, end_logits, end_positions, ignore_index=ignored_index)
+    return d_start, d_end

@@ -13,7 +13,7 @@ from __future__ import annotations
 from .. import trace
 from ..activations import gelu, get_activation
 from ..backend import get_namespace
-from ..losses import cross_entropy, smooth_l1_loss
+from ..losses import cross_entropy, cross_entropy_backward, smooth_l1_loss, smooth_l1_loss_backward
 from ..ops import layer_norm, linear
 from .layers import LN_EPS
 
@@ -24,6 +24,7 @@ __all__ = [
     "answer_head",
     "visual_losses",
     "visual_loss",
+    "visual_loss_backward",
     "accumulate_loss",
 ]
 
@@ -169,6 +170,47 @@ def visual_loss(scores, label, conf, *, kind: str, normalizer: float):
     if weighted.size == 0:  # no regions: torch's mean of nothing is NaN (numpy's would warn)
         return get_namespace(scores).full((), float("nan"), dtype=scores.dtype)
     return weighted.mean() * normalizer  # []
+
+
+def visual_loss_backward(grad_output, scores, label, conf, *, kind: str, normalizer: float):
+    """Backward of `visual_loss`: ``dL/dscores`` for one of LXMERT's visual losses.
+
+    The forward is ``normalizer * mean_i(per_region_i * conf_i)`` over all ``N = batch * boxes``
+    regions, so each region's loss gets ``g_i = grad_output * normalizer * conf_i / N``
+    (``normalizer`` is ``config.visual_loss_normalizer``, 6.67 in the released config; ignored
+    regions included in ``N``); then ``obj`` / ``attr`` pass ``g_i`` through the per-region
+    cross entropy (``-100`` regions get nothing) and ``feat`` through the smooth-L1 (beta 1)
+    averaged over the ``feat_dim`` axis (``g_i / feat_dim`` per element).
+
+    The oracle adds the visual losses, and then every loss of `LxmertForPreTraining`, into a
+    float32 total (see `accumulate_loss`); ``d total / d part = 1``, so the gradient reaching
+    each part is the total's, exactly, in the part's dtype: only the loss value is rounded.
+
+    Args:
+        grad_output: ``dL/dloss`` of this visual loss, a scalar (0-d array or float).
+        scores: ``[batch, boxes, num]`` head output.
+        label: integer ``[batch * boxes]`` ids, or float ``[batch * boxes, feat_dim]`` targets.
+        conf: ``[batch * boxes]`` (or ``[1]``) confidence weights.
+        kind: ``"visual_ce"`` or ``"l2"``.
+        normalizer: ``config.visual_loss_normalizer``.
+
+    Returns:
+        ``dL/dscores``, ``[batch, boxes, num]``.
+    """
+    xp = get_namespace(scores, conf)
+    num = scores.shape[-1]
+    flat = scores.reshape(-1, num)  # [N, num]
+    n = flat.shape[0]
+    # mean over the N regions, times the normaliser and each region's confidence: [N]
+    per_region = xp.broadcast_to(conf.reshape(-1), (n,)) * (xp.asarray(grad_output) * (normalizer / n))
+    per_region = per_region.astype(scores.dtype, copy=False)
+    if kind == "visual_ce":
+        d_flat = cross_entropy_backward(per_region, flat, label, reduction="none")  # [N, num]
+    else:
+        # smooth-L1 averaged over the feature axis: [N] -> [N, f]
+        per_element = xp.broadcast_to((per_region / num)[:, None], flat.shape)
+        d_flat = smooth_l1_loss_backward(per_element, flat, label)  # [N, f]
+    return d_flat.reshape(scores.shape)
 
 
 def accumulate_loss(total, part):
