@@ -245,7 +245,9 @@ def _check_digests(p: str, digests: Any, stored: Mapping[str, Any]) -> None:
         raise CheckpointError(f"{p}: golden manifest field {DIGEST_KEY} must be an object")
     for k, v in digests.items():
         if k not in stored:
-            raise CheckpointError(f"{p}: golden manifest field {DIGEST_KEY} names {k!r}, not stored in the file")
+            raise CheckpointError(
+                f"{p}: golden manifest field {DIGEST_KEY} names {k!r}, not stored in the file"
+            )
         if not (isinstance(v, str) and _HEX64.fullmatch(v)):
             raise CheckpointError(f"{p}: golden manifest field {DIGEST_KEY}[{k!r}] must be 64 hex digits")
 

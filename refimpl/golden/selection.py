@@ -166,7 +166,9 @@ def check_selection(spec: Any, what: str) -> None:
             except re.error as e:
                 raise ValueError(f"{what}.terms[{i}].{k} holds an invalid regular expression: {e}") from None
             except RecursionError:
-                raise ValueError(f"{what}.terms[{i}].{k} holds a regular expression nested too deeply") from None
+                raise ValueError(
+                    f"{what}.terms[{i}].{k} holds a regular expression nested too deeply"
+                ) from None
     _compiled(_key(spec))  # compiled once (cached)
 
 

@@ -71,6 +71,7 @@ class GoldenWriter(trace.Recorder):
         self.selection = selection_spec(select)
         self.strict_selection = select is not None
         self._hits: set[int] = set()
+        self._recorded, self._example = 0, None  # for the message of a select that kept nothing
         self.digests: dict[str, str] = {}  # stored name -> hex SHA-256
         self.dedup = dedup
         self.meta: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}  # every kept name, forward order
@@ -100,7 +101,10 @@ class GoldenWriter(trace.Recorder):
         for cand in self._by_key.get(key, []):
             _, _, size, off, n = self._stored[cand]
             f = self._spill[size]
-            f.flush()
+            try:
+                f.flush()
+            except OSError as e:
+                raise full_disk_error(e, self.path) from None
             if np.array_equal(np.frombuffer(os.pread(f.fileno(), n, off), np.uint8), raw):
                 return cand
         return None
@@ -116,6 +120,9 @@ class GoldenWriter(trace.Recorder):
             for n in (name, *aliases):
                 if n.startswith(("inputs.", "outputs.")):
                     raise ValueError(f"trace name {n!r} clashes with the golden naming scheme")
+        self._recorded += 1
+        if self._example is None and not name.startswith("inputs."):
+            self._example = name
         names = [n for n in (name, *aliases) if is_selected(self.selection, n)]
         if not names or value is None:
             return
@@ -180,8 +187,8 @@ class GoldenWriter(trace.Recorder):
             missed = self.unmatched_selection()
             if missed:
                 raise SelectionError(
-                    f"select {', '.join(map(repr, missed))} matched no tensor of the {len(self.meta)} recorded "
-                    f"(names look like {next((n for n in self.meta if not n.startswith('inputs.')), '?')!r}); "
+                    f"select {', '.join(map(repr, missed))} matched no tensor of the {self._recorded} recorded "
+                    f"(names look like {self._example!r}; see refimpl inspect on a full file); "
                     f"nothing was written to {self.path}"
                 )
             self._check(self.path)
@@ -200,14 +207,18 @@ class GoldenWriter(trace.Recorder):
                 }
             hb = json.dumps(header, separators=(",", ":")).encode("utf-8")
             hb += b" " * (-(8 + len(hb)) % 8)
-            with atomic_write(self.path) as out:
-                out.write(len(hb).to_bytes(8, "little"))
-                out.write(hb)
+            try:
                 for s in sizes:
-                    f = self._spill[s]
-                    f.flush()
-                    f.seek(0)
-                    shutil.copyfileobj(f, out, 16 << 20)
+                    self._spill[s].flush()
+                with atomic_write(self.path) as out:
+                    out.write(len(hb).to_bytes(8, "little"))
+                    out.write(hb)
+                    for s in sizes:
+                        f = self._spill[s]
+                        f.seek(0)
+                        shutil.copyfileobj(f, out, 16 << 20)
+            except OSError as e:
+                raise full_disk_error(e, self.path) from None
         finally:
             self.abort()
         return self.path
@@ -215,7 +226,10 @@ class GoldenWriter(trace.Recorder):
     def abort(self) -> None:
         """Close and remove the spill files (nothing is written to ``path``)."""
         for f in self._spill.values():
-            f.close()
+            try:
+                f.close()  # flushes what is buffered: on a full disk that fails, and is discarded
+            except OSError:
+                pass
         self._spill.clear()
 
 
