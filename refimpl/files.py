@@ -41,7 +41,7 @@ that belong together, such as a fused checkpoint): the bytes go to a temp file i
 destination's directory, named ``.<name>.refimpl-<host>-<pid>-<thread>-<random>.tmp``, which
 is fsynced, renamed over the destination, and the directory fsynced. The temp is removed on
 every failure path (an exception, ``KeyboardInterrupt``, the CLI's SIGTERM); one left by a
-killed process is removed by the next write into that directory (`clean_stale_temps`) once
+killed process is removed by the next process that writes there (`clean_stale_temps`) once
 its process is gone, or after ``STALE_TEMP_SECONDS``. A full disk raises an ``OSError``
 naming the destination, which keeps its old bytes. `check_destination` refuses, before any
 work, a destination that is an input (same inode: symlinks and hardlinks caught), that is not
@@ -620,6 +620,7 @@ _TEMP_RE = re.compile(
 )
 _live_temps: set[str] = set()  # temps being written by this process (any thread)
 _live_lock = threading.Lock()
+_cleaned_dirs: set[str] = set()  # directories whose stale temps this process removed
 
 
 def _host() -> str:
@@ -766,10 +767,15 @@ class StagedFiles:
         self._done = False
 
     def open(self, path: str | os.PathLike) -> _TempFile:
-        """A new temp file for ``path`` (its directory must exist); stale temps there are removed first."""
+        """A new temp file for ``path`` (its directory must exist); the first time this process
+        writes into that directory, stale temps there are removed (`clean_stale_temps`)."""
         dest = os.fspath(path)
         d = os.path.dirname(os.path.abspath(dest))
-        clean_stale_temps(d)
+        with _live_lock:
+            first = d not in _cleaned_dirs
+            _cleaned_dirs.add(d)
+        if first:  # once per directory and process: a batch of 10,000 files lists it once
+            clean_stale_temps(d)
         tmp = _temp_path(os.path.join(d, os.path.basename(dest)))
         with _live_lock:
             _live_temps.add(tmp)
@@ -904,7 +910,7 @@ def _describe(mode: int) -> str:
 
 def check_destination(
     path: str | os.PathLike,
-    inputs: dict[tuple[int, int], str] | Iterable[str | os.PathLike | None] = (),
+    protected: dict[tuple[int, int], str] | Iterable[str | os.PathLike | None] = (),
     force: bool = False,
     ours: Callable[[str], bool] | None = None,
     what: str = "output",
@@ -916,8 +922,8 @@ def check_destination(
     Args:
         path: the destination file. A symlink is followed (its target is written, the link
             kept); a dangling one is refused.
-        inputs: the files (and directories, see `input_identities`) the command reads, or
-            their identities.
+        protected: the inputs: files (and directories, see `input_identities`) the command
+            reads, or their identities; never written over.
         force: allow replacing an existing regular file that is not ``ours``.
         ours: whether an existing file is this project's own output (a golden file), which
             may be replaced without ``force``; ``None``: no file is.
@@ -938,7 +944,7 @@ def check_destination(
                 f"{what} {p}: is a dangling symlink (to {target}); refusing to write through it"
             )
         p = target
-    ids = inputs if isinstance(inputs, dict) else input_identities(inputs)
+    ids = protected if isinstance(protected, dict) else input_identities(protected)
     parent = os.path.dirname(os.path.abspath(p))
     if os.path.exists(parent) and not os.path.isdir(parent):
         raise DestinationError(f"{what} {p}: its parent {parent} is not a directory")

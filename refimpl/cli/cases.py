@@ -174,6 +174,12 @@ def check_sequence_lengths(inputs: dict[str, Any], config: Any, where: str) -> N
     ``attention_mask``, ``bbox``, ...) is longer than the config's ``max_position_embeddings``
     (a model cannot embed more positions; a padded batch from the oracle's tokenizers never is).
 
+    Args:
+        inputs: forward keywords -> arrays: ``input_ids [batch, seq]``, ``bbox [batch, seq, 4]``,
+            ``inputs_embeds [batch, seq, hidden]``, ...
+        config: the checkpoint's config (None: nothing is checked).
+        where: names the input in the message.
+
     Raises:
         CliError: naming ``where``, the input, its length and the limit.
     """

@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="refimpl",
         description="NumPy reference implementation of LiLT and LXMERT: golden outputs for porters.",
+        epilog="Commands that write (golden, convert, fuse-lilt, demo) write atomically, never over an input, "
+        "a FIFO or a device, and replace an existing file that is not a golden file refimpl wrote only with "
+        "--force.",
     )
     p.add_argument("--version", action="version", version=f"refimpl {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
