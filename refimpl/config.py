@@ -37,6 +37,7 @@ __all__ = [
     "MODEL_TYPE_ALIASES",
     "CheckpointWarning",
     "MAX_NUM_LABELS",
+    "MAX_CONFIG_BYTES",
     "NONFINITE_FIELDS",
 ]
 
@@ -44,6 +45,10 @@ POSITION_EMBEDDING_TYPES = ("absolute", "relative_key", "relative_key_query")
 
 #: The most labels a config may ask for: checked before ``id2label`` is built.
 MAX_NUM_LABELS = 1_000_000
+#: The most bytes a ``config.json`` may hold (the largest published configs, with an
+#: ``id2label`` of 21,841 ImageNet-22k classes, are about 2 MB): parsing one costs at most
+#: ~20 times its size, so 8 MiB stays far below a gigabyte.
+MAX_CONFIG_BYTES = 8 << 20
 #: Top-level config fields where transformers' own configs carry non-finite numbers
 #: (``Mamba2Config.time_step_limit`` defaults to ``(0.0, inf)``); refused everywhere else.
 NONFINITE_FIELDS = frozenset({"time_step_limit"})
@@ -488,7 +493,7 @@ def read_config_json(path: str | os.PathLike) -> dict[str, Any]:
     Raises:
         FileNotFoundError: no config.json.
         ConfigError: naming the file and the position or field: not a regular file, over
-            :data:`refimpl.files.MAX_JSON_BYTES`, not UTF-8, not JSON, a duplicate key, too
+            ``MAX_CONFIG_BYTES`` (8 MiB), not UTF-8, not JSON, a duplicate key, too
             deep, an integer of more than 20 digits, a non-finite number outside
             ``NONFINITE_FIELDS``, not an object, a mistyped ``model_type`` / ``architectures``.
     """
@@ -496,7 +501,7 @@ def read_config_json(path: str | os.PathLike) -> dict[str, Any]:
     if not os.path.lexists(p):
         raise FileNotFoundError(f"no config.json at {p}")
     try:
-        d = read_json(p, p, allow_nonfinite=True)
+        d = read_json(p, p, max_bytes=MAX_CONFIG_BYTES, allow_nonfinite=True)
     except ConfigError:
         raise
     except CheckpointError as e:

@@ -29,7 +29,7 @@ from .loading import (
 )
 from .pytorch import UnsafeCheckpointError
 from .raw import RawTensor
-from .safetensors import read_safetensors, save_safetensors
+from .safetensors import read_safetensors, save_safetensors, write_safetensors
 
 __all__ = [
     "CheckpointError",
@@ -42,6 +42,7 @@ __all__ = [
     "read_safetensors",
     "load_raw_state_dict",
     "save_safetensors",
+    "write_safetensors",
     "convert_bin_to_safetensors",
     "sha256_file",
     "match_state_dict",

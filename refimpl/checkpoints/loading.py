@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from ..files import CheckpointError, read_json, regular_file, short_repr
+from ..files import CheckpointError, check_destination, input_identities, read_json, regular_file, short_repr
 from .pytorch import read_torch
 from .raw import RawTensor, _cast, _check_float_dtype
 from .safetensors import read_safetensors, save_safetensors
@@ -158,19 +158,38 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return load_state_dict(path, dtype=None)
 
 
-def convert_bin_to_safetensors(bin_path: str | os.PathLike, out_path: str | os.PathLike) -> str:
+def convert_bin_to_safetensors(
+    bin_path: str | os.PathLike, out_path: str | os.PathLike, force: bool = False
+) -> str:
     """Rewrite a ``pytorch_model.bin`` (file, shard index or directory) as one safetensors file.
 
     Read with the restricted unpickler (nothing in the pickle runs); every tensor keeps its
     dtype, bfloat16 included, and its exact bits. Tensors that shared storage are written
     separately. The metadata is ``{"format": "pt"}`` so transformers loads the result.
 
+    The destination is checked before anything is read (`refimpl.files.check_destination`):
+    never a file of the source checkpoint (same inode: a symlink or hardlink to the ``.bin``
+    is caught), never a FIFO, device or directory, and an existing file only with ``force``.
+    It is written atomically, so a crash or a full disk leaves its old bytes in place.
+
+    Args:
+        bin_path: the ``.bin`` checkpoint (file, index or directory).
+        out_path: the ``.safetensors`` file to write.
+        force: replace an existing ``out_path``.
+
     Returns:
-        ``out_path``.
+        ``out_path`` (a symlink's target when it is one).
+
+    Raises:
+        refimpl.files.DestinationError: the destination may not be written.
     """
     src = weight_files(bin_path)
     if src[0].endswith(".safetensors"):
         raise ValueError(f"bin_path {os.fspath(bin_path)} holds safetensors weights already")
-    if os.path.abspath(os.fspath(out_path)) in map(os.path.abspath, src):
-        raise ValueError(f"out_path {os.fspath(out_path)} would overwrite the checkpoint being read")
-    return save_safetensors(out_path, load_raw_state_dict(src[0]))
+    inputs = input_identities(src)
+    dst = check_destination(out_path, inputs, force=force, what="out_path", kind="a file to replace")
+    tensors = load_raw_state_dict(src[0])
+    check_destination(
+        dst, inputs, force=force, what="out_path", kind="a file to replace"
+    )  # again, after the read
+    return save_safetensors(dst, tensors)

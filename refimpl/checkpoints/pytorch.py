@@ -35,7 +35,9 @@ from ..files import (
     check_shape,
     open_regular,
     read_zip_member,
+    read_zip_prefix,
     short_repr,
+    zip_member_count,
     zip_member_info,
 )
 from .raw import _CODES, RawTensor, _is_int, _map_file
@@ -135,15 +137,30 @@ class _Tensor:
             raise pickle.UnpicklingError(
                 f"a tensor must be rebuilt from a storage, got {type(storage).__name__}"
             )
+        # the geometry is checked where the tensor's key is known (`_geometry_error`)
+        self.storage, self.offset, self.size, self.stride, self.code = storage, offset, size, stride, code
+
+    def geometry_error(self) -> str | None:
+        """Why the offset / size / stride cannot be a tensor's, or None when they can."""
+        offset, size, stride = self.offset, self.size, self.stride
         ints = (offset, *size, *stride) if isinstance(size, tuple) and isinstance(stride, tuple) else None
         if ints is None or not all(_is_int(i) and 0 <= i < 2**62 for i in ints) or len(size) != len(stride):
-            raise pickle.UnpicklingError(
+            return (
                 f"bad tensor geometry: offset {short_repr(offset)}, size {short_repr(size)}, "
                 f"stride {short_repr(stride)} (expected non-negative integers and as many strides as sizes)"
             )
         if len(size) > MAX_RANK:
-            raise pickle.UnpicklingError(f"tensor rank {len(size)} exceeds the limit of {MAX_RANK}")
-        self.storage, self.offset, self.size, self.stride, self.code = storage, offset, size, stride, code
+            return f"tensor rank {len(size)} exceeds the limit of {MAX_RANK}"
+        return None
+
+    def bytes_needed(self) -> int:
+        """Bytes of its storage this tensor reaches (0 when empty or malformed, which
+        `_tensor_array` refuses later with the tensor's key)."""
+        if self.geometry_error() is not None or 0 in self.size:
+            return 0
+        itemsize = np.dtype(_CODES[self.code or self.storage.code]).itemsize
+        last = self.offset + sum((s - 1) * k for s, k in zip(self.size, self.stride, strict=True))
+        return (last + 1) * itemsize
 
     def __setstate__(self, state):
         raise pickle.UnpicklingError("cannot set the state of a tensor")
@@ -390,6 +407,9 @@ def _message(e: BaseException) -> str:
 def _tensor_array(t: _Tensor, source: str, name: str) -> RawTensor:
     """Rebuild one tensor from its storage bytes as torch's ``Tensor.set_`` does:
     ``storage[offset + sum(i_k * stride_k)]``; a strided view is copied to C order."""
+    bad = t.geometry_error()
+    if bad is not None:
+        raise CheckpointError(f"{source}: tensor {name!r}: {bad}")
     st = t.storage
     if st.root is not None:  # a legacy view into a root storage
         st_buf, st_off, big = st.root.buf, st.root.offset + st.root_offset, st.root.big_endian
@@ -422,7 +442,9 @@ def _tensor_array(t: _Tensor, source: str, name: str) -> RawTensor:
             f"{source}: tensor {name!r}: a view of size {t.size}, stride {t.stride} would expand its storage of "
             f"{n_el} elements by {extra} bytes, over the limit of {MAX_VIEW_EXPANSION}"
         )
-    base = np.frombuffer(st_buf, dtype=dt, count=n_el - t.offset, offset=st_off + t.offset * dt.itemsize)
+    # a deflated storage is inflated only as far as its tensors reach (`_bytes_needed`)
+    avail = min(n_el, (len(st_buf) - st_off) // dt.itemsize)
+    base = np.frombuffer(st_buf, dtype=dt, count=avail - t.offset, offset=st_off + t.offset * dt.itemsize)
     arr = np.lib.stride_tricks.as_strided(
         base, shape=t.size, strides=tuple(k * dt.itemsize for k in t.stride), writeable=False
     )
@@ -445,6 +467,18 @@ def _collect(obj, source: str, storages: dict[str, _Storage]) -> dict[str, RawTe
                 f"{source}: entry {short_repr(k)} is a {type(v).__name__}, not a tensor; expected a flat state dict"
             )
         out[k] = _tensor_array(v, source, k)
+    return out
+
+
+def _bytes_needed(obj) -> dict[int, int]:
+    """``id(storage) -> bytes its tensors reach`` over a flat state dict (what `_collect`
+    accepts; anything else is refused there)."""
+    out: dict[int, int] = {}
+    if isinstance(obj, dict):
+        for v in obj.values():
+            if isinstance(v, _Tensor) and v.storage.root is None:
+                k = id(v.storage)
+                out[k] = min(max(out.get(k, 0), v.bytes_needed()), v.storage.nbytes)
     return out
 
 
@@ -479,6 +513,7 @@ def _read_torch_zip(path: str) -> dict[str, RawTensor]:
         with f:
             buf = _map_file(f, path)
             size = len(buf)
+            zip_member_count(f, path)
             with zipfile.ZipFile(f) as zf:
                 names = zf.namelist()
                 pkls = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
@@ -496,6 +531,8 @@ def _read_torch_zip(path: str) -> dict[str, RawTensor]:
                 storages: dict[str, _Storage] = {}
                 pkl = read_zip_member(zf, pkls[0], path, MAX_PICKLE_BYTES)
                 obj = _unpickle(io.BytesIO(pkl), path, storages)
+                del pkl
+                needed = _bytes_needed(obj)
                 for key, st in storages.items():
                     member = f"{prefix}data/{key}"
                     info = zip_member_info(zf, member, path, 8 * MAX_ELEMENTS)
@@ -505,8 +542,11 @@ def _read_torch_zip(path: str) -> dict[str, RawTensor]:
                         )
                     if info.compress_type == zipfile.ZIP_STORED and isinstance(buf, mmap.mmap):
                         st.buf, (st.offset, _) = buf, _zip_member_span(zf, info, size, path)
-                    else:  # a re-compressed archive: inflate (and CRC-check) the member, capped
-                        st.buf, st.offset = read_zip_member(zf, member, path, st.nbytes), 0
+                    else:
+                        # a re-compressed archive: inflate only the bytes the tensors reach (a
+                        # storage that declares 2 GiB for a 16-byte tensor costs 16 bytes); the
+                        # whole member, and its CRC, when they reach its end
+                        st.buf, st.offset = read_zip_prefix(zf, info, needed.get(id(st), 0), path), 0
                     st.big_endian = big
     except CheckpointError:
         raise

@@ -12,10 +12,18 @@ from typing import Any
 
 import numpy as np
 
-from ..files import MAX_HEADER_BYTES, CheckpointError, check_shape, open_regular, read_json, short_repr
+from ..files import (
+    MAX_HEADER_BYTES,
+    CheckpointError,
+    atomic_write,
+    check_shape,
+    open_regular,
+    read_json,
+    short_repr,
+)
 from .raw import _CODES, _NUMPY_TO_CODE, RawTensor, _is_int, _map_file
 
-__all__ = ["read_safetensors", "save_safetensors"]
+__all__ = ["read_safetensors", "save_safetensors", "write_safetensors"]
 
 _MAX_HEADER = MAX_HEADER_BYTES  # safetensors' own limit on the JSON header
 
@@ -123,21 +131,18 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, str], dict[str,
     return dict(meta or {}), out
 
 
-def save_safetensors(
-    path: str | os.PathLike,
+def write_safetensors(
+    f: Any,
     tensors: dict[str, np.ndarray | RawTensor],
     metadata: dict[str, str] | None = None,
-) -> str:
-    """Write a safetensors file that the safetensors library (and this module) read back.
+) -> None:
+    """Write a safetensors file's bytes to an open binary file ``f`` (anything with ``write``).
 
     Args:
-        path: output file.
+        f: where the bytes go (`save_safetensors` passes an atomic temp file).
         tensors: name -> array, or name -> `RawTensor` (needed for ``"BF16"``, which
             NumPy cannot express: the array holds the uint16 bit patterns).
         metadata: string -> string; defaults to ``{"format": "pt"}`` (what transformers expects).
-
-    Returns:
-        the path written.
     """
     entries = []
     for name, t in tensors.items():
@@ -157,22 +162,46 @@ def save_safetensors(
             code = _NUMPY_TO_CODE.get(arr.dtype.newbyteorder("="))
             if code is None:
                 raise ValueError(f"tensors[{name!r}]: dtype {arr.dtype} cannot be stored in safetensors")
-        arr = arr.astype(np.dtype(_CODES[code]), order="C", copy=False)  # little-endian, C order, 0-d kept
         entries.append((name, code, arr))
     # As safetensors does: larger items first, then by name, so every tensor stays aligned.
-    entries.sort(key=lambda e: (-e[2].dtype.itemsize, e[0]))
+    entries.sort(key=lambda e: (-np.dtype(_CODES[e[1]]).itemsize, e[0]))
     header: dict[str, Any] = {"__metadata__": dict(metadata) if metadata is not None else {"format": "pt"}}
     pos = 0
     for name, code, arr in entries:
-        header[name] = {"dtype": code, "shape": list(arr.shape), "data_offsets": [pos, pos + arr.nbytes]}
-        pos += arr.nbytes
+        n = arr.size * np.dtype(_CODES[code]).itemsize
+        header[name] = {"dtype": code, "shape": list(arr.shape), "data_offsets": [pos, pos + n]}
+        pos += n
     head = json.dumps(header, separators=(",", ":")).encode("utf-8")
     head += b" " * (-len(head) % 8)
+    f.write(len(head).to_bytes(8, "little"))
+    f.write(head)
+    for _, code, arr in entries:
+        if arr.size:  # little-endian, C order, one tensor at a time (no second copy of the set)
+            a = arr.astype(np.dtype(_CODES[code]), order="C", copy=False)
+            f.write(a.reshape(-1).view(np.uint8).data)
+
+
+def save_safetensors(
+    path: str | os.PathLike,
+    tensors: dict[str, np.ndarray | RawTensor],
+    metadata: dict[str, str] | None = None,
+) -> str:
+    """Write a safetensors file that the safetensors library (and this module) read back.
+
+    Written atomically (`refimpl.files.atomic_write`): a temp file beside ``path``, fsynced
+    and renamed over it, so ``path`` holds either its old bytes or the whole new file. The
+    destination is not checked: callers that take a user's path call
+    `refimpl.files.check_destination` first.
+
+    Args:
+        path: output file.
+        tensors: name -> array, or name -> `RawTensor` (see `write_safetensors`).
+        metadata: string -> string; defaults to ``{"format": "pt"}`` (what transformers expects).
+
+    Returns:
+        the path written.
+    """
     p = os.fspath(path)
-    with open(p, "wb") as f:
-        f.write(len(head).to_bytes(8, "little"))
-        f.write(head)
-        for _, _, arr in entries:
-            if arr.size:
-                f.write(arr.reshape(-1).view(np.uint8).data)
+    with atomic_write(p) as f:
+        write_safetensors(f, tensors, metadata)
     return p

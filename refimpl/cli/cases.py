@@ -1,5 +1,11 @@
 """Input cases of ``refimpl golden --inputs``: ``.npz`` (arrays named as the forward keywords),
-``.json`` (one case, tokenized with the checkpoint's tokenizer) or ``.jsonl`` (one per line)."""
+``.json`` (one case, tokenized with the checkpoint's tokenizer) or ``.jsonl`` (one per line).
+
+Every input is bounded as a whole and checked before any work (docs/loading.md, "Limits"):
+an ``.npz`` by the declared sizes of all its members together (``MAX_INPUT_BYTES``), a JSON
+case by ``MAX_CASE_BYTES``, a case's text by its characters before it is tokenized
+(`max_text_chars`), every sequence by the config's ``max_position_embeddings``, and every
+integer of a JSON case (box coordinates, labels, ids) by the int64 it becomes."""
 
 from __future__ import annotations
 
@@ -9,12 +15,21 @@ from typing import Any
 
 import numpy as np
 
-from ..files import read_bytes, read_json, read_npy, read_npz, sha256_file, short_repr
+from ..files import open_regular, read_json, read_npy, read_npz, sha256_file, short_repr
 from ..lilt.tokenization import LiltTokenizer
 from ..lxmert.tokenization import LxmertTokenizer
 from .common import CliError, _need_file, _one_line
 
-__all__ = ["CASE_SCHEMA", "MAX_INPUT_BYTES", "encode_case", "read_cases"]
+__all__ = [
+    "CASE_SCHEMA",
+    "MAX_INPUT_BYTES",
+    "MAX_CASE_BYTES",
+    "MAX_CHARS_PER_TOKEN",
+    "encode_case",
+    "read_cases",
+    "max_text_chars",
+    "check_sequence_lengths",
+]
 
 
 #: the ``refimpl golden --inputs`` case schema (also in docs/golden-format.md, "Porting guide").
@@ -31,12 +46,28 @@ CASE_SCHEMA = """\
 """
 
 
-#: The most bytes an ``--inputs`` file (or a ``.npy`` it names, or one ``.npz`` member) may hold.
+#: The most bytes an ``--inputs`` file (or a ``.npy`` it names) may hold, and the most an
+#: ``.npz``'s members may declare together (checked before any is inflated).
 MAX_INPUT_BYTES = 1 << 30
+#: The most bytes of one JSON case (a ``.json`` file, one ``.jsonl`` line).
+MAX_CASE_BYTES = 16 << 20
+#: Characters of text allowed per position of ``max_position_embeddings`` before tokenizing
+#: (at least the tokenizer's longest vocabulary entry, see `max_text_chars`).
+MAX_CHARS_PER_TOKEN = 128
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+_SEQ_KEYS = (
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "position_ids",
+    "labels",
+    "bbox",
+    "inputs_embeds",
+)
 
 
 def _load_npz(path: str) -> dict[str, np.ndarray]:
-    return read_npz(path, "inputs file", MAX_INPUT_BYTES)
+    return read_npz(path, "inputs file", MAX_INPUT_BYTES, max_total=MAX_INPUT_BYTES)
 
 
 def _load_npy(path: str, what: str) -> np.ndarray:
@@ -71,8 +102,8 @@ def _batched(enc: Any) -> dict[str, np.ndarray]:
         ):
             continue
         a = np.asarray(v)
-        if a.dtype == object:
-            continue
+        if a.dtype == object:  # ragged, or integers past int64: never dropped silently
+            raise CliError(f"tokenizer output {k!r} is not a rectangular array of numbers (dtype object)")
         if k in ("input_ids", "attention_mask", "token_type_ids", "labels", "position_ids") and a.ndim == 1:
             a = a[None]
         elif k == "bbox" and a.ndim == 2:
@@ -87,19 +118,110 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _check_int64(value: int, field: str) -> None:
+    """Raise `CliError` naming ``field`` when a JSON integer does not fit the int64 it becomes."""
+    if not _INT64[0] <= value <= _INT64[1]:
+        raise CliError(
+            f"case field {field} = {value} does not fit a 64-bit integer (the int64 array it becomes; "
+            f"allowed range [{_INT64[0]}, {_INT64[1]}])"
+        )
+
+
+def _vocab_longest(tok: Any) -> int:
+    cached = getattr(tok, "_refimpl_longest_token", None)
+    if cached is None:
+        backend = getattr(tok, "backend", None)
+        try:
+            vocab = backend.get_vocab() if backend is not None else {}
+        except Exception:  # a tokenizer without a readable vocabulary: the policy bound alone
+            vocab = {}
+        cached = max(map(len, vocab), default=0)
+        try:
+            tok._refimpl_longest_token = cached
+        except AttributeError:
+            pass
+    return cached
+
+
+def max_text_chars(tok: Any, max_positions: int) -> int:
+    """The most characters a case's text (words and question together, one more per word)
+    may hold before it is tokenized: ``max_positions * max(MAX_CHARS_PER_TOKEN, longest
+    vocabulary entry)``.
+
+    No token of the tokenizer covers more characters than its longest vocabulary entry, so a
+    longer text cannot fit ``max_positions`` tokens and would be refused by the model after
+    tokenization; it is refused here, in time linear in nothing but ``len``. (Only text made
+    mostly of whitespace runs, or of words over 100 characters that WordPiece turns into one
+    ``[UNK]`` each, could have fit; it is refused too: see docs/loading.md.)
+    """
+    return max_positions * max(MAX_CHARS_PER_TOKEN, _vocab_longest(tok))
+
+
+def _check_text(tok: Any, config: Any, chars: int, what: str) -> None:
+    if config is None:
+        return
+    P = int(getattr(config, "max_position_embeddings", 0) or 0)
+    limit = max_text_chars(tok, P)
+    if P and chars > limit:
+        raise CliError(
+            f"case {what}: {chars} characters of text cannot fit max_position_embeddings = {P} tokens "
+            f"(at most {limit} characters: {limit // P} per token); refused before tokenizing"
+        )
+
+
+def check_sequence_lengths(inputs: dict[str, Any], config: Any, where: str) -> None:
+    """Refuse, before any work, an input whose sequence axis (axis 1 of ``input_ids``,
+    ``attention_mask``, ``bbox``, ...) is longer than the config's ``max_position_embeddings``
+    (a model cannot embed more positions; a padded batch from the oracle's tokenizers never is).
+
+    Args:
+        inputs: forward keywords -> arrays: ``input_ids [batch, seq]``, ``bbox [batch, seq, 4]``,
+            ``inputs_embeds [batch, seq, hidden]``, ...
+        config: the checkpoint's config (None: nothing is checked).
+        where: names the input in the message.
+
+    Raises:
+        CliError: naming ``where``, the input, its length and the limit.
+    """
+    P = int(getattr(config, "max_position_embeddings", 0) or 0) if config is not None else 0
+    if not P:
+        return
+    for k in _SEQ_KEYS:
+        a = inputs.get(k)
+        shape = getattr(a, "shape", None)
+        if shape is not None and len(shape) >= 2 and shape[1] > P:
+            raise CliError(
+                f"{where}: {k} has sequence length {shape[1]} (shape {tuple(shape)}), over "
+                f"max_position_embeddings = {P} of the checkpoint's config; refused before any work"
+            )
+
+
 def _need_type(value: Any, field: str, ok: Callable[[Any], bool], want: str) -> None:
     """Raise `CliError` naming the case field unless ``ok(value)``."""
     if not ok(value):
         raise CliError(f"case field {field!r} must be {want}, got {short_repr(value)}")
 
 
-def encode_case(case: dict[str, Any], checkpoint: str, model_type: str, base_dir: str, tok: Any = None):
+def encode_case(
+    case: dict[str, Any],
+    checkpoint: str,
+    model_type: str,
+    base_dir: str,
+    tok: Any = None,
+    config: Any = None,
+    files: list[str] | None = None,
+):
     """Turn one JSON case into forward keywords with the checkpoint's tokenizer.
 
     LiLT: ``{"words": [...], "boxes": [[x0, y0, x1, y1], ...] (0-1000), "question"?: str,
     "labels"?: [int per word]}``. LXMERT: ``{"question": str, "features": "feats.npy"
     ([boxes, feat_dim] or [1, boxes, feat_dim]), "boxes": "boxes.npy" ([boxes, 4], 0-1),
     "matched_label"?: int, "ans"?: int}``, paths relative to ``base_dir``.
+
+    With ``config`` (the checkpoint's), the text is bounded before tokenizing
+    (`max_text_chars`) and the result's sequences by ``max_position_embeddings``; integers
+    must fit int64 (a 20-digit box coordinate is refused, never dropped). The ``.npy`` files
+    read are appended to ``files``.
 
     Returns:
         (forward keywords -> arrays with a batch axis of 1, the tokenizer used).
@@ -136,6 +258,13 @@ def encode_case(case: dict[str, Any], checkpoint: str, model_type: str, base_dir
         )
         if len(words) != len(boxes):
             raise CliError(f"LiLT case: {len(words)} words but {len(boxes)} boxes")
+        for i, b in enumerate(boxes):
+            for j, c in enumerate(b):
+                _check_int64(c, f"'boxes'[{i}][{j}]")
+        for i, x in enumerate(case.get("labels") or ()):
+            _check_int64(x, f"'labels'[{i}]")
+        question = case.get("question") or ""
+        _check_text(tok, config, sum(map(len, words)) + len(words) + len(question), "'words' and 'question'")
         kwargs: dict[str, Any] = {"boxes": boxes}
         if case.get("labels") is not None:
             kwargs["word_labels"] = case["labels"]
@@ -143,15 +272,25 @@ def encode_case(case: dict[str, Any], checkpoint: str, model_type: str, base_dir
             enc = tok(case["question"], words, return_tensors="np", **kwargs)
         else:
             enc = tok(words, return_tensors="np", **kwargs)
-        return _batched(enc), tok
+        out = _batched(enc)
+        check_sequence_lengths(out, config, "case (tokenized)")
+        return out, tok
     if model_type == "lxmert":
         for key in ("question", "features", "boxes"):
             if key not in case:
                 raise CliError(f"LXMERT case needs {key!r} (has {sorted(case)})")
         for key in ("question", "features", "boxes"):
             _need_type(case[key], key, lambda v: isinstance(v, str), "a string")
-        feats = _load_npy(os.path.join(base_dir, case["features"]), "features file")
-        boxes = _load_npy(os.path.join(base_dir, case["boxes"]), "boxes file")
+        for key in ("matched_label", "ans"):
+            if _is_int(case.get(key)):
+                _check_int64(case[key], repr(key))
+        _check_text(tok, config, len(case["question"]), "'question'")
+        feats_path = os.path.join(base_dir, case["features"])
+        boxes_path = os.path.join(base_dir, case["boxes"])
+        feats = _load_npy(feats_path, "features file")
+        boxes = _load_npy(boxes_path, "boxes file")
+        if files is not None:
+            files += [feats_path, boxes_path]
         feats = feats[None] if feats.ndim == 2 else feats
         boxes = boxes[None] if boxes.ndim == 2 else boxes
         if feats.ndim != 3 or boxes.ndim != 3 or feats.shape[:2] != boxes.shape[:2] or boxes.shape[2] != 4:
@@ -166,42 +305,76 @@ def encode_case(case: dict[str, Any], checkpoint: str, model_type: str, base_dir
                 if not isinstance(case[key], int) or isinstance(case[key], bool):
                     raise CliError(f"LXMERT case: {key!r} must be an integer, got {case[key]!r}")
                 enc[key] = np.array([case[key]], dtype=np.int64)
+        check_sequence_lengths(enc, config, "case (tokenized)")
         return enc, tok
     raise CliError(f"model_type {model_type!r} has no JSON input format")
 
 
+def _jsonl_lines(path: str):
+    """``(line number, bytes)`` of each line of a ``.jsonl``, streamed: the file at most
+    ``MAX_INPUT_BYTES``, each line at most ``MAX_CASE_BYTES``."""
+    with open_regular(path, "inputs file", MAX_INPUT_BYTES) as f:
+        i = 0
+        while True:
+            ln = f.readline(MAX_CASE_BYTES + 1)
+            if not ln:
+                return
+            i += 1
+            if len(ln) > MAX_CASE_BYTES and not ln.endswith(b"\n"):
+                raise CliError(
+                    f"{path} line {i}: a case of more than {MAX_CASE_BYTES} bytes exceeds the limit"
+                )
+            yield i, ln
+
+
 def read_cases(
-    path: str, checkpoint: str, model_type: str
+    path: str,
+    checkpoint: str,
+    model_type: str,
+    config: Any = None,
+    files: list[str] | None = None,
 ) -> list[tuple[dict[str, np.ndarray], dict[str, Any]]]:
     """Read ``--inputs``: ``.npz`` (one case, arrays named as forward keywords), ``.json`` (one
     case, tokenized) or ``.jsonl`` (one JSON case per line).
+
+    Args:
+        path: the inputs file.
+        checkpoint, model_type: whose tokenizer encodes a JSON case.
+        config: the checkpoint's config; bounds every case before any work (see `encode_case`
+            and `check_sequence_lengths`).
+        files: the files read are appended (the inputs file, any ``.npy`` a case names), so a
+            writer never writes over them.
 
     Returns:
         a list of (forward keywords -> arrays, provenance for the manifest).
     """
     _need_file(path, "inputs file")
+    if files is not None:
+        files.append(path)
     ext = os.path.splitext(path)[1].lower()
     src = {"path": os.path.basename(path), "sha256": sha256_file(path)}
     if ext == ".npz":
-        return [
-            (_load_npz(path), {"kind": "npz", **src, "description": "arrays named as the forward keywords"})
-        ]
+        arrays = _load_npz(path)
+        check_sequence_lengths(arrays, config, f"inputs file {path}")
+        return [(arrays, {"kind": "npz", **src, "description": "arrays named as the forward keywords"})]
     base = os.path.dirname(os.path.abspath(path))
     if ext == ".json":
-        case = read_json(path, path, max_bytes=MAX_INPUT_BYTES)
-        inputs, _ = encode_case(case, checkpoint, model_type, base)
+        case = read_json(path, path, max_bytes=MAX_CASE_BYTES)
+        inputs, _ = encode_case(case, checkpoint, model_type, base, config=config, files=files)
         return [(inputs, {"kind": "json", **src, "description": f"{model_type} tokenizer of the checkpoint"})]
     if ext == ".jsonl":
         cases = []
         tok = None
-        lines = read_bytes(path, "inputs file", MAX_INPUT_BYTES).split(b"\n")
-        for i, ln in enumerate(lines):
+        for i, ln in _jsonl_lines(path):
             if not ln.strip():
                 continue
-            case = read_json(ln, f"{path} line {i + 1}", max_bytes=MAX_INPUT_BYTES)
-            inputs, tok = encode_case(case, checkpoint, model_type, base, tok)
+            case = read_json(ln, f"{path} line {i}", max_bytes=MAX_CASE_BYTES)
+            try:
+                inputs, tok = encode_case(case, checkpoint, model_type, base, tok, config=config, files=files)
+            except CliError as e:
+                raise CliError(f"{path} line {i}: {e}") from None
             cases.append(
-                (inputs, {"kind": "jsonl", **src, "line": i + 1, "description": f"{model_type} tokenizer"})
+                (inputs, {"kind": "jsonl", **src, "line": i, "description": f"{model_type} tokenizer"})
             )
         if not cases:
             raise CliError(f"{path} holds no cases")

@@ -14,10 +14,11 @@ import numpy as np
 
 from .. import data, from_pretrained, golden
 from ..compare import compare
+from ..files import check_destination
 from .cases import _batched, _tokenizer, encode_case
 from .common import CliError
 
-__all__ = ["run_demo", "cmd_demo"]
+__all__ = ["DEMO_FILES", "run_demo", "cmd_demo"]
 
 
 def _id_to_token(tok: Any, i: int) -> str:
@@ -49,7 +50,11 @@ def _stat_row(label: str, x: np.ndarray, keep: np.ndarray) -> str:
     return f"  {label:<22} {shape:<12} mean {rows.mean():+.4f}  norm {np.linalg.norm(rows):8.4f}"
 
 
-def _demo_case(kind: str, example: str, out_dir: str, dtype: str, description: str):
+#: the golden files ``refimpl demo`` writes into ``--out``.
+DEMO_FILES = ("lilt-form.safetensors", "lilt-forms-padded.safetensors", "lxmert-question.safetensors")
+
+
+def _demo_case(kind: str, example: str, out_dir: str, dtype: str, description: str, force: bool = False):
     """Load the bundled ``<kind>-tiny`` model, encode ``example/<example>`` with its tokenizer and
     write the golden file ``<kind>-<example stem>.safetensors``.
 
@@ -68,13 +73,14 @@ def _demo_case(kind: str, example: str, out_dir: str, dtype: str, description: s
         inputs,
         checkpoint=ckpt,
         inputs_source={"kind": "json", "path": f"example/{example}", "description": description},
+        force=force,
     )
     return model, case, inputs, tok, path, g
 
 
-def _demo_lilt(out_dir: str, dtype: str, say: Callable[[str], None]) -> str:
+def _demo_lilt(out_dir: str, dtype: str, say: Callable[[str], None], force: bool = False) -> str:
     model, case, inputs, tok, path, g = _demo_case(
-        "lilt", "form.json", out_dir, dtype, "bundled example form page, lilt-tiny tokenizer"
+        "lilt", "form.json", out_dir, dtype, "bundled example form page, lilt-tiny tokenizer", force
     )
     t = g.tensors
     ids = inputs["input_ids"][0]
@@ -104,7 +110,7 @@ def _demo_lilt(out_dir: str, dtype: str, say: Callable[[str], None]) -> str:
     return path
 
 
-def _demo_padded(out_dir: str, dtype: str, say: Callable[[str], None]) -> str:
+def _demo_padded(out_dir: str, dtype: str, say: Callable[[str], None], force: bool = False) -> str:
     """LiLT on the bundled padded batch (``example/forms.json``: a form and a shorter receipt,
     tokenized together): the golden file carries mask specs, and comparing skips padded positions."""
     ckpt, case_file = data.path("lilt-tiny"), data.path("example", "forms.json")
@@ -131,6 +137,7 @@ def _demo_padded(out_dir: str, dtype: str, say: Callable[[str], None]) -> str:
             "path": "example/forms.json",
             "description": "bundled batch of two pages, the second padded; lilt-tiny tokenizer",
         },
+        force=force,
     )
     real = inputs["attention_mask"].sum(axis=1).tolist()
     masked = sum(1 for e in g.manifest["tensors"] if e["masks"])
@@ -169,13 +176,14 @@ def _stream_rows(t, stream: str, n_own: int, names, other, keep, other_keep, say
         say(line)
 
 
-def _demo_lxmert(out_dir: str, dtype: str, say: Callable[[str], None]) -> str:
+def _demo_lxmert(out_dir: str, dtype: str, say: Callable[[str], None], force: bool = False) -> str:
     model, case, inputs, tok, path, g = _demo_case(
         "lxmert",
         "question.json",
         out_dir,
         dtype,
         "bundled example question + region features, lxmert-tiny tokenizer",
+        force,
     )
     t = g.tensors
     ids = inputs["input_ids"][0]
@@ -201,17 +209,30 @@ def _demo_lxmert(out_dir: str, dtype: str, say: Callable[[str], None]) -> str:
     return path
 
 
-def run_demo(out_dir: str = "refimpl-demo", dtype: str = "float64", quiet: bool = False) -> int:
+def run_demo(
+    out_dir: str = "refimpl-demo", dtype: str = "float64", quiet: bool = False, force: bool = False
+) -> int:
     """Run both bundled models on the bundled example, print a step-through summary and write
     the golden files ``lilt-form.safetensors``, ``lilt-forms-padded.safetensors`` (a padded
-    batch of two pages) and ``lxmert-question.safetensors`` to ``out_dir``."""
+    batch of two pages) and ``lxmert-question.safetensors`` to ``out_dir``.
+
+    Each destination is checked before any work (`refimpl.files.check_destination`): an
+    existing file of those names is replaced only when it is a golden file or with ``force``.
+    """
     t0 = time.perf_counter()
     say: Callable[[str], None] = (lambda s: None) if quiet else print
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise CliError(f"--out {out_dir}: is not a directory")
+    for name in DEMO_FILES:
+        check_destination(
+            os.path.join(out_dir, name), force=force, ours=golden.is_golden_file, what="--out file",
+            kind="a golden file refimpl wrote",
+        )  # fmt: skip
     os.makedirs(out_dir, exist_ok=True)
     paths = [
-        _demo_lilt(out_dir, dtype, say),
-        _demo_padded(out_dir, dtype, say),
-        _demo_lxmert(out_dir, dtype, say),
+        _demo_lilt(out_dir, dtype, say, force),
+        _demo_padded(out_dir, dtype, say, force),
+        _demo_lxmert(out_dir, dtype, say, force),
     ]
     for p in paths:  # the files read back and compare equal to themselves' reference layout
         if not compare(p, p).ok:
@@ -224,4 +245,4 @@ def run_demo(out_dir: str = "refimpl-demo", dtype: str = "float64", quiet: bool 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``refimpl demo``: `run_demo` with the command's options."""
-    return run_demo(out_dir=args.out, dtype=args.dtype, quiet=args.quiet)
+    return run_demo(out_dir=args.out, dtype=args.dtype, quiet=args.quiet, force=args.force)

@@ -15,6 +15,8 @@ def cmd_fuse_lilt(args: argparse.Namespace) -> int:
     """``refimpl fuse-lilt --text DIR --layout DIR --out DIR``: write the fused LiLT checkpoint; 0."""
     _need_file(args.text, "text checkpoint")
     _need_file(args.layout, "layout checkpoint")
-    report = fuse_lilt(args.text, args.layout, args.out, copy_tokenizer=not args.no_tokenizer)
+    report = fuse_lilt(
+        args.text, args.layout, args.out, copy_tokenizer=not args.no_tokenizer, force=args.force
+    )
     print(report.summary())
     return 0

@@ -1,16 +1,25 @@
 """``refimpl golden``: run a checkpoint on input cases and write one golden file per case
-(batches sharded and resumed)."""
+(batches sharded and resumed).
+
+Before any work: the cases are read and bounded (`refimpl.cli.cases`), the ``--out``
+pattern is checked (`_out_paths`), and every destination is checked
+(`refimpl.files.check_destination`: never an input, never a FIFO, device or directory, an
+existing file only when it is a golden file or with ``--force``). A resumed batch skips a
+case only when its file's manifest matches the case *and* its data digests verify."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import string
 import sys
 import time
 from typing import Any
 
 from .. import from_pretrained, golden
-from ..config import read_config_json
+from ..config import load_config, read_config_json
+from ..files import check_destination, input_identities
 from .cases import read_cases
 from .common import CliError, _need_file
 
@@ -50,18 +59,51 @@ class _Progress:
             self.stream.flush()
 
 
+#: ``{index}`` may carry a plain format spec: an optional ``0`` and a width of at most 2 digits, then ``d``.
+_INDEX_SPEC = re.compile(r"0?[0-9]{0,2}d?")
+
+
+def _check_pattern(out: str) -> None:
+    """An ``--out`` pattern may only hold ``{index}`` fields with a plain format spec
+    (``{index}``, ``{index:04d}``; no attribute or item access, no conversion, width <= 99)
+    and no ``..`` path component (it may not leave its own directory)."""
+    try:
+        fields = list(string.Formatter().parse(out))
+    except ValueError as e:
+        raise CliError(f"--out pattern {out!r} is not valid: {e}") from None
+    for _, field, spec, conv in fields:
+        if field is None:
+            continue
+        if field != "index" or conv is not None or not _INDEX_SPEC.fullmatch(spec or ""):
+            shown = "{" + field + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+            raise CliError(
+                f"--out pattern {out!r}: field {shown!r} is not allowed: use {{index}} with an optional plain "
+                "format spec of a zero pad and a width of at most 2 digits, e.g. {index:04d}"
+            )
+    parts = re.split(r"[/\\]", out)
+    if ".." in parts:
+        raise CliError(f"--out pattern {out!r}: a '..' component would leave the pattern's directory")
+
+
 def _out_paths(out: str, n: int, many: bool) -> list[str]:
     """Output file per case: ``out`` itself for one case; for a batch, ``out`` as a directory
-    (``case-0000.safetensors``...) or a pattern with ``{index}``."""
+    (``case-0000.safetensors``...) or a pattern with ``{index}`` (checked by `_check_pattern`;
+    every path must stay inside the pattern's directory)."""
     if not many:
         return [out]
-    if "{index" in out:
+    if "{" in out or "}" in out:
+        _check_pattern(out)
         try:
             paths = [out.format(index=i) for i in range(n)]
         except (KeyError, IndexError, ValueError) as e:
             raise CliError(f"--out pattern {out!r} is not valid: {e}") from None
         if len(set(paths)) != n:
             raise CliError(f"--out pattern {out!r} gives the same name to several cases")
+        top = os.path.normpath(os.path.dirname(out.split("{", 1)[0]) or ".")
+        for p in paths:
+            rel = os.path.relpath(os.path.normpath(p), top)
+            if rel == os.pardir or rel.startswith(os.pardir + os.sep) or os.path.isabs(rel):
+                raise CliError(f"--out pattern {out!r}: {p} leaves the pattern's directory {top}")
         return paths
     if out.endswith(".safetensors"):
         raise CliError(
@@ -86,19 +128,22 @@ def _parse_shard(text: str | None) -> tuple[int, int]:
 
 def _up_to_date(path: str, inputs_sha: str, weights: list[dict], dtype: str, selection: dict) -> bool:
     """Whether ``path`` is a golden file of the same case (inputs and weights hashes, dtype
-    and selection): a batch run skips it (resume)."""
+    and selection) whose data verifies against its ``tensor_sha256``: a batch run skips it
+    (resume). A file that fails, or records no digests, is rewritten."""
     if not os.path.isfile(path):
         return False
     try:
-        m = golden.read(path).manifest
+        g = golden.read(path)
+        m = g.manifest
+        same = (
+            m.get("inputs_sha256") == inputs_sha
+            and [w.get("sha256") for w in m.get("weights", [])] == [w["sha256"] for w in weights]
+            and m.get("dtype") == dtype
+            and m.get("selection") == selection
+        )
+        return same and not g.verify()
     except (ValueError, OSError):
         return False
-    return (
-        m.get("inputs_sha256") == inputs_sha
-        and [w.get("sha256") for w in m.get("weights", [])] == [w["sha256"] for w in weights]
-        and m.get("dtype") == dtype
-        and m.get("selection") == selection
-    )
 
 
 def _load_model(checkpoint: str, dtype: str, device: str):
@@ -113,36 +158,52 @@ def cmd_golden(args: argparse.Namespace) -> int:
     ckpt = args.checkpoint
     _need_file(ckpt, "checkpoint")
     _need_file(args.inputs, "inputs file")
+    if not os.path.isdir(ckpt):
+        raise CliError(f"checkpoint must be a directory with config.json and weights: {ckpt}")
     shard_i, shard_n = _parse_shard(args.shard)
     try:
         selection = golden.selection_spec(args.select)
     except ValueError as e:
         raise CliError(f"--select: {e}") from None
     model_type = read_config_json(ckpt).get("model_type")
-    model = _load_model(ckpt, args.dtype, args.device)
-    cases = read_cases(args.inputs, ckpt, model_type)
+    config = load_config(ckpt)
+    files: list[str] = []
+    cases = read_cases(args.inputs, ckpt, model_type, config=config, files=files)
     many = args.inputs.lower().endswith(".jsonl")
     paths = _out_paths(args.out, len(cases), many)
     mine = [i for i in range(len(cases)) if i % shard_n == shard_i]
+    inputs = input_identities([ckpt, *files])
+    force = getattr(args, "force", False)
+    for i in mine:  # every destination, before any work
+        paths[i] = check_destination(
+            paths[i], inputs, force=force, ours=golden.is_golden_file, what="--out",
+            kind="a golden file refimpl wrote",
+        )  # fmt: skip
+    model = _load_model(ckpt, args.dtype, args.device)
     weights = golden.weight_entries(ckpt)  # hashed once for the whole batch
     bar = _Progress(len(mine), quiet=args.quiet) if many else None
     written = skipped = 0
     for done, i in enumerate(mine, 1):
-        (inputs, source), path = cases[i], paths[i]
-        arrays, flags = golden.prepare_inputs(model, inputs)
+        (inputs_i, source), path = cases[i], paths[i]
+        arrays, flags = golden.prepare_inputs(model, inputs_i)
         fwd = {"output_attentions": golden.wants_attentions(selection), "output_hidden_states": True, **flags}
         if many and _up_to_date(path, golden.inputs_hash(arrays, fwd), weights, args.dtype, selection):
             skipped += 1
         else:
-            g = golden.write_case(
-                path,
-                model,
-                inputs,
-                checkpoint=ckpt,
-                inputs_source=source,
-                select=args.select,
-                weights=weights,
-            )
+            try:
+                g = golden.write_case(
+                    path,
+                    model,
+                    inputs_i,
+                    checkpoint=ckpt,
+                    inputs_source=source,
+                    select=args.select,
+                    weights=weights,
+                    force=force,
+                    inputs_files=files,
+                )
+            except golden.SelectionError as e:
+                raise CliError(f"--{e}") from None
             written += 1
             if not many and not args.quiet:
                 n_stored = len(g.tensors) - len(g.aliases)

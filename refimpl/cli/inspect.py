@@ -1,4 +1,5 @@
-"""``refimpl inspect``: summarise a checkpoint directory or a golden file."""
+"""``refimpl inspect``: summarise a checkpoint directory or a golden file (``--verify``: and
+check a golden file's data against its ``tensor_sha256``)."""
 
 from __future__ import annotations
 
@@ -84,7 +85,21 @@ def _checkpoint_shapes(path: str) -> dict[str, tuple[tuple[int, ...], str]] | No
     return out
 
 
-def _inspect_golden(path: str) -> None:
+def _verify_golden(g: golden.Golden) -> None:
+    """Recompute every stored tensor's SHA-256 (`refimpl.golden.Golden.verify`); raise naming
+    the tensors that differ."""
+    bad = g.verify()
+    n = len(g.tensors) - len(g.aliases)
+    if bad:
+        shown = ", ".join(repr(b) for b in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise CliError(
+            f"{g.path}: data of {len(bad)} of {n} stored tensors does not match the manifest's "
+            f"{golden.DIGEST_KEY}: {shown} (the file is damaged; regenerate it)"
+        )
+    print(f"verified    {n} stored tensors: every SHA-256 matches the manifest")
+
+
+def _inspect_golden(path: str, verify: bool = False) -> None:
     g = golden.read(path)
     m = g.manifest
     print(f"golden file {path}")
@@ -118,6 +133,8 @@ def _inspect_golden(path: str) -> None:
         print(
             f"  {k:<{w}}  {str(dt):<8} {'x'.join(map(str, shape)) or 'scalar':<16} {tol:<11} {masks} {alias}".rstrip()
         )
+    if verify:
+        _verify_golden(g)
 
 
 def _is_golden_file(path: str) -> bool:
@@ -129,15 +146,18 @@ def _is_golden_file(path: str) -> bool:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    """``refimpl inspect PATH``: print a summary of a checkpoint directory or a golden file; 0."""
+    """``refimpl inspect PATH [--verify]``: print a summary of a checkpoint directory or a golden
+    file (with ``--verify``, check its data digests: exit 2 naming the damaged tensors); 0."""
     path = args.path
     _need_file(path, "path")
     if os.path.isdir(path):
         if not os.path.lexists(os.path.join(path, "config.json")):
             raise CliError(f"{path} is not a checkpoint directory (no config.json)")
+        if getattr(args, "verify", False):
+            raise CliError("--verify checks a golden file's data; give a .safetensors golden file")
         _inspect_checkpoint(path)
     elif _is_golden_file(path):
-        _inspect_golden(path)
+        _inspect_golden(path, verify=getattr(args, "verify", False))
     else:
         raise CliError(f"{path} is neither a checkpoint directory nor a .safetensors golden file")
     return 0

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 from .. import __version__, backend
@@ -36,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="refimpl",
         description="NumPy reference implementation of LiLT and LXMERT: golden outputs for porters.",
+        epilog="Commands that write (golden, convert, fuse-lilt, demo) write atomically, never over an input, "
+        "a FIFO or a device, and replace an existing file that is not a golden file refimpl wrote only with "
+        "--force.",
     )
     p.add_argument("--version", action="version", version=f"refimpl {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -51,7 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--inputs", required=True, help=".npz (forward keywords), .json (one case) or .jsonl (cases)"
     )
     g.add_argument(
-        "--out", required=True, help="output .safetensors (for .jsonl: a dir or a pattern with {index})"
+        "--out",
+        required=True,
+        help="output .safetensors (for .jsonl: a dir or a pattern such as out/case-{index:04d}.safetensors: "
+        "{index} with an optional zero-padded width of at most 2 digits, inside the pattern's directory)",
     )
     g.add_argument(
         "--dtype", choices=backend.DTYPES, default="float64", help="compute dtype (default float64)"
@@ -67,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--shard", metavar="I/N", help="process every N-th case of a .jsonl, starting at case I (0-based)"
+    )
+    g.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing --out file that is not a golden file refimpl wrote (never an input, "
+        "a FIFO, a device or a directory)",
     )
     g.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
     g.set_defaults(func=cmd_golden)
@@ -120,11 +134,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("inspect", help="summarise a checkpoint directory or a golden file")
     i.add_argument("path")
+    i.add_argument(
+        "--verify",
+        action="store_true",
+        help="golden file: recompute every stored tensor's SHA-256 and check it against the manifest's "
+        "tensor_sha256 (exit 2 naming the tensors that differ)",
+    )
     i.set_defaults(func=cmd_inspect)
 
     v = sub.add_parser("convert", help="pytorch_model.bin -> model.safetensors without torch")
     v.add_argument("src", metavar="pytorch_model.bin")
     v.add_argument("dst", metavar="model.safetensors")
+    v.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing destination file (never the source, a FIFO, a device or a directory)",
+    )
     v.set_defaults(func=cmd_convert)
 
     f = sub.add_parser("fuse-lilt", help="LiLT = RoBERTa-like text model + lilt-only layout weights")
@@ -132,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--layout", required=True, help="layout-only LiLT checkpoint dir (e.g. lilt-only-base)")
     f.add_argument("--out", required=True, help="output directory")
     f.add_argument("--no-tokenizer", action="store_true", help="do not copy the text model's tokenizer files")
+    f.add_argument(
+        "--force",
+        action="store_true",
+        help="replace files that already exist in --out (never a file of an input checkpoint)",
+    )
     f.set_defaults(func=cmd_fuse_lilt)
 
     d = sub.add_parser("demo", help="run the bundled tiny LiLT and LXMERT on the bundled example")
@@ -139,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default="refimpl-demo", help="where to write the golden files (default ./refimpl-demo)"
     )
     d.add_argument("--dtype", choices=backend.DTYPES, default="float64")
+    d.add_argument(
+        "--force",
+        action="store_true",
+        help="replace existing files of the demo's names in --out that are not golden files refimpl wrote",
+    )
     d.add_argument("-q", "--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
 
@@ -159,8 +194,19 @@ def _tune_process() -> None:
         _tuned = True
 
 
+class _Terminated(BaseException):
+    """SIGTERM arrived: unwind (every ``finally`` runs, so temp files are removed)."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``refimpl`` console script; returns the exit code."""
+    """Entry point of the ``refimpl`` console script; returns the exit code.
+
+    SIGTERM (when ``main`` runs in the main thread) unwinds like Ctrl-C: the file being
+    written is left as it was and its temp file removed; the exit code is 143."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
@@ -170,11 +216,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the command owns its process: keep freed memory for the next forward, and let OpenBLAS's
     # idle threads sleep after each product instead of taking a core from the elementwise work
     _tune_process()
+    old = None
+    if threading.current_thread() is threading.main_thread():
+        old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(func(args) or 0)
     except KeyboardInterrupt:
         sys.stderr.write("refimpl: interrupted\n")
         return 130
+    except _Terminated:
+        sys.stderr.write("refimpl: terminated (SIGTERM); nothing was replaced half-written\n")
+        return 143
     except BrokenPipeError:
         return 0
     except Exception as e:  # every failure is one line, exit 2
@@ -182,3 +234,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         sys.stderr.write(f"refimpl {args.command}: error: {_one_line(e)}\n")
         return 2
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)

@@ -17,7 +17,7 @@ mask positions a comparison should skip. A port is checked against it with
 
 Modules, bottom-up: `format` (names, dtype codes, tolerances), `selection` (``--select``),
 `masks` (which positions a comparison skips), `manifest` (building and validating it),
-`reader` (`read`, `Golden`), `capture` (a traced forward pass as named tensors), `writer`
+`reader` (`read`, `Golden`, `is_golden_file`), `capture` (a traced forward pass as named tensors), `writer`
 (`GoldenWriter`, `write`, `write_case`: the one place that writes a golden file).
 
 Typical use:
@@ -30,18 +30,22 @@ Typical use:
 
 from ..files import sha256_file
 from .capture import flatten_outputs, prepare_inputs, trace_forward
-from .format import FORMAT, FORMAT_VERSION, MANIFEST_KEY, recommended_tolerance
+from .format import DIGEST_KEY, FORMAT, FORMAT_VERSION, MANIFEST_KEY, recommended_tolerance
 from .manifest import build_manifest, inputs_hash, validate_manifest, weight_entries
 from .masks import keep_mask, mask_specs_for
-from .reader import Golden, read
-from .selection import PRESETS, is_selected, selection_spec, wants_attentions
+from .reader import Golden, is_golden_file, read
+from .selection import PRESETS, SelectionError, check_selection, is_selected, selection_spec, wants_attentions
 from .writer import GoldenWriter, write, write_case
 
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "MANIFEST_KEY",
+    "DIGEST_KEY",
     "Golden",
+    "SelectionError",
+    "check_selection",
+    "is_golden_file",
     "GoldenWriter",
     "PRESETS",
     "selection_spec",

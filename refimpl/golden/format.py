@@ -15,6 +15,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "MANIFEST_KEY",
+    "DIGEST_KEY",
     "MASK_INPUTS",
     "FLOAT64_ATOL",
     "FLOAT64_RTOL",
@@ -26,6 +27,10 @@ __all__ = [
 FORMAT = "refimpl-golden"
 FORMAT_VERSION = 2
 MANIFEST_KEY = "refimpl_manifest"
+#: manifest key of the data digests: stored tensor name -> hex SHA-256 of its bytes in the
+#: file. An optional key within format version 2 (readers that do not know it ignore it);
+#: `refimpl.golden.Golden.verify`, ``refimpl inspect --verify`` and resumed batch runs check it.
+DIGEST_KEY = "tensor_sha256"
 
 #: forward keywords that are masks over a token stream: input name -> stream.
 MASK_INPUTS = {"attention_mask": "language", "visual_attention_mask": "vision"}

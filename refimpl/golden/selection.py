@@ -1,5 +1,9 @@
 """Which tensors a golden file keeps: the ``--select`` presets and globs, and the test of a
-name against a selection."""
+name against a selection.
+
+A selection read from a file is bounded before anything is compiled (`check_selection`:
+at most ``MAX_SELECTION_TERMS`` terms and ``MAX_SELECTION_CHARS`` characters of regular
+expressions in all) and compiled once."""
 
 from __future__ import annotations
 
@@ -10,7 +14,28 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["PRESETS", "selection_spec", "wants_attentions", "is_selected"]
+__all__ = [
+    "PRESETS",
+    "SelectionError",
+    "MAX_SELECTION_TERMS",
+    "MAX_SELECTION_CHARS",
+    "selection_spec",
+    "check_selection",
+    "matching_terms",
+    "wants_attentions",
+    "is_selected",
+]
+
+
+class SelectionError(ValueError):
+    """A ``select`` value kept no tensor of the forward pass (so nothing is written)."""
+
+
+#: the most ``--select`` values (terms) a selection may hold.
+MAX_SELECTION_TERMS = 64
+#: the most characters of regular expressions (includes and excludes together) in a selection;
+#: the presets together use under 1,000.
+MAX_SELECTION_CHARS = 65536
 
 _ATTENTION_SHAPED = (
     r"(.*\.)?[^.@]*(scores|probs)[^.@]*(@\w+)?",  # traced attention scores / probabilities
@@ -60,29 +85,115 @@ def selection_spec(select: str | Sequence[str] | None = None) -> dict[str, Any]:
         ``{"select": [values], "terms": [{"include": [regex], "exclude": [regex]}, ...]}``.
 
     Raises:
-        ValueError: an empty value.
+        ValueError: an empty value, a glob with an unclosed ``[`` (tensor names never hold a
+            ``[``, so it is a typo, not a literal), or over the bounds of `check_selection`.
     """
     values = [select] if isinstance(select, str) else list(select or ["all"])
+    if len(values) > MAX_SELECTION_TERMS:
+        raise ValueError(f"{len(values)} selections exceed the limit of {MAX_SELECTION_TERMS}")
     terms = []
     for i, v in enumerate(values):
         if not isinstance(v, str) or not v.strip():
             raise ValueError(f"select[{i}]: expected a preset ({', '.join(PRESETS)}) or a glob, got {v!r}")
+        if v not in PRESETS and _unclosed_bracket(v):
+            raise ValueError(
+                f"{v!r} is not a valid glob: a '[' is not closed by ']' (use [[] for a literal '[')"
+            )
         if v in PRESETS:
             inc, exc = PRESETS[v]
             terms.append({"include": list(inc), "exclude": list(exc)})
         else:
             terms.append({"include": [fnmatch.translate(v)], "exclude": []})
-    return {"select": values, "terms": terms}
+    spec = {"select": values, "terms": terms}
+    check_selection(spec, "selection")
+    return spec
+
+
+def _unclosed_bracket(glob: str) -> bool:
+    """Whether ``glob`` has a ``[`` that ``fnmatch`` would read as a literal for want of ``]``."""
+    i, n = 0, len(glob)
+    while i < n:
+        if glob[i] == "[":
+            j = i + 1
+            if j < n and glob[j] == "!":
+                j += 1
+            if j < n and glob[j] == "]":
+                j += 1
+            while j < n and glob[j] != "]":
+                j += 1
+            if j >= n:
+                return True
+            i = j
+        i += 1
+    return False
+
+
+def check_selection(spec: Any, what: str) -> None:
+    """Bound a selection object (from ``--select`` or a file's manifest) before it is compiled.
+
+    Args:
+        spec: ``{"select": [...], "terms": [{"include": [regex], "exclude": [regex]}, ...]}``.
+        what: names the source in messages (a path and field, or ``--select``).
+
+    Raises:
+        ValueError: more than ``MAX_SELECTION_TERMS`` terms, more than
+            ``MAX_SELECTION_CHARS`` characters of regular expressions, a malformed term or
+            an invalid regular expression (compiled once here; the compiled form is cached).
+    """
+    terms = spec.get("terms") if isinstance(spec, dict) else None
+    if not isinstance(terms, list):
+        raise ValueError(f"{what}.terms must be a list")
+    if len(terms) > MAX_SELECTION_TERMS:
+        raise ValueError(f"{what}: {len(terms)} terms exceed the limit of {MAX_SELECTION_TERMS}")
+    chars = 0
+    for i, t in enumerate(terms):
+        if not isinstance(t, dict):
+            raise ValueError(f"{what}.terms[{i}] must be an object")
+        for k in ("include", "exclude"):
+            rx = t.get(k)
+            if not isinstance(rx, list) or not all(isinstance(r, str) for r in rx):
+                raise ValueError(f"{what}.terms[{i}].{k} must be a list of strings")
+            chars += sum(len(r) for r in rx)
+            if chars > MAX_SELECTION_CHARS:
+                raise ValueError(
+                    f"{what}: the patterns exceed the limit of {MAX_SELECTION_CHARS} characters in all "
+                    f"(at terms[{i}].{k})"
+                )
+    for i, t in enumerate(terms):
+        for k in ("include", "exclude"):
+            try:
+                re.compile("|".join(f"(?:{r})" for r in t[k]) or "(?!)")
+            except re.error as e:
+                raise ValueError(f"{what}.terms[{i}].{k} holds an invalid regular expression: {e}") from None
+            except RecursionError:
+                raise ValueError(
+                    f"{what}.terms[{i}].{k} holds a regular expression nested too deeply"
+                ) from None
+    _compiled(_key(spec))  # compiled once (cached)
+
+
+def _key(spec: Mapping[str, Any]) -> str:
+    return json.dumps(spec.get("terms"), sort_keys=True)
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled(spec_json: str) -> list[tuple[re.Pattern, re.Pattern | None]]:
+def _compiled(terms_json: str) -> list[tuple[re.Pattern, re.Pattern | None]]:
     out = []
-    for term in json.loads(spec_json)["terms"]:
+    for term in json.loads(terms_json):
         inc = re.compile("|".join(f"(?:{r})" for r in term["include"]) or "(?!)")
         exc = re.compile("|".join(f"(?:{r})" for r in term["exclude"])) if term["exclude"] else None
         out.append((inc, exc))
     return out
+
+
+def matching_terms(selection: Mapping[str, Any], name: str) -> list[int]:
+    """Indices of the selection's terms that keep ``name`` (`selection_spec` order), so a
+    writer can tell a ``--select`` value that matched nothing."""
+    return [
+        i
+        for i, (inc, exc) in enumerate(_compiled(_key(selection)))
+        if inc.fullmatch(name) and not (exc is not None and exc.fullmatch(name))
+    ]
 
 
 def wants_attentions(selection: Mapping[str, Any]) -> bool:
@@ -104,7 +215,7 @@ def is_selected(manifest: Mapping[str, Any], name: str) -> bool:
     spec = manifest.get("selection", manifest if "terms" in manifest else None)
     if not spec or name.startswith("inputs."):
         return True
-    for inc, exc in _compiled(json.dumps(spec, sort_keys=True)):
+    for inc, exc in _compiled(_key(spec)):
         if inc.fullmatch(name) and not (exc is not None and exc.fullmatch(name)):
             return True
     return False

@@ -1,6 +1,9 @@
 """Writing golden files: `GoldenWriter` streams a traced forward pass to disk; `write` stores
 tensors already in memory; `write_case` traces one case and writes it. Every golden file is
-written here."""
+written here, through `refimpl.files.atomic_write` (temp file, fsync, rename, directory
+fsync), to a destination checked first by `refimpl.files.check_destination`: never an
+input, never a FIFO, device or directory, and an existing file only when it is a golden
+file refimpl wrote (`is_golden_file`) or ``force`` is given."""
 
 from __future__ import annotations
 
@@ -9,17 +12,18 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from .. import trace
+from ..files import atomic_write, check_destination, full_disk_error, input_identities
 from .capture import _iter_outputs, prepare_inputs
-from .format import _CODE, FORMAT, FORMAT_VERSION, MANIFEST_KEY, MASK_INPUTS, _jsonable, _to_numpy
+from .format import _CODE, DIGEST_KEY, FORMAT, FORMAT_VERSION, MANIFEST_KEY, MASK_INPUTS, _jsonable, _to_numpy
 from .manifest import _entries, _manifest, inputs_hash
-from .reader import Golden, read
-from .selection import is_selected, selection_spec, wants_attentions
+from .reader import Golden, is_golden_file, read
+from .selection import SelectionError, is_selected, matching_terms, selection_spec, wants_attentions
 
 __all__ = ["GoldenWriter", "write", "write_case"]
 
@@ -27,30 +31,48 @@ __all__ = ["GoldenWriter", "write", "write_case"]
 class GoldenWriter(trace.Recorder):
     """A `refimpl.trace.Recorder` that streams a golden file to disk.
 
-    Each recorded tensor is checked against the selection, hashed (blake2b of its bytes, with
-    its dtype and shape) and, unless a bit-identical tensor is already stored (confirmed by a
-    byte compare), appended to a spill file next to ``path``; otherwise its name becomes an
-    alias. Nothing is kept in memory but names, shapes and hashes. `finish` writes the
-    safetensors header with the manifest, streams the spill files after it and renames the
-    result to ``path`` atomically; `abort` removes the spill files.
+    Each recorded tensor is checked against the selection, hashed (SHA-256 of its bytes: the
+    manifest's ``tensor_sha256``, and with its dtype and shape the key that finds a repeat)
+    and, unless a bit-identical tensor is already stored (confirmed by a byte compare),
+    appended to a spill file next to ``path``; otherwise its name becomes an alias. Nothing is
+    kept in memory but names, shapes and hashes. `finish` writes the safetensors header with
+    the manifest, streams the spill files after it and renames the result to ``path``
+    atomically; `abort` removes the spill files.
+
+    ``path`` is checked when the writer is made, before any work, and again in `finish`
+    (`refimpl.files.check_destination`).
 
     The data is grouped by element size (8-byte types first, then 4, 2, 1), so every tensor
     stays aligned for a zero-copy memory map; the manifest keeps the forward order.
 
     Args:
         path: the golden file to write.
-        select: ``--select`` values (see `selection_spec`).
+        select: ``--select`` values (see `selection_spec`). When given, each value must keep
+            at least one tensor, or `finish` refuses to write.
         dedup: store bit-identical tensors once (default).
+        force: replace an existing file that is not a golden file refimpl wrote.
+        inputs: files and directories the caller read (never written over, even with ``force``).
     """
 
     def __init__(
-        self, path: str | os.PathLike, select: str | Sequence[str] | None = None, dedup: bool = True
+        self,
+        path: str | os.PathLike,
+        select: str | Sequence[str] | None = None,
+        dedup: bool = True,
+        force: bool = False,
+        inputs: Iterable[str | os.PathLike | None] = (),
     ):
         super().__init__(copy=False)
-        self.path = os.fspath(path)
+        self.force = force
+        self.inputs = input_identities(inputs)
+        self.path = self._check(os.fspath(path))
         self.parent = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(self.parent, exist_ok=True)
         self.selection = selection_spec(select)
+        self.strict_selection = select is not None
+        self._hits: set[int] = set()
+        self._recorded, self._example = 0, None  # for the message of a select that kept nothing
+        self.digests: dict[str, str] = {}  # stored name -> hex SHA-256
         self.dedup = dedup
         self.meta: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}  # every kept name, forward order
         self.aliases: dict[str, str] = {}  # alias -> stored name
@@ -61,6 +83,12 @@ class GoldenWriter(trace.Recorder):
         self._spill: dict[int, Any] = {}
         self._pos: dict[int, int] = {}
         self.in_forward = False
+
+    def _check(self, path: str) -> str:
+        return check_destination(
+            path, self.inputs, force=self.force, ours=is_golden_file, what="golden file",
+            kind="a golden file refimpl wrote",
+        )  # fmt: skip
 
     def _spill_file(self, size: int):
         if size not in self._spill:
@@ -73,7 +101,10 @@ class GoldenWriter(trace.Recorder):
         for cand in self._by_key.get(key, []):
             _, _, size, off, n = self._stored[cand]
             f = self._spill[size]
-            f.flush()
+            try:
+                f.flush()
+            except OSError as e:
+                raise full_disk_error(e, self.path) from None
             if np.array_equal(np.frombuffer(os.pread(f.fileno(), n, off), np.uint8), raw):
                 return cand
         return None
@@ -93,9 +124,15 @@ class GoldenWriter(trace.Recorder):
             for n in (name, *aliases):
                 if n.startswith(("inputs.", "outputs.")):
                     raise ValueError(f"trace name {n!r} clashes with the golden naming scheme")
+        self._recorded += 1
+        if self._example is None and not name.startswith("inputs."):
+            self._example = name
         names = [n for n in (name, *aliases) if is_selected(self.selection, n)]
         if not names or value is None:
             return
+        if self.strict_selection:
+            for n in names:
+                self._hits.update(matching_terms(self.selection, n))
         a = _to_numpy(value)
         if a.dtype.name not in _CODE:
             raise ValueError(f"tensor {name!r}: dtype {a.dtype} cannot be stored (allowed: {sorted(_CODE)})")
@@ -104,11 +141,10 @@ class GoldenWriter(trace.Recorder):
             self.masks[names[0]] = shape
         for n in names:
             self.meta[n] = (a.dtype, shape)
-        key = None
         target = None
+        digest = hashlib.sha256(memoryview(a.reshape(-1).view(np.uint8))).hexdigest()
+        key = (a.dtype.str, shape, digest)
         if self.dedup:
-            digest = hashlib.blake2b(memoryview(a.reshape(-1).view(np.uint8)), digest_size=16).digest()
-            key = (a.dtype.str, shape, digest)
             target = self._find_equal(a, key)
         if target is None:
             target, rest = names[0], names[1:]
@@ -116,11 +152,15 @@ class GoldenWriter(trace.Recorder):
             f = self._spill_file(size)
             n = a.nbytes
             if n:
-                f.write(memoryview(a.reshape(-1).view(np.uint8)))
+                try:
+                    f.write(memoryview(a.reshape(-1).view(np.uint8)))
+                except OSError as e:
+                    raise full_disk_error(e, self.path) from None
+            self.digests[target] = digest
             self._stored[target] = (_CODE[a.dtype.name], shape, size, self._pos[size], n)
             self._pos[size] += n
             self.stored_bytes += n
-            if key is not None:
+            if self.dedup:
                 self._by_key.setdefault(key, []).append(target)
         else:
             rest = names
@@ -131,44 +171,69 @@ class GoldenWriter(trace.Recorder):
         """The manifest's ``tensors`` list of what was recorded so far (forward order)."""
         return _entries(self.meta, self.masks)
 
+    def unmatched_selection(self) -> list[str]:
+        """The ``select`` values that kept no tensor so far (only when ``select`` was given)."""
+        if not self.strict_selection:
+            return []
+        return [v for i, v in enumerate(self.selection["select"]) if i not in self._hits]
+
     def finish(self, manifest: Mapping[str, Any]) -> str:
         """Write the file: 8-byte header length, the JSON header (tensor table and
-        ``__metadata__`` manifest, padded to 8 bytes), then the spilled data; rename into place."""
-        sizes = sorted(self._spill, reverse=True)
-        base, at = {}, 0
-        for s in sizes:
-            base[s] = at
-            at += self._pos[s]
-        header: dict[str, Any] = {"__metadata__": {MANIFEST_KEY: json.dumps(manifest)}}
-        for name, (code, shape, size, off, n) in self._stored.items():
-            header[name] = {
-                "dtype": code,
-                "shape": list(shape),
-                "data_offsets": [base[size] + off, base[size] + off + n],
-            }
-        hb = json.dumps(header, separators=(",", ":")).encode("utf-8")
-        hb += b" " * (-(8 + len(hb)) % 8)
-        tmp = f"{self.path}.{os.getpid()}.tmp"
+        ``__metadata__`` manifest with ``tensor_sha256`` added, padded to 8 bytes), then the
+        spilled data; written atomically (`refimpl.files.atomic_write`).
+
+        Raises:
+            SelectionError: a ``select`` value kept no tensor (nothing is written).
+            refimpl.files.DestinationError: ``path`` may no longer be written.
+            OSError: naming ``path`` (a full disk: ``path`` keeps its old bytes).
+        """
         try:
-            with open(tmp, "wb") as out:
-                out.write(len(hb).to_bytes(8, "little"))
-                out.write(hb)
+            missed = self.unmatched_selection()
+            if missed:
+                raise SelectionError(
+                    f"select {', '.join(map(repr, missed))} matched no tensor of the {self._recorded} recorded "
+                    f"(names look like {self._example!r}; see refimpl inspect on a full file); "
+                    f"nothing was written to {self.path}"
+                )
+            self._check(self.path)
+            sizes = sorted(self._spill, reverse=True)
+            base, at = {}, 0
+            for s in sizes:
+                base[s] = at
+                at += self._pos[s]
+            full = {**manifest, DIGEST_KEY: {n: self.digests[n] for n in self._stored}}
+            header: dict[str, Any] = {"__metadata__": {MANIFEST_KEY: json.dumps(full)}}
+            for name, (code, shape, size, off, n) in self._stored.items():
+                header[name] = {
+                    "dtype": code,
+                    "shape": list(shape),
+                    "data_offsets": [base[size] + off, base[size] + off + n],
+                }
+            hb = json.dumps(header, separators=(",", ":")).encode("utf-8")
+            hb += b" " * (-(8 + len(hb)) % 8)
+            try:
                 for s in sizes:
-                    f = self._spill[s]
-                    f.flush()
-                    f.seek(0)
-                    shutil.copyfileobj(f, out, 16 << 20)
-            os.replace(tmp, self.path)
+                    self._spill[s].flush()
+                with atomic_write(self.path) as out:
+                    out.write(len(hb).to_bytes(8, "little"))
+                    out.write(hb)
+                    for s in sizes:
+                        f = self._spill[s]
+                        f.seek(0)
+                        shutil.copyfileobj(f, out, 16 << 20)
+            except OSError as e:
+                raise full_disk_error(e, self.path) from None
         finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
             self.abort()
         return self.path
 
     def abort(self) -> None:
         """Close and remove the spill files (nothing is written to ``path``)."""
         for f in self._spill.values():
-            f.close()
+            try:
+                f.close()  # flushes what is buffered: on a full disk that fails, and is discarded
+            except OSError:
+                pass
         self._spill.clear()
 
 
@@ -177,21 +242,24 @@ def write(
     tensors: Mapping[str, np.ndarray],
     manifest: Mapping[str, Any],
     select: str | Sequence[str] | None = None,
+    force: bool = False,
 ) -> str:
     """Write ``tensors`` and ``manifest`` to one golden file (parent dirs created).
 
     The manifest's ``tensors`` list must name exactly the keys of ``tensors``. Bit-identical
     tensors are stored once: the alias table is recomputed from the values (the manifest's own
     ``aliases`` is replaced), so a changed copy of a tensor is stored on its own. The selection
-    is kept from the manifest unless ``select`` is given.
+    is kept from the manifest unless ``select`` is given; ``tensor_sha256`` is recomputed.
+    An existing ``path`` is replaced only when it is a golden file or ``force`` is given.
     """
     listed = [e["name"] for e in manifest["tensors"]]
     if set(listed) != set(tensors) or len(listed) != len(tensors):
         raise ValueError("manifest['tensors'] must list every tensor exactly once")
     sel = manifest.get("selection") or selection_spec(select)
-    w = GoldenWriter(path, select=None)
+    w = GoldenWriter(path, select=None, force=force)
     if select is not None:
         w.selection = selection_spec(select)
+        w.strict_selection = True
     try:
         for name in listed:
             w.store(name, tensors[name])
@@ -215,6 +283,8 @@ def write_case(
     inputs_source: Mapping[str, Any] | None = None,
     select: str | Sequence[str] | None = None,
     weights: list[dict[str, Any]] | None = None,
+    force: bool = False,
+    inputs_files: Iterable[str | os.PathLike | None] = (),
 ) -> Golden:
     """Trace one forward pass of ``model`` on ``inputs`` and stream it to a golden file.
 
@@ -230,12 +300,15 @@ def write_case(
         inputs_source: provenance of the inputs, stored in the manifest.
         select: which tensors to keep (`selection_spec`; default all).
         weights: precomputed `weight_entries` of ``checkpoint`` (batch runs).
+        force: replace an existing ``path`` that is not a golden file refimpl wrote.
+        inputs_files: the files the inputs were read from; with every file of ``checkpoint``
+            they are never written over (see `GoldenWriter`).
 
     Returns:
         the written case as a `Golden` (read back lazily from ``path``).
     """
     arrays, flags = prepare_inputs(model, inputs)
-    w = GoldenWriter(path, select=select)
+    w = GoldenWriter(path, select=select, force=force, inputs=[checkpoint, *inputs_files])
     fwd = {k: v for k, v in inputs.items() if v is None or isinstance(v, (bool, str))}
     # a selection without attention outputs need not hold every layer's probabilities until
     # the forward returns (12 x [1, 12, 512, 512] float64 for LiLT base: 300 MB per stream)
@@ -264,7 +337,7 @@ def write_case(
             weights=weights,
             inputs_sha256=digest,
         )
-        w.finish(manifest)
+        path = w.finish(manifest)
     except BaseException:
         w.abort()
         raise

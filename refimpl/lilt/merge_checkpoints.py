@@ -23,22 +23,29 @@ transformers 4.56.2 without warnings:
 * the result is ``model.safetensors`` (float dtypes kept), not ``pytorch_model.bin``; the text
   checkpoint's tokenizer files are copied beside it.
 
-No torch is needed: weights are read and written through :mod:`refimpl.checkpoints`
+No torch is needed: weights are read and written through `refimpl.checkpoints`
 (safetensors, or a ``pytorch_model.bin`` through its restricted unpickler), bit for bit.
+
+Nothing a user has is lost: the output directory may not be (or hold a hardlink or symlink
+to) a file of either input checkpoint, an existing file is replaced only with ``force``, and
+every output file is written to a temp file first; only when all are complete are they
+renamed into place, ``config.json`` last (`refimpl.files.StagedFiles`). A full disk or a
+kill leaves the directory as it was.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .. import checkpoints
-from ..config import LiltConfig
+from ..checkpoints.safetensors import write_safetensors
+from ..config import LiltConfig, read_config_json
+from ..files import DestinationError, StagedFiles, check_destination, input_identities, open_regular
 from .modeling import LiltModel
 
 __all__ = ["fuse_lilt", "FuseReport", "TOKENIZER_FILES"]
@@ -63,7 +70,7 @@ DEFAULT_MAX_2D_POSITION_EMBEDDINGS = 1024
 
 @dataclass
 class FuseReport:
-    """What :func:`fuse_lilt` did: key counts, clashes won by the layout, dropped keys."""
+    """What `fuse_lilt` did: key counts, clashes won by the layout, dropped keys."""
 
     out_dir: str
     n_text: int = 0
@@ -93,18 +100,45 @@ class FuseReport:
 
 
 def _read_config(path: str) -> dict[str, Any] | None:
+    """The checkpoint's ``config.json`` read strictly (`refimpl.config.read_config_json`), or None."""
     d = path if os.path.isdir(path) else os.path.dirname(path)
     p = os.path.join(d, "config.json")
-    if not os.path.isfile(p):
+    if not os.path.lexists(p):
         return None
-    with open(p, encoding="utf-8") as f:
+    return read_config_json(p)
+
+
+def _destinations(
+    text: str, layout: str, out: str, copy_tokenizer: bool, force: bool
+) -> tuple[dict[str, str], dict[tuple[int, int], str]]:
+    """The files to write (name -> path), each checked before any work
+    (`refimpl.files.check_destination`); and the inputs' identities."""
+    inputs = input_identities(
+        [text, layout, *checkpoints.weight_files(text), *checkpoints.weight_files(layout)]
+    )
+    if os.path.lexists(out):
         try:
-            cfg = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p} is not valid JSON: {e}") from None
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{p} must hold a JSON object")
-    return cfg
+            st = os.stat(out)
+        except OSError:
+            raise DestinationError(f"--out {out}: is a dangling symlink") from None
+        if (st.st_dev, st.st_ino) in inputs:
+            raise DestinationError(
+                f"--out {out}: is the input checkpoint directory {inputs[(st.st_dev, st.st_ino)]}; refusing to "
+                "overwrite an input (--force does not change this)"
+            )
+        if not os.path.isdir(out):
+            raise DestinationError(f"--out {out}: is not a directory")
+    names = ["model.safetensors"]
+    if copy_tokenizer and os.path.isdir(text):
+        names += [n for n in TOKENIZER_FILES if os.path.isfile(os.path.join(text, n))]
+    names.append("config.json")  # last: a directory with a config is complete
+    dests = {
+        n: check_destination(
+            os.path.join(out, n), inputs, force=force, what="--out file", kind="a file fuse-lilt may replace"
+        )
+        for n in names
+    }
+    return dests, inputs
 
 
 def fuse_lilt(
@@ -113,6 +147,7 @@ def fuse_lilt(
     out: str | os.PathLike,
     copy_tokenizer: bool = True,
     validate: bool = True,
+    force: bool = False,
 ) -> FuseReport:
     """Fuse a RoBERTa-like text checkpoint with a layout-only LiLT checkpoint into ``out``.
 
@@ -125,11 +160,18 @@ def fuse_lilt(
         copy_tokenizer: copy the text checkpoint's tokenizer files.
         validate: check the fused keys and shapes against ``refimpl.lilt.LiltModel`` and raise
             listing every missing or misshaped key.
+        force: replace files that already exist in ``out``.
 
     Returns:
-        a :class:`FuseReport`.
+        a `FuseReport`.
+
+    Raises:
+        refimpl.files.DestinationError: before any work: ``out`` is (or holds a link to a file
+            of) an input checkpoint, is not a directory, or holds an output file already and
+            ``force`` is not given.
     """
     text, layout, out = os.fspath(text), os.fspath(layout), os.fspath(out)
+    dests, inputs = _destinations(text, layout, out, copy_tokenizer, force)
     text_cfg = _read_config(text)
     if text_cfg is None:
         raise FileNotFoundError(f"no config.json in the text checkpoint {text}")
@@ -171,16 +213,20 @@ def fuse_lilt(
         _validate(fused, config, f"fused {text} + {layout}")
 
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(config, f, sort_keys=True, indent=2, separators=(",", ": "))
-        f.write("\n")
-    checkpoints.save_safetensors(os.path.join(out, "model.safetensors"), fused, metadata={"format": "pt"})
-    if copy_tokenizer and os.path.isdir(text):
-        for name in TOKENIZER_FILES:
-            src = os.path.join(text, name)
-            if os.path.isfile(src):
-                shutil.copyfile(src, os.path.join(out, name))
-                report.copied.append(name)
+    for p in dests.values():  # again, now that the inputs are read (and mapped)
+        check_destination(p, inputs, force=force, what="--out file", kind="a file fuse-lilt may replace")
+    with StagedFiles() as staged:
+        write_safetensors(staged.open(dests["model.safetensors"]), fused, metadata={"format": "pt"})
+        for name in dests:
+            if name in ("model.safetensors", "config.json"):
+                continue
+            dst = staged.open(dests[name])
+            with open_regular(os.path.join(text, name), "tokenizer file") as src:
+                while block := src.read(16 << 20):
+                    dst.write(block)
+            report.copied.append(name)
+        text_out = json.dumps(config, sort_keys=True, indent=2, separators=(",", ": ")) + "\n"
+        staged.open(dests["config.json"]).write(text_out.encode("utf-8"))
     return report
 
 
