@@ -120,7 +120,7 @@ def cmd_golden(args: argparse.Namespace) -> int:
         raise CliError(f"--select: {e}") from None
     model_type = read_config_json(ckpt).get("model_type")
     model = _load_model(ckpt, args.dtype, args.device)
-    cases = read_cases(args.inputs, ckpt, model_type)
+    cases = read_cases(args.inputs, ckpt, model_type, type(model).__name__)
     many = args.inputs.lower().endswith(".jsonl")
     paths = _out_paths(args.out, len(cases), many)
     mine = [i for i in range(len(cases)) if i % shard_n == shard_i]
