@@ -134,6 +134,33 @@ def _resolve(name: str, cand: Candidate, ref: Any, by_path: dict, per_call: set[
     return g, how, path.count(".") + (1 if path else 0)
 
 
+def _fill_from_aliases(cand: Candidate, ref: Any) -> list[NameMatch]:
+    """Give a block output the candidate lacks the candidate's value of a golden name the
+    golden file stores as the same tensor (``outputs.hidden_states.2`` is layer 1's output):
+    a dump of the returned hidden states can then be isolated block by block. Only block
+    outputs of the oracle's own tuples are filled: names the golden file aliases to them."""
+    aliases = dict(ref.manifest.get("aliases") or {})
+    filled: list[NameMatch] = []
+    if not aliases:
+        return filled
+    groups: dict[str, list[str]] = {}
+    for name in ref.tensors:
+        groups.setdefault(aliases.get(name, name), []).append(name)
+    for names in groups.values():
+        held = [n for n in names if n in cand.tensors]
+        if not held or len(held) == len(names):
+            continue
+        src = held[0]
+        if not src.startswith("outputs."):
+            continue
+        for n in names:
+            if n not in cand.tensors and not n.startswith("outputs."):
+                cand.tensors[n], cand.dtypes[n] = cand.tensors[src], cand.dtypes[src]
+                cand.stored[n] = cand.stored.get(src, cand.dtypes[src])
+                filled.append(NameMatch(src, n, f"also as {n}: the golden file stores both as one tensor"))
+    return filled
+
+
 def match_names(cand: Candidate, ref: Any) -> tuple[Candidate, list[NameMatch]]:
     """Rename a hook dump's tensors to golden names.
 
@@ -175,7 +202,10 @@ def match_names(cand: Candidate, ref: Any) -> tuple[Candidate, list[NameMatch]]:
             else:
                 matches[n] = NameMatch(n, None, f"{how}: the same tensor as {props[0][1]!r}, compared once")
     if not proposals and not any(m.how.startswith("ignored") for m in matches.values()):
-        return cand, [matches[n] for n in names]
+        cand = Candidate(cand.path, cand.format, dict(cand.tensors), dict(cand.dtypes), cand.manifest,
+                         dict(cand.stored), list(cand.notes))  # fmt: skip
+        filled = _fill_from_aliases(cand, ref)
+        return cand, [matches[n] for n in names] + filled
     tensors: dict[str, np.ndarray] = {}
     dtypes: dict[str, str] = {}
     stored: dict[str, str] = {}
@@ -189,9 +219,10 @@ def match_names(cand: Candidate, ref: Any) -> tuple[Candidate, list[NameMatch]]:
         tensors[new], dtypes[new] = cand.tensors[n], cand.dtypes[n]
         stored[new] = cand.stored.get(n, cand.dtypes[n])
     out = Candidate(cand.path, cand.format, tensors, dtypes, cand.manifest, stored, list(cand.notes))
+    filled = _fill_from_aliases(out, ref)
     n_hook = sum(1 for m in matches.values() if m.golden is not None and m.how != "exact")
     if n_hook:
         out.notes.append(
             f"hook names: {n_hook} candidate tensors matched by module output (see --explain-names)"
         )
-    return out, [matches[n] for n in names]
+    return out, [matches[n] for n in names] + filled
