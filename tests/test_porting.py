@@ -11,6 +11,9 @@ import re
 
 import numpy as np
 import pytest
+import torch
+import transformers as T
+from _oracle import build, save, tiny_lilt_config, tiny_lxmert_config
 from _ports import (
     cross_scale,
     layout_scale,
@@ -23,7 +26,9 @@ from _ports import (
     relu_lxmert,
 )
 
+import refimpl
 from refimpl import compare as C
+from refimpl import golden
 from refimpl.cli import main
 
 FORMATS = {"float16 .npz": ("float16", "npz"), "bfloat16 .npz": ("bfloat16", "npz"), "bfloat16 safetensors": ("bfloat16", "safetensors")}  # fmt: skip
@@ -223,3 +228,142 @@ def test_no_false_culprit_across_20_seeds(tmp_path, hook_dump):
     assert [v for v in verdicts if v[2] != "ok"] == []
     assert sum(v[2] == "culprit" for v in verdicts) == 0 and len(verdicts) == 40
     assert worst < C.PRECISION_FACTOR, worst
+
+
+# ------------------------------------------------------------------------------- module calls
+def _tiny(arch: str, d, extra: str = ""):
+    """A tiny oracle of ``arch``, its golden file (float64) and its inputs."""
+    cls = getattr(T, arch)
+    rng = np.random.default_rng(0)
+    if arch.startswith("Lilt"):
+        kw = {"num_labels": 2} if "Question" in arch else {}
+        if extra == "relative":
+            kw["position_embedding_type"] = "relative_key"
+        oracle = build(cls, tiny_lilt_config(**kw), seed=1)
+        ids = rng.integers(3, 60, (2, 7))
+        ids[:, 0] = 0
+        mask = np.ones((2, 7), np.int64)
+        mask[1, 5:] = 0
+        ids[1, 5:] = 1
+        x0, y0 = rng.integers(0, 60, (2, 7)), rng.integers(0, 60, (2, 7))
+        inputs = {"input_ids": ids, "bbox": np.stack([x0, y0, x0 + 5, y0 + 5], -1), "attention_mask": mask}
+        if extra == "labels":
+            inputs["labels"] = rng.integers(0, 5, (2, 7)) if "Token" in arch else rng.integers(0, 2, (2,))
+    else:
+        oracle = build(cls, tiny_lxmert_config(), seed=1)
+        inputs = {
+            "input_ids": rng.integers(0, 50, (1, 7)),
+            "token_type_ids": np.zeros((1, 7), np.int64),
+            "attention_mask": np.ones((1, 7), np.int64),
+            "visual_feats": rng.normal(size=(1, 5, 12)),
+            "visual_pos": rng.uniform(size=(1, 5, 4)),
+        }
+        if extra == "labels":
+            inputs["labels" if "Question" in arch else "matched_label"] = np.array([1])
+    ckpt = save(oracle, d / "ckpt")
+    g = golden.write_case(
+        d / "case.safetensors", refimpl.from_pretrained(ckpt, dtype="float64"), inputs, checkpoint=ckpt
+    )
+    return oracle, inputs, g
+
+
+ARCHS = [
+    ("LiltForTokenClassification", ""),
+    ("LiltForTokenClassification", "labels"),
+    ("LiltForSequenceClassification", "labels"),
+    ("LiltForQuestionAnswering", ""),
+    ("LiltModel", "relative"),
+    ("LxmertForPreTraining", "labels"),
+    ("LxmertForQuestionAnswering", "labels"),
+    ("LxmertModel", ""),
+]
+
+
+@pytest.mark.parametrize(("arch", "extra"), ARCHS, ids=[f"{a}-{e}" if e else a for a, e in ARCHS])
+def test_the_manifest_module_calls_are_what_hooks_on_the_oracle_see(tmp_path, arch, extra):
+    """Every call of every module of the oracle, in hook order: the manifest names the same
+    module, and each tensor of its output equals the golden tensor the manifest names for it
+    (dropout calls are marked ignored)."""
+    oracle, inputs, g = _tiny(arch, tmp_path, extra)
+    seen = []
+
+    def leaves(o):
+        if isinstance(o, torch.Tensor):
+            return [o]
+        if isinstance(o, dict):
+            o = list(o.values())
+        return [t for x in o for t in leaves(x)] if isinstance(o, (tuple, list)) else []
+
+    hooks = [
+        m.register_forward_hook(
+            lambda m, a, o, n=n: seen.append((n, [t.detach().numpy() for t in leaves(o)]))
+        )
+        for n, m in oracle.named_modules()
+    ]
+    with torch.no_grad():
+        oracle(
+            **{k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()},
+            output_attentions=True,
+            output_hidden_states=True,
+        )
+    for h in hooks:
+        h.remove()
+    calls = g.manifest["modules"]
+    assert [c["module"] for c in calls] == [n for n, _ in seen]
+    for c, (name, outs) in zip(calls, seen, strict=True):
+        if "ignored" in c:
+            assert type(oracle.get_submodule(name)).__name__ == "Dropout"
+            continue
+        assert len(c["outputs"]) == len(outs), name
+        for want, t in zip(c["outputs"], outs, strict=True):
+            np.testing.assert_allclose(t, g.tensors[want], rtol=0, atol=1e-10, err_msg=f"{name} -> {want}")
+
+
+def test_a_float64_hook_dump_of_the_oracle_matches_every_golden_tensor_it_holds(
+    lilt, capsys, tmp_path, hook_dump
+):
+    """The recipe on the oracle itself in float64: every dumped name is read (compared, or
+    ignored as a dropout or a duplicate), and everything compared is within 1e-10."""
+    oracle, inputs, case, ckpt = lilt
+    kwargs = {k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()}
+    hook_dump(
+        oracle,
+        lambda m: m(**kwargs, output_attentions=True, output_hidden_states=True),
+        str(tmp_path / "d.npz"),
+    )
+    res = C.compare(case, tmp_path / "d.npz")
+    assert res.ok and not res.extra, res.report(only_failed=True)
+    kinds = {m.how.split(":")[0] for m in res.matches if m.golden is None}
+    assert all(k.startswith(("ignored", "tensor", "the root", "lilt", "call")) for k in kinds), kinds
+    rc, out, _ = run(capsys, "compare", case, tmp_path / "d.npz", "--explain-names")
+    assert rc == 0
+    assert (
+        "  lilt.encoder.layer.2.1 -> lilt.encoder.layer.2.layout (tensor 1 of lilt.encoder.layer.2's output)"
+        in out
+    )
+    assert (
+        "  lilt.encoder.layer.2.attention.self.dropout: ignored: call 1 of lilt.encoder.layer.2.attention.self.dropout is a dropout (the identity at inference)"
+        in out
+    )  # noqa: E501
+    assert (
+        "  lilt.layout_embeddings.x_position_embeddings -> lilt.layout_embeddings.x_position_embeddings.right (call 1 of lilt.layout_embeddings.x_position_embeddings's output)"
+        in out
+    )  # noqa: E501
+
+
+def test_per_call_names_of_a_module_called_twice(lxmert, capsys, tmp_path, hook_dump):
+    """LXMERT's shared cross-attention saved per call, as name.0 / name.1 or name#0 / name#1."""
+    oracle, inputs, case, ckpt = lxmert
+    va = "lxmert.encoder.x_layers.0.visual_attention"
+    calls = []
+    hook = oracle.get_submodule(va).register_forward_hook(lambda m, a, o: calls.append(o[0].detach().numpy()))
+    kwargs = {k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()}
+    with torch.no_grad():
+        oracle(**kwargs, output_attentions=True)
+    hook.remove()
+    for style in (".{}", "#{}"):
+        np.savez(tmp_path / "c.npz", **{va + style.format(i): t for i, t in enumerate(calls)})
+        res = C.compare(case, tmp_path / "c.npz")
+        got = {m.candidate: m.golden for m in res.matches}
+        assert got == {va + style.format(0): f"{va}.output@lang", va + style.format(1): f"{va}.output@visn"}
+        assert res.ok and len(res.compared) == 2

@@ -42,6 +42,7 @@ class Candidate:
         manifest: its golden manifest (``{}`` when it has none).
         stored: name -> the dtype it is stored as (``"float32"`` for upcast bfloat16).
         notes: lines saying how the precision was found.
+        origin: name -> the name it has in the dump, for names the name options changed.
     """
 
     path: str | None
@@ -51,6 +52,7 @@ class Candidate:
     manifest: dict[str, Any] = field(default_factory=dict)
     stored: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    origin: dict[str, str] = field(default_factory=dict)
 
 
 def looks_golden(path: str | os.PathLike) -> bool:

@@ -183,27 +183,33 @@ def match_names(cand: Candidate, ref: Any) -> tuple[Candidate, list[NameMatch]]:
     }
     matches: dict[str, NameMatch] = {}
     proposals: dict[str, list[tuple[int, str, str]]] = {}
+    shown = {n: cand.origin.get(n, n) for n in names}  # as the dump names them
+    via = {n: (f"renamed to {n} by the name options; " if shown[n] != n else "") for n in names}
     for n in names:
         if n in ref.tensors:
-            matches[n] = NameMatch(n, n, "exact")
+            matches[n] = NameMatch(shown[n], n, via[n] + "exact")
             continue
         g, how, depth = _resolve(n, cand, ref, by_path, per_call)
         if g is None:
-            matches[n] = NameMatch(n, None, how)
+            matches[n] = NameMatch(shown[n], None, via[n] + how)
         else:
-            proposals.setdefault(g, []).append((depth, n, how))
+            proposals.setdefault(g, []).append((depth, n, via[n] + how))
     for g, props in proposals.items():
         props.sort(key=lambda t: -t[0])
         for i, (_, n, how) in enumerate(props):
             if g in have:
-                matches[n] = NameMatch(n, None, f"{how}: the same tensor as {g}, compared under that name")
+                matches[n] = NameMatch(
+                    shown[n], None, f"{how}: the same tensor as {g}, compared under that name"
+                )
             elif i == 0:
-                matches[n] = NameMatch(n, g, how)
+                matches[n] = NameMatch(shown[n], g, how)
             else:
-                matches[n] = NameMatch(n, None, f"{how}: the same tensor as {props[0][1]!r}, compared once")
-    if not proposals and not any(m.how.startswith("ignored") for m in matches.values()):
+                matches[n] = NameMatch(
+                    shown[n], None, f"{how}: the same tensor as {shown[props[0][1]]!r}, compared once"
+                )
+    if not proposals and not any("ignored: " in m.how for m in matches.values()):
         cand = Candidate(cand.path, cand.format, dict(cand.tensors), dict(cand.dtypes), cand.manifest,
-                         dict(cand.stored), list(cand.notes))  # fmt: skip
+                         dict(cand.stored), list(cand.notes), dict(cand.origin))  # fmt: skip
         filled = _fill_from_aliases(cand, ref)
         return cand, [matches[n] for n in names] + filled
     tensors: dict[str, np.ndarray] = {}
@@ -211,14 +217,16 @@ def match_names(cand: Candidate, ref: Any) -> tuple[Candidate, list[NameMatch]]:
     stored: dict[str, str] = {}
     for n in names:
         m = matches[n]
-        if m.golden is None and (m.how.startswith("ignored") or "the same tensor as" in m.how):
+        if m.golden is None and ("ignored: " in m.how or "the same tensor as" in m.how):
             continue
         new = m.golden if m.golden is not None else n
         if new in tensors:  # an unmatched name that collides with a matched one: keep the match
             continue
         tensors[new], dtypes[new] = cand.tensors[n], cand.dtypes[n]
         stored[new] = cand.stored.get(n, cand.dtypes[n])
-    out = Candidate(cand.path, cand.format, tensors, dtypes, cand.manifest, stored, list(cand.notes))
+    out = Candidate(
+        cand.path, cand.format, tensors, dtypes, cand.manifest, stored, list(cand.notes), dict(cand.origin)
+    )
     filled = _fill_from_aliases(out, ref)
     n_hook = sum(1 for m in matches.values() if m.golden is not None and m.how != "exact")
     if n_hook:

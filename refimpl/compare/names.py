@@ -98,9 +98,12 @@ class NameMap:
             n = k if (k in keep and k not in self.mapping) else self(k, keep)
             if n in tensors:
                 raise CompareError(f"name map sends both {origin[n]!r} and {k!r} to {n!r}")
-            tensors[n], dtypes[n], origin[n] = v, cand.dtypes[k], k
+            tensors[n], dtypes[n], origin[n] = v, cand.dtypes[k], cand.origin.get(k, k)
             stored[n] = cand.stored.get(k, cand.dtypes[k])
-        return Candidate(cand.path, cand.format, tensors, dtypes, cand.manifest, stored, list(cand.notes))
+        renamed = {n: o for n, o in origin.items() if n != o}
+        return Candidate(
+            cand.path, cand.format, tensors, dtypes, cand.manifest, stored, list(cand.notes), renamed
+        )
 
 
 def _best_affix(unmatched: list[str], ref: set[str]) -> tuple[int, str, str] | None:
