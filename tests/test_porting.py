@@ -367,3 +367,19 @@ def test_per_call_names_of_a_module_called_twice(lxmert, capsys, tmp_path, hook_
         got = {m.candidate: m.golden for m in res.matches}
         assert got == {va + style.format(0): f"{va}.output@lang", va + style.format(1): f"{va}.output@visn"}
         assert res.ok and len(res.compared) == 2
+
+
+def test_a_last_call_dump_says_the_module_runs_twice(lxmert, capsys, tmp_path, hook_dump):
+    oracle, inputs, case, ckpt = lxmert
+    kwargs = {k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()}
+    hook_dump(
+        oracle,
+        lambda m: m(**kwargs, output_attentions=True, output_hidden_states=True),
+        str(tmp_path / "d.npz"),
+    )
+    rc, out, _ = run(capsys, "compare", case, tmp_path / "d.npz")
+    assert rc == 0
+    assert (
+        "module(s) run more than once per forward (e.g. lxmert.encoder.x_layers.0.visual_attention); the dump holds their last call only"
+        in out
+    )  # noqa: E501

@@ -228,6 +228,20 @@ def match_names(cand: Candidate, ref: Any) -> tuple[Candidate, list[NameMatch]]:
         cand.path, cand.format, tensors, dtypes, cand.manifest, stored, list(cand.notes), dict(cand.origin)
     )
     filled = _fill_from_aliases(out, ref)
+    twice = sorted(
+        p
+        for p, calls in by_path.items()
+        if len(calls) > 1
+        and calls[0] is not None
+        and p not in per_call
+        and p in have
+        and calls[0][0] not in have
+    )
+    if twice:
+        out.notes.append(
+            f"{len(twice)} module(s) run more than once per forward (e.g. {twice[0]}); the dump holds their last "
+            "call only: save each call as name.0, name.1 (or name#0, name#1) to compare the earlier ones too"
+        )
     n_hook = sum(1 for m in matches.values() if m.golden is not None and m.how != "exact")
     if n_hook:
         out.notes.append(
