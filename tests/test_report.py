@@ -57,7 +57,9 @@ def test_the_report_is_self_contained(report):
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH")
 def test_the_report_renders_in_chromium_and_loads_nothing(report, tmp_path):
     probe = tmp_path / "probe.html"
-    probe.write_text(report.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"), encoding="utf-8")
+    probe.write_text(
+        report.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"), encoding="utf-8"
+    )
     flags = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--window-size=1200,2000"]
     r = subprocess.run(
         [CHROMIUM, *flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
@@ -75,5 +77,7 @@ def test_the_report_renders_in_chromium_and_loads_nothing(report, tmp_path):
     assert got["plot"][0] > 300 and got["plot"][1] > 150  # the error-by-depth plot is laid out
     assert got["culprit"] == "lilt.encoder.layer.5" and got["heat"] and got["steps"] >= 10
     shot = tmp_path / "shot.png"
-    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", report.as_uri()], capture_output=True, timeout=120)
+    subprocess.run(
+        [CHROMIUM, *flags, f"--screenshot={shot}", report.as_uri()], capture_output=True, timeout=120
+    )
     assert shot.stat().st_size > 20_000  # a page with plots, not a blank one

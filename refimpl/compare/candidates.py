@@ -189,7 +189,9 @@ def _judge_dtypes(c: Candidate, stated: str | None) -> Candidate:
             f"candidate precision stated: every float tensor is judged as {stated} (--candidate-dtype)"
         )
         return c
-    wide = [k for k in floats if c.stored.get(k) in ("float32", "float64")]
+    # float32 only: NumPy has no bfloat16, so a bfloat16 (or float16) port saving .npz stores
+    # float32; a float64 tensor is a float64 port's (state anything else with --candidate-dtype)
+    wide = [k for k in floats if c.stored.get(k) == "float32"]
     found = {k: exact_dtype(np.asarray(c.tensors[k])) for k in wide}
     for store in sorted({c.stored[k] for k in wide}):
         of_store = [k for k in wide if c.stored[k] == store]
@@ -208,7 +210,7 @@ def _judge_dtypes(c: Candidate, stated: str | None) -> Candidate:
             for k in of_store:
                 if found[k] is None and exact_in(np.asarray(c.tensors[k]), dt):
                     found[k] = dt
-        for dt in sorted(dts, key=lambda d: (*REDUCED, "float32").index(d)):
+        for dt in sorted(dts, key=REDUCED.index):
             n = sum(found[k] == dt for k in of_store)
             c.notes.append(
                 f"candidate values are {dt} stored as {store} ({n} of {len(of_store)} {store} tensors): "
@@ -239,8 +241,9 @@ def read_candidate(
             ``.npy`` members), a directory of ``.npy`` files (``lilt.encoder.layer.0.npy`` is
             tensor ``lilt.encoder.layer.0``), a `Golden` or a mapping name -> array.
         dtype: the precision the port computed in (``--candidate-dtype``): every float tensor
-            is judged as that dtype. Without it, a float32 (or float64) tensor whose values
-            are all exactly bfloat16 (or float16, or float32) values is judged as that dtype.
+            is judged as that dtype. Without it, a float32 tensor whose values are all exactly
+            bfloat16 (or float16) values is judged as that dtype, when most of the dump's
+            float32 tensors are.
 
     Returns:
         `Candidate`.

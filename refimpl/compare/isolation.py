@@ -17,8 +17,10 @@ from ..golden.manifest import weight_entries
 from ..golden.masks import keep_mask
 from ..lilt.blocks import isolation_blocks as lilt_blocks
 from ..lxmert.blocks import isolation_blocks as lxmert_blocks
+from .candidates import Candidate
 from .check import compare, prepare
 from .errors import CompareError
+from .matching import fill_from_aliases
 from .names import NameMap
 from .precision import PRECISION_FACTOR, REDUCED, emulating, round_to, round_tree
 from .report import BlockRow, IsolationResult
@@ -195,7 +197,9 @@ def isolate(
         raise CompareError(f"precision factor must be a finite number >= 1, got {factor}")
     ref, cand, matches, raw = prepare(reference, candidate, names, candidate_dtype)
     plain = compare(ref, cand, atol, rtol, strict, rule)
-    plain.matches = matches
+    cand = Candidate(cand.path, cand.format, dict(cand.tensors), dict(cand.dtypes), cand.manifest,
+                     dict(cand.stored), list(cand.notes), dict(cand.origin))  # fmt: skip
+    plain.matches = matches + fill_from_aliases(cand, ref)  # hidden states stand for block outputs
     ck = os.fspath(checkpoint)
     model = check_checkpoint(ref, ck)
     blocks = _blocks(ref, model)

@@ -23,7 +23,7 @@ import numpy as np
 from ..golden.manifest import module_calls
 from .candidates import Candidate
 
-__all__ = ["NameMatch", "match_names", "matchable_names", "calls_of"]
+__all__ = ["NameMatch", "match_names", "matchable_names", "calls_of", "fill_from_aliases"]
 
 _CALL = re.compile(r"^(?P<path>.*)#(?P<call>\d+)(?:\.(?P<k>\d+))?$")
 _INDEX = re.compile(r"^(?P<path>.*)\.(?P<i>\d+)$")
@@ -134,11 +134,12 @@ def _resolve(name: str, cand: Candidate, ref: Any, by_path: dict, per_call: set[
     return g, how, path.count(".") + (1 if path else 0)
 
 
-def _fill_from_aliases(cand: Candidate, ref: Any) -> list[NameMatch]:
+def fill_from_aliases(cand: Candidate, ref: Any) -> list[NameMatch]:
     """Give a block output the candidate lacks the candidate's value of a golden name the
     golden file stores as the same tensor (``outputs.hidden_states.2`` is layer 1's output):
     a dump of the returned hidden states can then be isolated block by block. Only block
-    outputs of the oracle's own tuples are filled: names the golden file aliases to them."""
+    outputs of the oracle's own tuples are filled: names the golden file aliases to them.
+    Isolation uses it (the plain check compares each name as the dump holds it)."""
     aliases = dict(ref.manifest.get("aliases") or {})
     filled: list[NameMatch] = []
     if not aliases:
@@ -208,10 +209,7 @@ def match_names(cand: Candidate, ref: Any) -> tuple[Candidate, list[NameMatch]]:
                     shown[n], None, f"{how}: the same tensor as {shown[props[0][1]]!r}, compared once"
                 )
     if not proposals and not any("ignored: " in m.how for m in matches.values()):
-        cand = Candidate(cand.path, cand.format, dict(cand.tensors), dict(cand.dtypes), cand.manifest,
-                         dict(cand.stored), list(cand.notes), dict(cand.origin))  # fmt: skip
-        filled = _fill_from_aliases(cand, ref)
-        return cand, [matches[n] for n in names] + filled
+        return cand, [matches[n] for n in names]
     tensors: dict[str, np.ndarray] = {}
     dtypes: dict[str, str] = {}
     stored: dict[str, str] = {}
@@ -227,7 +225,6 @@ def match_names(cand: Candidate, ref: Any) -> tuple[Candidate, list[NameMatch]]:
     out = Candidate(
         cand.path, cand.format, tensors, dtypes, cand.manifest, stored, list(cand.notes), dict(cand.origin)
     )
-    filled = _fill_from_aliases(out, ref)
     twice = sorted(
         p
         for p, calls in by_path.items()
@@ -247,4 +244,4 @@ def match_names(cand: Candidate, ref: Any) -> tuple[Candidate, list[NameMatch]]:
         out.notes.append(
             f"hook names: {n_hook} candidate tensors matched by module output (see --explain-names)"
         )
-    return out, [matches[n] for n in names] + filled
+    return out, [matches[n] for n in names]

@@ -90,26 +90,24 @@ def exact_in(a: np.ndarray, dtype: str) -> bool:
 
 
 def exact_dtype(a: np.ndarray, min_values: int = 16, informative: bool = False) -> str | bool | None:
-    """The coarsest dtype every value of a float32 or float64 array ``a`` is exactly one of.
+    """The coarsest reduced dtype every value of a float32 array ``a`` is exactly one of.
 
-    Checks bfloat16, then float16 (and float32 for a float64 array). An array with fewer than
+    Checks bfloat16, then float16. An array with fewer than
     ``min_values`` distinct non-zero finite values says nothing (zeros and small integers are
     exact in every dtype): ``None``.
 
     Returns:
-        ``"bfloat16"``, ``"float16"``, ``"float32"`` or ``None`` (no coarser dtype, or too
+        ``"bfloat16"``, ``"float16"`` or ``None`` (no coarser dtype, or too
         few values to tell); with ``informative``, only whether there are enough values.
     """
-    if a.dtype not in (np.float32, np.float64) or a.size == 0:
+    if a.dtype != np.float32 or a.size == 0:
         return False if informative else None
     flat = a.reshape(-1)
     sample = flat[np.isfinite(flat) & (flat != 0)]
     enough = np.unique(sample[: 4 * min_values]).size >= min_values
     if informative or not enough:
         return enough if informative else None
-    for dt in (*REDUCED, "float32"):
-        if dt == "float32" and a.dtype == np.float32:
-            break
+    for dt in REDUCED:
         if exact_in(a, dt):
             return dt
     return None
