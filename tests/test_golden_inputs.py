@@ -95,3 +95,18 @@ def test_a_checkpoint_without_a_tokenizer_is_told_how_to_get_one(tmp_path, capsy
     )
     assert rc == 2 and err.count("\n") == 1
     assert "tokenizer.save_pretrained(DIR)" in err and "--inputs as an .npz" in err
+
+
+def test_the_format_page_shows_the_schema_golden_help_prints():
+    from refimpl.cli.cases import CASE_SCHEMA
+
+    text = open(
+        os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "golden-format.md"), encoding="utf-8"
+    ).read()
+    block = text[text.index("```text\n.json   one case") + 8 :]
+    block = block[: block.index("```")]
+
+    def squash(t):
+        return " ".join(t.split())
+
+    assert squash(block) in squash(CASE_SCHEMA)
