@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -97,3 +98,64 @@ def test_c_program_rejects_a_truncated_file(built, tmp_path):
     bad.write_bytes(case.read_bytes()[:100])
     r = run(exe, bad, weights)
     assert r.returncode == 2 and "golden_check:" in r.stderr
+
+
+def test_c_program_reads_only_the_tensors_it_checks(built, tmp_path):
+    """A golden file with a 96 MB tensor it does not check: the program's peak memory stays far
+    below the file's size (it seeks to the tensors it needs instead of reading the file)."""
+    exe, case, weights = built
+    g = golden.read(case)
+    t = dict(g.tensors)
+    big = np.arange(12 << 20, dtype=np.float64)  # 96 MB, stored once (no alias)
+    t["zz.unchecked"] = big
+    manifest = dict(g.manifest)
+    manifest["tensors"] = [*g.manifest["tensors"], {**g.manifest["tensors"][-1], "name": "zz.unchecked",
+                           "shape": [big.size], "dtype": "float64", "masks": []}]  # fmt: skip
+    path = golden.write(tmp_path / "big.safetensors", t, manifest)
+    assert os.path.getsize(path) > 96e6
+    # measured from a small fresh interpreter: a child forked from this process would count
+    # this process's own pages in its peak
+    probe = (
+        "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True); "
+        "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-S", "-c", probe, str(exe), str(path), str(weights)], capture_output=True, text=True
+    )
+    rc, peak_kib = map(int, r.stdout.split())
+    assert rc == 0, r.stderr
+    assert peak_kib < 40_000, f"peak RSS {peak_kib} KiB for a {os.path.getsize(path)} byte file"
+
+
+def _section_10_commands() -> tuple[str, list[str]]:
+    """The first bash block of docs/golden-format.md section 10: its commands and the output
+    lines it shows (its ``#`` comments)."""
+    text = open(os.path.join(ROOT, "docs", "golden-format.md"), encoding="utf-8").read()
+    sec = text[text.index("## 10.") :]
+    block = sec[sec.index("```bash\n") + 8 :]
+    block = block[: block.index("```")]
+    shown = [ln[1:].strip() for ln in block.splitlines() if ln.startswith("#")]
+    return block, shown
+
+
+def test_the_format_page_section_10_commands_run_as_written(tmp_path):
+    """The commands of "A porter's first step, in C", run in a fresh directory holding
+    examples/c, print what the page shows (no stale helper such as refimpl.cli.bundled_path)."""
+    commands, shown = _section_10_commands()
+    assert "bundled_path" not in commands
+    shutil.copytree(os.path.join(ROOT, "examples"), tmp_path / "examples")
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run(
+        ["bash", "-e", "-c", commands], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout.splitlines()
+    first, last = shown[0], shown[-1]
+    got0, want0 = out[0].split(), first.split()
+    assert got0[:2] == want0[:2] and got0[3] == want0[3], (out[0], first)
+    assert float(got0[2]) == pytest.approx(float(want0[2]), abs=1e-12)
+    assert float(got0[4]) == pytest.approx(float(want0[4]), abs=1e-12)
+    got, want = out[-1].split(), last.split()
+    assert got[:2] == want[:2] and got[4:] == want[4:], (out[-1], last)  # all but the max_abs value
+    assert float(got[3]) <= 1e-10

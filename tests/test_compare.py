@@ -9,6 +9,7 @@ block reads, as in a reduced-precision port.
 from __future__ import annotations
 
 import json
+import os
 import struct
 
 import numpy as np
@@ -463,7 +464,7 @@ def test_isolation_usage_errors(lilt, lxmert, capsys):
     rc, _, err = run(
         capsys, "compare", d / "case.safetensors", d / "case.safetensors", "--checkpoint", dx / "ckpt"
     )
-    assert rc == 2 and "is a lxmert model; the reference is lilt" in err
+    assert rc == 2 and err.count("\n") == 1 and "is not the one the golden file was made from" in err
     rc, _, err = run(
         capsys, "compare", d / "case.safetensors", d / "case.safetensors", "--checkpoint", d / "nope"
     )
@@ -476,3 +477,219 @@ def test_the_bundled_demo_isolates_cleanly(tmp_path, capsys):
         p = tmp_path / f"{case}.safetensors"
         rc, out, _ = run(capsys, "compare", p, p, "--checkpoint", bundled_path(ckpt))
         assert rc == 0 and out.splitlines()[-1].startswith("ok: ")
+
+
+# ------------------------------------------------------------------------------- issue 20: compare's inputs
+def test_compare_checkpoint_refuses_other_weights_naming_both_hashes(lilt, tmp_path, capsys):
+    """Same config, other weights: one line naming both sha256, not a 'culprit' on a bit-exact candidate."""
+    _, d, _ = lilt
+    other = build(LiltForTokenClassification, tiny_lilt_config(num_hidden_layers=LILT_LAYERS), seed=99)
+    save(other, tmp_path / "other")
+    rc, out, err = run(
+        capsys, "compare", d / "case.safetensors", d / "case.safetensors", "--checkpoint", tmp_path / "other"
+    )
+    assert rc == 2 and out == "" and err.count("\n") == 1
+    here = golden.weight_entries(tmp_path / "other")[0]["sha256"][:16]
+    there = golden.read(d / "case.safetensors").manifest["weights"][0]["sha256"][:16]
+    assert f"sha256 {here}... here" in err and f"sha256 {there}... in the golden manifest" in err
+
+
+def test_compare_checkpoint_that_cannot_be_used_is_one_line(lilt, tmp_path, capsys):
+    _, d, g = lilt
+    # a golden file made without a checkpoint (no hashes): a base-model checkpoint is refused by architecture
+    t = golden.write(tmp_path / "nohash.safetensors", dict(g.tensors), {**g.manifest, "weights": []})
+    base = build(refimpl_transformers("LiltModel"), tiny_lilt_config(num_hidden_layers=LILT_LAYERS), seed=21)
+    save(base, tmp_path / "base")
+    rc, _, err = run(capsys, "compare", t, t, "--checkpoint", tmp_path / "base")
+    assert (
+        rc == 2
+        and err.count("\n") == 1
+        and "is a LiltModel; the reference was made by a LiltForTokenClassification" in err
+    )
+    (tmp_path / "empty").mkdir()
+    rc, _, err = run(
+        capsys, "compare", d / "case.safetensors", d / "case.safetensors", "--checkpoint", tmp_path / "empty"
+    )
+    assert rc == 2 and err.count("\n") == 1 and "matmul" not in err and "missing key" not in err
+
+
+def refimpl_transformers(name):
+    import transformers
+
+    return getattr(transformers, name)
+
+
+@pytest.mark.parametrize("side", ["candidate", "reference"])
+def test_a_fifo_is_refused_at_once_naming_it(lilt, tmp_path, side):
+    """A FIFO as candidate or reference: refused before anything opens it (no hang), named."""
+    import subprocess
+    import sys
+
+    _, d, _ = lilt
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    args = [d / "case.safetensors", fifo] if side == "candidate" else [fifo, d / "case.safetensors"]
+    r = subprocess.run(
+        [sys.executable, "-m", "refimpl.cli", "compare", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and str(fifo) in r.stderr and "FIFO" in r.stderr and r.stderr.count("\n") == 1, (
+        r.stderr
+    )
+
+
+def test_a_complex_candidate_is_refused(lilt, tmp_path, capsys):
+    _, d, g = lilt
+    t = {k: v for k, v in g.tensors.items()}
+    t["outputs.logits"] = t["outputs.logits"] + 1e6j
+    np.savez(tmp_path / "c.npz", **t)
+    for rule in C.RULES:
+        rc, out, err = run(capsys, "compare", d / "case.safetensors", tmp_path / "c.npz", "--rule", rule)
+        assert (
+            rc == 2
+            and out == ""
+            and "'outputs.logits' is complex128; complex tensors are not supported" in err
+        )
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        (b'{"a": "outputs.logits", "a": "classifier"}', "duplicate"),
+        (b"[" * 5000 + b"]" * 5000, "nested"),
+        (b'{"a": "\xff"}', "not UTF-8"),
+    ],
+    ids=["duplicate-keys", "deep", "bad-utf8"],
+)
+def test_name_map_is_read_strictly_naming_the_file(lilt, tmp_path, capsys, text, says):
+    _, d, _ = lilt
+    (tmp_path / "map.json").write_bytes(text)
+    rc, out, err = run(
+        capsys, "compare", d / "case.safetensors", d / "case.safetensors", "--name-map", tmp_path / "map.json"
+    )
+    assert (
+        rc == 2 and out == "" and err.count("\n") == 1 and str(tmp_path / "map.json") in err and says in err
+    ), err
+
+
+def test_an_npz_reference_and_swapped_arguments_are_said_plainly(lilt, tmp_path, capsys):
+    _, d, g = lilt
+    np.savez(tmp_path / "dump.npz", **g.tensors)
+    rc, _, err = run(capsys, "compare", tmp_path / "dump.npz", d / "case.safetensors")
+    assert rc == 2 and "header length" not in err
+    assert (
+        f"reference {tmp_path / 'dump.npz'} is an .npz (a zip archive), not a golden .safetensors file" in err
+    )
+    assert f"the candidate {d / 'case.safetensors'} looks like one: swapped arguments?" in err
+
+
+@pytest.mark.parametrize("rule", C.RULES)
+def test_an_exact_copy_passes_every_rule_and_isolation_uses_the_rule(lilt, capsys, rule):
+    _, d, _ = lilt
+    ref = d / "case.safetensors"
+    res = C.compare(ref, ref, rule=rule)
+    assert res.ok, res.report(only_failed=True)
+    rc, out, _ = run(capsys, "compare", ref, ref, "--rule", rule, "--checkpoint", d / "ckpt")
+    assert rc == 0 and out.splitlines()[-1].startswith("ok: 11 blocks checked locally")
+    assert f"(rule {rule})" in out
+
+
+def test_isolation_judges_by_the_rule(lilt, tmp_path, capsys):
+    """--rule nmse: the ReLU layer fails locally by nmse, not by max_abs (whose tolerance is set
+    out of reach), and is the culprit; the drift of the other blocks is not."""
+    oracle, d, g = lilt
+    np.savez(tmp_path / "c.npz", **lilt_candidate(oracle, g, 0.0, ("relu", 3)))
+    rc, out, _ = run(capsys, "compare", d / "case.safetensors", tmp_path / "c.npz", "--checkpoint", d / "ckpt",
+                     "--rule", "nmse", "--rtol", "1e-3", "--atol", "1e9")  # fmt: skip
+    assert rc == 1 and out.splitlines()[-1].startswith("culprit: lilt.encoder.layer.3 (")
+    row = [ln for ln in out.splitlines() if ln.endswith("<== culprit")][0]
+    assert "LOCAL FAIL (tolerance)" in row
+    assert (
+        "(nmse "
+        in [ln for ln in out.splitlines() if ln.startswith("lilt.encoder.layer.3 ") and "FAIL (" in ln][0]
+    )
+
+
+def test_drift_with_later_blocks_missing_is_inconclusive(lilt, tmp_path, capsys):
+    oracle, d, g = lilt
+    c = lilt_candidate(oracle, g, DELTA)
+    del c[f"lilt.encoder.layer.{LILT_LAYERS - 1}"], c[f"lilt.encoder.layer.{LILT_LAYERS - 1}.layout"]
+    np.savez(tmp_path / "c.npz", **c)
+    rc, out, _ = run(
+        capsys, "compare", d / "case.safetensors", tmp_path / "c.npz", *ISO, "--checkpoint", d / "ckpt"
+    )
+    last = LILT_LAYERS - 1
+    assert rc == 3
+    assert out.splitlines()[-1] == (
+        "inconclusive: no checked block is wrong, but 2 block(s) between the first divergence "
+        f"(lilt.encoder.layer.0) and the end could not be checked: lilt.encoder.layer.{last} (missing "
+        f"lilt.encoder.layer.{last}, lilt.encoder.layer.{last}.layout), classifier (missing lilt.encoder.layer.{last})"
+    )
+
+
+def test_precision_is_detected_or_stated(lilt, tmp_path, capsys):
+    _, d, g = lilt
+    from refimpl.compare.precision import round_to
+
+    t = {
+        k: (round_to(v, "bfloat16").astype(np.float32) if v.dtype.kind == "f" else v)
+        for k, v in g.tensors.items()
+    }
+    np.savez(tmp_path / "c.npz", **t)
+    rc, out, _ = run(capsys, "compare", d / "case.safetensors", tmp_path / "c.npz")
+    assert rc == 0 and "candidate values are bfloat16 stored as float32 (" in out
+    assert "bfloat16 (" in [ln for ln in out.splitlines() if ln.startswith("candidate dtypes")][0]
+    np.savez(tmp_path / "f32.npz", **rounded(g, "float32"))
+    rc, out, _ = run(
+        capsys, "compare", d / "case.safetensors", tmp_path / "f32.npz", "--candidate-dtype", "float16"
+    )
+    assert rc == 0 and "every float tensor is judged as float16 (--candidate-dtype)" in out
+    assert "stored as" not in out
+
+
+def test_a_hook_dump_under_a_prefix_gets_the_hint_and_add_prefix_keeps_reference_names(
+    lilt, tmp_path, capsys
+):
+    _, d, g = lilt
+    ref = d / "case.safetensors"
+    hooks = {"model." + k: v for k, v in g.tensors.items() if not k.startswith(("inputs.", "outputs."))}
+    hooks["model.lilt.encoder.layer.1.1"] = hooks.pop("model.lilt.encoder.layer.1.layout")  # a hook name
+    np.savez(tmp_path / "c.npz", **hooks)
+    rc, out, _ = run(capsys, "compare", ref, tmp_path / "c.npz")
+    assert rc == 1 and "NOTHING COMPARED" in out
+    assert out.splitlines()[0].startswith(
+        "name hint: candidate names look like reference names with an extra prefix 'model.'"
+    )
+    assert out.splitlines()[0].endswith("use --strip-prefix model.")
+    rc, out, _ = run(capsys, "compare", ref, tmp_path / "c.npz", "--strip-prefix", "model.")
+    assert rc == 0, out
+    # --strip-prefix model. --add-prefix lilt.: names that are reference names once stripped (classifier) stay
+    short = {
+        ("model." + k[len("model.lilt.") :] if k.startswith("model.lilt.") else k): v
+        for k, v in hooks.items()
+    }
+    np.savez(tmp_path / "s.npz", **short)
+    rc, out, _ = run(
+        capsys,
+        "compare",
+        ref,
+        tmp_path / "s.npz",
+        "--strip-prefix",
+        "model.",
+        "--add-prefix",
+        "lilt.",
+        "--explain-names",
+    )
+    assert rc == 0, out
+    assert "  model.classifier -> classifier (renamed to classifier by the name options; exact)" in out
+    assert "lilt.classifier" not in out
+
+
+def test_compare_help_documents_the_exit_codes(capsys):
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    out = capsys.readouterr().out
+    for code, word in (("0", "ok"), ("1", "fail"), ("2", "usage"), ("3", "inconclusive")):
+        assert f"  {code}  {word}" in out

@@ -2,7 +2,8 @@
  * golden_check.c: a porter's first step, in C99 with libc only.
  *
  * Reads a refimpl golden file (safetensors: 8-byte header length, JSON header with the
- * tensor table and the manifest, then the data), recomputes LiLT's layout embeddings from
+ * tensor table and the manifest, then the data; only the header and the tensors it checks
+ * are read, by seeking to their offsets), recomputes LiLT's layout embeddings from
  * the checkpoint's model.safetensors and the golden inputs, and compares every element with
  * the golden tensor `lilt.layout_embeddings.LayerNorm` within the manifest's tolerance.
  *
@@ -158,37 +159,37 @@ static double jnum(const J *v, const char *what) {
 }
 
 /* ---------------------------------------------------------------- safetensors */
+/* Only the header is read up front; each tensor is read on demand by seeking to its
+ * data_offsets, so checking one tensor of a 2 GB golden file reads that tensor's bytes only. */
 typedef struct {
     char *path;
-    unsigned char *buf;   /* the whole file */
-    size_t size;
+    FILE *f;
     J *header;
-    const unsigned char *data;
-    size_t data_len;
+    uint64_t data_start;  /* 8 + header length */
+    uint64_t data_len;
 } ST;
 
 static void st_open(ST *st, const char *path) {
     FILE *f = fopen(path, "rb");
     if (!f) die("cannot open", path);
-    fseek(f, 0, SEEK_END);
+    if (fseek(f, 0, SEEK_END) != 0) die("cannot seek in", path);
     long size = ftell(f);
-    fseek(f, 0, SEEK_SET);
     if (size < 8) die("truncated safetensors file", path);
-    st->buf = xmalloc((size_t)size + 1);
-    if (fread(st->buf, 1, (size_t)size, f) != (size_t)size) die("cannot read", path);
-    fclose(f);
+    rewind(f);
+    unsigned char len8[8];
+    if (fread(len8, 1, 8, f) != 8) die("cannot read", path);
     uint64_t n = 0;
-    for (int i = 7; i >= 0; i--) n = (n << 8) | st->buf[i];
+    for (int i = 7; i >= 0; i--) n = (n << 8) | len8[i];
     if (n > (uint64_t)size - 8) die("header length runs past the end of", path);
     char *head = xmalloc((size_t)n + 1);
-    memcpy(head, st->buf + 8, (size_t)n);
+    if (fread(head, 1, (size_t)n, f) != (size_t)n) die("cannot read the header of", path);
     head[n] = '\0';
     st->header = json_parse(head);
     if (st->header->type != J_OBJ) die("header is not a JSON object", path);
     st->path = (char *)path;
-    st->size = (size_t)size;
-    st->data = st->buf + 8 + n;
-    st->data_len = (size_t)size - 8 - (size_t)n;
+    st->f = f;
+    st->data_start = 8 + n;
+    st->data_len = (uint64_t)size - 8 - n;
 }
 
 /* Tensor `name` as a freshly allocated double array; shape into dims/ndim. NULL if absent. */
@@ -205,13 +206,17 @@ static double *st_tensor(const ST *st, const char *name, int64_t *dims, int *ndi
     size_t item = !strcmp(dt->str, "F64") || !strcmp(dt->str, "I64") ? 8 : !strcmp(dt->str, "F32") ? 4 : 0;
     if (!item) die("unsupported dtype (F64, F32, I64 only) of", name);
     if (end > st->data_len || end < begin || end - begin != count * item) die("data_offsets do not fit", name);
+    unsigned char *raw = xmalloc(end - begin);
+    if (fseek(st->f, (long)(st->data_start + begin), SEEK_SET) != 0) die("cannot seek to", name);
+    if (fread(raw, 1, end - begin, st->f) != end - begin) die("cannot read tensor", name);
     double *out = xmalloc(count * sizeof *out);
-    const unsigned char *p = st->data + begin;
+    const unsigned char *p = raw;
     for (size_t i = 0; i < count; i++, p += item) {  /* little-endian on disk */
         if (!strcmp(dt->str, "F64")) { double v; memcpy(&v, p, 8); out[i] = v; }
         else if (!strcmp(dt->str, "I64")) { int64_t v; memcpy(&v, p, 8); out[i] = (double)v; }
         else { float v; memcpy(&v, p, 4); out[i] = (double)v; }
     }
+    free(raw);
     return out;
 }
 

@@ -36,11 +36,15 @@ __all__ = [
 CASE_SCHEMA = """\
 --inputs formats (chosen by extension):
   .npz    one case: arrays named as the forward keywords (input_ids, bbox, attention_mask, ...)
-  .json   one case, tokenized with the checkpoint's tokenizer:
+  .json   one case, tokenized with the checkpoint's tokenizer ("description": optional str, ignored):
             LiLT:   {"words": ["Name:", "Ada"], "boxes": [[x0, y0, x1, y1], ...] (0-1000, one per word),
                      "question": "optional str (QA: question first)", "labels": [optional int per word]}
+              or a padded batch: {"pages": [page, page, ...]}, each page as above
             LXMERT: {"question": "str", "features": "feats.npy" ([boxes, feat_dim] or [1, boxes, feat_dim]),
-                     "boxes": "boxes.npy" ([boxes, 4], 0-1), "matched_label": optional int, "ans": optional int}
+                     "boxes": "boxes.npy" ([boxes, 4], 0-1),
+                     "matched_label": optional int (LxmertForPreTraining),
+                     "ans": optional int, the answer index (LxmertForPreTraining's ans,
+                            LxmertForQuestionAnswering's labels)}
             (.npy paths are relative to the JSON file)
   .jsonl  one such JSON case per line; --out is then a directory or a pattern with {index}
 """
@@ -86,7 +90,11 @@ def _tokenizer(checkpoint: str, model_type: str):
     try:
         return Tok.from_pretrained(checkpoint)
     except (OSError, ValueError) as e:
-        raise CliError(f"cannot read the tokenizer of {checkpoint}: {_one_line(e)}") from None
+        raise CliError(
+            f"cannot read the tokenizer of {checkpoint}: {_one_line(e)}. A checkpoint saved by save_pretrained "
+            "has no tokenizer files: copy them from the model it was initialised from (tokenizer.save_pretrained(DIR), "
+            "or its tokenizer.json / vocab files), or give --inputs as an .npz of token ids"
+        ) from None
 
 
 def _batched(enc: Any) -> dict[str, np.ndarray]:
@@ -202,6 +210,99 @@ def _need_type(value: Any, field: str, ok: Callable[[Any], bool], want: str) -> 
         raise CliError(f"case field {field!r} must be {want}, got {short_repr(value)}")
 
 
+def _lilt_page(case: dict[str, Any], at: str = "") -> None:
+    """Check one LiLT page: ``words``, ``boxes`` (one per word), optional ``question`` and ``labels``."""
+    for key in ("words", "boxes"):
+        if key not in case:
+            raise CliError(f"LiLT case{at} needs {key!r} (has {sorted(case)})")
+    words, boxes = case["words"], case["boxes"]
+    _need_type(
+        words,
+        "words",
+        lambda v: isinstance(v, list) and all(isinstance(w, str) for w in v),
+        "a list of strings",
+    )
+    _need_type(
+        boxes,
+        "boxes",
+        lambda v: (
+            isinstance(v, list)
+            and all(isinstance(b, list) and len(b) == 4 and all(_is_int(c) for c in b) for b in v)
+        ),
+        "a list of [x0, y0, x1, y1] integer lists",
+    )
+    _need_type(case.get("question"), "question", lambda v: v is None or isinstance(v, str), "a string")
+    _need_type(
+        case.get("labels"),
+        "labels",
+        lambda v: v is None or (isinstance(v, list) and all(_is_int(x) for x in v)),
+        "a list of integers",
+    )
+    _need_type(case.get("description"), "description", lambda v: v is None or isinstance(v, str), "a string")
+    if len(words) != len(boxes):
+        raise CliError(f"LiLT case{at}: {len(words)} words but {len(boxes)} boxes")
+    for i, b in enumerate(boxes):
+        for j, c in enumerate(b):
+            _check_int64(c, f"{at.strip()}'boxes'[{i}][{j}]".lstrip())
+    for i, x in enumerate(case.get("labels") or ()):
+        _check_int64(x, f"{at.strip()}'labels'[{i}]".lstrip())
+
+
+def _page_chars(page: dict[str, Any]) -> int:
+    """Characters of one page's text as the tokenizer sees it (words, separators, question)."""
+    return sum(map(len, page["words"])) + len(page["words"]) + len(page.get("question") or "")
+
+
+def _encode_lilt(case: dict[str, Any], tok: Any, config: Any) -> dict[str, np.ndarray]:
+    """One page, or a padded batch of ``pages``, tokenized together (the text bounded before
+    tokenizing, the sequence length after, both by ``config``)."""
+    if "pages" in case:
+        pages = case["pages"]
+        if not isinstance(pages, list) or not pages or not all(isinstance(p, dict) for p in pages):
+            raise CliError("LiLT case field 'pages' must be a non-empty list of page objects")
+        for i, page in enumerate(pages):
+            _lilt_page(page, f" pages[{i}]")
+        questions = [p.get("question") for p in pages]
+        if any(questions) and not all(questions):
+            raise CliError("LiLT case 'pages': give every page a question, or none")
+        labels = [p.get("labels") for p in pages]
+        if any(x is not None for x in labels) and not all(x is not None for x in labels):
+            raise CliError("LiLT case 'pages': give every page labels, or none")
+        for i, page in enumerate(pages):
+            _check_text(tok, config, _page_chars(page), f"pages[{i}] 'words' and 'question'")
+        kwargs: dict[str, Any] = {"boxes": [p["boxes"] for p in pages], "padding": True}
+        if labels[0] is not None:
+            kwargs["word_labels"] = labels
+        words = [p["words"] for p in pages]
+        enc = (
+            tok(questions, words, return_tensors="np", **kwargs)
+            if all(questions)
+            else tok(words, return_tensors="np", **kwargs)
+        )
+        out = _batched(enc)
+        check_sequence_lengths(out, config, "case (tokenized)")
+        return out
+    _lilt_page(case)
+    _check_text(tok, config, _page_chars(case), "'words' and 'question'")
+    kwargs = {"boxes": case["boxes"]}
+    if case.get("labels") is not None:
+        kwargs["word_labels"] = case["labels"]
+    if case.get("question"):
+        enc = tok(case["question"], case["words"], return_tensors="np", **kwargs)
+    else:
+        enc = tok(case["words"], return_tensors="np", **kwargs)
+    out = _batched(enc)
+    check_sequence_lengths(out, config, "case (tokenized)")
+    return out
+
+
+#: LXMERT case fields that are training targets: field -> {architecture: forward keyword}.
+_LXMERT_TARGETS = {
+    "matched_label": {"LxmertForPreTraining": "matched_label"},
+    "ans": {"LxmertForPreTraining": "ans", "LxmertForQuestionAnswering": "labels"},
+}
+
+
 def encode_case(
     case: dict[str, Any],
     checkpoint: str,
@@ -210,13 +311,17 @@ def encode_case(
     tok: Any = None,
     config: Any = None,
     files: list[str] | None = None,
+    architecture: str | None = None,
 ):
     """Turn one JSON case into forward keywords with the checkpoint's tokenizer.
 
     LiLT: ``{"words": [...], "boxes": [[x0, y0, x1, y1], ...] (0-1000), "question"?: str,
-    "labels"?: [int per word]}``. LXMERT: ``{"question": str, "features": "feats.npy"
-    ([boxes, feat_dim] or [1, boxes, feat_dim]), "boxes": "boxes.npy" ([boxes, 4], 0-1),
-    "matched_label"?: int, "ans"?: int}``, paths relative to ``base_dir``.
+    "labels"?: [int per word]}``, or a padded batch ``{"pages": [page, ...]}``. LXMERT:
+    ``{"question": str, "features": "feats.npy" ([boxes, feat_dim] or [1, boxes,
+    feat_dim]), "boxes": "boxes.npy" ([boxes, 4], 0-1), "matched_label"?: int, "ans"?: int}``,
+    paths relative to ``base_dir``; ``matched_label`` and ``ans`` only where ``architecture``
+    takes them (``ans`` is ``LxmertForQuestionAnswering``'s ``labels``). Any case may carry a
+    ``"description"`` string.
 
     With ``config`` (the checkpoint's), the text is bounded before tokenizing
     (`max_text_chars`) and the result's sequences by ``max_position_embeddings``; integers
@@ -230,58 +335,19 @@ def encode_case(
         raise CliError(f"a case must be a JSON object, got {type(case).__name__}")
     tok = tok or _tokenizer(checkpoint, model_type)
     if model_type == "lilt":
-        for key in ("words", "boxes"):
-            if key not in case:
-                raise CliError(f"LiLT case needs {key!r} (has {sorted(case)})")
-        words, boxes = case["words"], case["boxes"]
-        _need_type(
-            words,
-            "words",
-            lambda v: isinstance(v, list) and all(isinstance(w, str) for w in v),
-            "a list of strings",
-        )
-        _need_type(
-            boxes,
-            "boxes",
-            lambda v: (
-                isinstance(v, list)
-                and all(isinstance(b, list) and len(b) == 4 and all(_is_int(c) for c in b) for b in v)
-            ),
-            "a list of [x0, y0, x1, y1] integer lists",
-        )
-        _need_type(case.get("question"), "question", lambda v: v is None or isinstance(v, str), "a string")
-        _need_type(
-            case.get("labels"),
-            "labels",
-            lambda v: v is None or (isinstance(v, list) and all(_is_int(x) for x in v)),
-            "a list of integers",
-        )
-        if len(words) != len(boxes):
-            raise CliError(f"LiLT case: {len(words)} words but {len(boxes)} boxes")
-        for i, b in enumerate(boxes):
-            for j, c in enumerate(b):
-                _check_int64(c, f"'boxes'[{i}][{j}]")
-        for i, x in enumerate(case.get("labels") or ()):
-            _check_int64(x, f"'labels'[{i}]")
-        question = case.get("question") or ""
-        _check_text(tok, config, sum(map(len, words)) + len(words) + len(question), "'words' and 'question'")
-        kwargs: dict[str, Any] = {"boxes": boxes}
-        if case.get("labels") is not None:
-            kwargs["word_labels"] = case["labels"]
-        if case.get("question"):
-            enc = tok(case["question"], words, return_tensors="np", **kwargs)
-        else:
-            enc = tok(words, return_tensors="np", **kwargs)
-        out = _batched(enc)
-        check_sequence_lengths(out, config, "case (tokenized)")
-        return out, tok
+        return _encode_lilt(case, tok, config), tok
     if model_type == "lxmert":
         for key in ("question", "features", "boxes"):
             if key not in case:
                 raise CliError(f"LXMERT case needs {key!r} (has {sorted(case)})")
         for key in ("question", "features", "boxes"):
             _need_type(case[key], key, lambda v: isinstance(v, str), "a string")
-        for key in ("matched_label", "ans"):
+        known = {"question", "features", "boxes", "description", *_LXMERT_TARGETS}
+        if set(case) - known:
+            raise CliError(
+                f"LXMERT case: unknown field(s) {sorted(set(case) - known)} (known: {sorted(known)})"
+            )
+        for key in _LXMERT_TARGETS:
             if _is_int(case.get(key)):
                 _check_int64(case[key], repr(key))
         _check_text(tok, config, len(case["question"]), "'question'")
@@ -300,11 +366,17 @@ def encode_case(
         enc = _batched(tok(case["question"], return_tensors="np"))
         enc["visual_feats"] = feats.astype(np.float64)
         enc["visual_pos"] = boxes.astype(np.float64)
-        for key in ("matched_label", "ans"):  # optional pre-training / QA targets: one int each
+        for key, by_arch in _LXMERT_TARGETS.items():  # optional pre-training / QA targets: one int each
             if case.get(key) is not None:
                 if not isinstance(case[key], int) or isinstance(case[key], bool):
                     raise CliError(f"LXMERT case: {key!r} must be an integer, got {case[key]!r}")
-                enc[key] = np.array([case[key]], dtype=np.int64)
+                kw = by_arch.get(architecture or "LxmertForPreTraining")
+                if kw is None:
+                    raise CliError(
+                        f"LXMERT case field {key!r} is a target of {' or '.join(by_arch)}; this checkpoint is "
+                        f"{architecture}: leave it out"
+                    )
+                enc[kw] = np.array([case[key]], dtype=np.int64)
         check_sequence_lengths(enc, config, "case (tokenized)")
         return enc, tok
     raise CliError(f"model_type {model_type!r} has no JSON input format")
@@ -333,6 +405,7 @@ def read_cases(
     model_type: str,
     config: Any = None,
     files: list[str] | None = None,
+    architecture: str | None = None,
 ) -> list[tuple[dict[str, np.ndarray], dict[str, Any]]]:
     """Read ``--inputs``: ``.npz`` (one case, arrays named as forward keywords), ``.json`` (one
     case, tokenized) or ``.jsonl`` (one JSON case per line).
@@ -360,7 +433,9 @@ def read_cases(
     base = os.path.dirname(os.path.abspath(path))
     if ext == ".json":
         case = read_json(path, path, max_bytes=MAX_CASE_BYTES)
-        inputs, _ = encode_case(case, checkpoint, model_type, base, config=config, files=files)
+        inputs, _ = encode_case(
+            case, checkpoint, model_type, base, config=config, files=files, architecture=architecture
+        )
         return [(inputs, {"kind": "json", **src, "description": f"{model_type} tokenizer of the checkpoint"})]
     if ext == ".jsonl":
         cases = []
@@ -370,7 +445,16 @@ def read_cases(
                 continue
             case = read_json(ln, f"{path} line {i}", max_bytes=MAX_CASE_BYTES)
             try:
-                inputs, tok = encode_case(case, checkpoint, model_type, base, tok, config=config, files=files)
+                inputs, tok = encode_case(
+                    case,
+                    checkpoint,
+                    model_type,
+                    base,
+                    tok,
+                    config=config,
+                    files=files,
+                    architecture=architecture,
+                )
             except CliError as e:
                 raise CliError(f"{path} line {i}: {e}") from None
             cases.append(

@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any
 
-from .. import from_pretrained, golden
+from .. import architecture_of, from_pretrained, golden
 from ..config import load_config, read_config_json
 from ..files import check_destination, input_identities
 from .cases import read_cases
@@ -167,8 +167,9 @@ def cmd_golden(args: argparse.Namespace) -> int:
         raise CliError(f"--select: {e}") from None
     model_type = read_config_json(ckpt).get("model_type")
     config = load_config(ckpt)
+    architecture = architecture_of(ckpt)  # which targets a case may carry (no weights read yet)
     files: list[str] = []
-    cases = read_cases(args.inputs, ckpt, model_type, config=config, files=files)
+    cases = read_cases(args.inputs, ckpt, model_type, config=config, files=files, architecture=architecture)
     many = args.inputs.lower().endswith(".jsonl")
     paths = _out_paths(args.out, len(cases), many)
     mine = [i for i in range(len(cases)) if i % shard_n == shard_i]

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from .. import __version__, backend
 from .cases import CASE_SCHEMA
 from .common import _one_line
-from .compare import cmd_compare
+from .compare import add_compare_parser
 from .convert import cmd_convert
 from .demo import cmd_demo
 from .fuse_lilt import cmd_fuse_lilt
@@ -85,52 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
     g.set_defaults(func=cmd_golden)
 
-    c = sub.add_parser(
-        "compare",
-        help="compare a candidate (a port's dump) with a reference golden file, tensor by tensor",
-        description="Compare a port's dump with a golden file. Exit 0 all within tolerance and at least one "
-        "tensor compared; 1 a tensor out of tolerance, nothing compared, or (--checkpoint) a culprit block "
-        "or accumulated drift; 2 usage and file errors (a reference that is not a golden file, say).",
-    )
-    c.add_argument("reference", help="golden .safetensors file (refimpl golden / refimpl demo)")
-    c.add_argument(
-        "candidate",
-        help="the port's dump: safetensors, .npz, or a directory of <tensor name>.npy files (detected by content)",
-    )
-    c.add_argument("--atol", type=float, default=None, help="override every float tensor's atol")
-    c.add_argument("--rtol", type=float, default=None, help="override every float tensor's rtol")
-    c.add_argument(
-        "--rule",
-        choices=("max_abs", "rel", "nmse", "cosine"),
-        default="max_abs",
-        help="pass rule for float tensors: max_abs |c-r| <= atol + rtol|r| (default); rel |c-r|/max(|r|, atol) "
-        "<= rtol; nmse sum(c-r)^2/sum r^2 <= rtol^2; cosine 1 - cos <= rtol^2/2",
-    )
-    c.add_argument("--strict", action="store_true", help="tensors missing in the candidate fail too")
-    c.add_argument(
-        "--only-failed", action="store_true", help="print only failing rows (missing ones only with --strict)"
-    )
-    c.add_argument("--add-prefix", default="", metavar="P", help="prepend P to every candidate name")
-    c.add_argument(
-        "--strip-prefix", default="", metavar="P", help="remove P from the start of candidate names"
-    )
-    c.add_argument("--add-suffix", default="", metavar="S", help="append S to every candidate name")
-    c.add_argument("--strip-suffix", default="", metavar="S", help="remove S from the end of candidate names")
-    c.add_argument("--slash-to-dot", action="store_true", help="read '/' in candidate names as '.'")
-    c.add_argument(
-        "--name-map",
-        metavar="JSON",
-        default=None,
-        help='JSON object {"candidate name": "reference name"}; wins over the prefix/suffix options',
-    )
-    c.add_argument(
-        "--checkpoint",
-        metavar="DIR",
-        default=None,
-        help="isolation: recompute every block from the candidate's own inputs with this checkpoint and "
-        "name the culprit block, or say the divergence is accumulated drift",
-    )
-    c.set_defaults(func=cmd_compare)
+    add_compare_parser(sub)
 
     i = sub.add_parser("inspect", help="summarise a checkpoint directory or a golden file")
     i.add_argument("path")

@@ -29,16 +29,30 @@ Typical use:
     print(iso.report())
 """
 
-from .candidates import Candidate, read_candidate, read_reference
-from .check import compare
+from .candidates import CANDIDATE_DTYPES, Candidate, read_candidate, read_reference
+from .check import compare, prepare
 from .errors import CompareError
-from .isolation import isolate
+from .isolation import check_checkpoint, isolate, precision_stat
+from .matching import NameMatch, match_names, matchable_names
 from .names import NameMap, models_differ, name_hint
-from .report import BlockRow, CompareResult, IsolationResult
+from .precision import PRECISION_FACTOR, emulating, exact_dtype, round_to
+from .report import EXIT_CODES, BlockRow, CompareResult, IsolationResult
 from .rules import RULES, UNIT_ROUNDOFF, CompareRow, dtype_tolerance
 
 __all__ = [
     "RULES",
+    "EXIT_CODES",
+    "CANDIDATE_DTYPES",
+    "PRECISION_FACTOR",
+    "NameMatch",
+    "match_names",
+    "matchable_names",
+    "prepare",
+    "check_checkpoint",
+    "precision_stat",
+    "emulating",
+    "exact_dtype",
+    "round_to",
     "UNIT_ROUNDOFF",
     "CompareError",
     "Candidate",

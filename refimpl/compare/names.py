@@ -3,7 +3,6 @@ finds a systematic naming difference, `models_differ` notes two different models
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from collections.abc import Mapping
@@ -12,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..files import MAX_JSON_BYTES, read_json
 from .candidates import Candidate
 from .errors import CompareError
 
@@ -36,15 +36,16 @@ class NameMap:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike, **kw: Any) -> NameMap:
-        """A map read from a JSON object ``{"candidate name": "reference name", ...}``."""
+        """A map read from a JSON object ``{"candidate name": "reference name", ...}``, through
+        the project's strict JSON reader (`refimpl.files.read_json`: UTF-8, no duplicate
+        keys, bounded size and depth, the file named in every message)."""
         p = os.fspath(path)
-        if not os.path.isfile(p):
+        if not os.path.lexists(p):
             raise CompareError(f"name map file not found: {p}")
         try:
-            with open(p, encoding="utf-8") as f:
-                m = json.load(f)
-        except json.JSONDecodeError as e:
-            raise CompareError(f"name map {p} is not valid JSON: {e}") from None
+            m = read_json(p, f"name map {p}", max_bytes=MAX_JSON_BYTES)
+        except (ValueError, OSError) as e:
+            raise CompareError(str(e) if str(e).startswith("name map") else f"name map {p}: {e}") from None
         if not isinstance(m, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in m.items()
         ):
@@ -63,7 +64,10 @@ class NameMap:
             or self.mapping
         )
 
-    def __call__(self, name: str) -> str:
+    def __call__(self, name: str, keep: set[str] | frozenset[str] = frozenset()) -> str:
+        """The reference name for candidate ``name``: ``mapping`` wins; otherwise ``/`` -> ``.``,
+        the prefix and suffix stripped, and the prefix and suffix added unless the name is then
+        already one of ``keep`` (a reference name)."""
         if name in self.mapping:
             return self.mapping[name]
         if self.slash_to_dot:
@@ -72,25 +76,34 @@ class NameMap:
             name = name[len(self.strip_prefix) :]
         if self.strip_suffix and name.endswith(self.strip_suffix):
             name = name[: -len(self.strip_suffix)]
+        if name in keep:
+            return name
         return self.add_prefix + name + self.add_suffix
 
     def apply(self, cand: Candidate, keep: set[str] | frozenset[str] = frozenset()) -> Candidate:
         """``cand`` with every tensor renamed; two tensors mapped to one name is an error.
 
-        Names in ``keep`` (the reference's names) that are not in ``mapping`` stay as they are,
-        so ``--add-prefix lilt.`` leaves ``inputs.*``, ``outputs.*`` and head names alone.
+        Names in ``keep`` (the names the reference can match: its golden names and its
+        modules' hook names) stay as they are unless ``mapping`` names them, and a name that
+        becomes one of them once stripped gets no prefix or suffix added: ``--add-prefix
+        lilt.`` leaves ``inputs.*``, ``outputs.*`` and head names such as ``classifier`` alone.
         """
         if not self:
             return cand
         tensors: dict[str, np.ndarray] = {}
         dtypes: dict[str, str] = {}
+        stored: dict[str, str] = {}
         origin: dict[str, str] = {}
         for k, v in cand.tensors.items():
-            n = k if (k in keep and k not in self.mapping) else self(k)
+            n = k if (k in keep and k not in self.mapping) else self(k, keep)
             if n in tensors:
                 raise CompareError(f"name map sends both {origin[n]!r} and {k!r} to {n!r}")
-            tensors[n], dtypes[n], origin[n] = v, cand.dtypes[k], k
-        return Candidate(cand.path, cand.format, tensors, dtypes, cand.manifest)
+            tensors[n], dtypes[n], origin[n] = v, cand.dtypes[k], cand.origin.get(k, k)
+            stored[n] = cand.stored.get(k, cand.dtypes[k])
+        renamed = {n: o for n, o in origin.items() if n != o}
+        return Candidate(
+            cand.path, cand.format, tensors, dtypes, cand.manifest, stored, list(cand.notes), renamed
+        )
 
 
 def _best_affix(unmatched: list[str], ref: set[str]) -> tuple[int, str, str] | None:

@@ -70,7 +70,9 @@ class CompareRow:
     ``status``: "ok", "FAIL" (out of tolerance under ``rule``), "shape" (shapes differ),
     "missing" (not in the candidate). Over the compared (unmasked) positions: ``max_abs``,
     ``max_rel`` (``|c - r| / |r|`` where ``r != 0``), ``nmse`` (``sum (c-r)^2 / sum r^2``) and
-    ``cosine`` (of the flattened tensors). ``dtype`` is the candidate's stored dtype.
+    ``cosine`` (of the flattened tensors), ``rms`` (root-mean-square of ``c - r``) and
+    ``rms_ref`` (of ``r``), ``one_minus_cos`` (``1 - cosine``, computed without cancellation).
+    ``dtype`` is the dtype the candidate tensor is judged as.
     """
 
     name: str
@@ -88,6 +90,9 @@ class CompareRow:
     cosine: float = 1.0
     dtype: str = ""
     rule: str = "max_abs"
+    rms: float = 0.0
+    rms_ref: float = 0.0
+    one_minus_cos: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -153,19 +158,25 @@ def _compare_one(
     diff = np.where(exact, 0.0, np.where(np.isnan(diff), np.inf, diff))
     rf = np.where(np.isfinite(r) & ~exact, r, 0.0)
     absr = np.abs(rf)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         rel = np.where(absr != 0, diff / absr, np.where(diff == 0, 0.0, np.inf))
         sr = float(np.sum(rf * rf))
         finite = bool(np.all(np.isfinite(diff)))
         nmse = float(np.sum(diff * diff)) / sr if sr > 0 else (0.0 if not diff.any() else math.inf)
         cf = np.where(exact, rf, np.where(np.isfinite(c), c, 0.0))
         nc = float(np.sqrt(np.sum(cf * cf)))
-        cos = (
-            float(np.sum(rf * cf) / (math.sqrt(sr) * nc)) if sr > 0 and nc > 0 else float(sr == 0 and nc == 0)
-        )
+        # 1 - cos as half the squared distance of the unit vectors: exact (0) for an exact copy,
+        # where 1 - dot / (|r||c|) would show float64's own rounding (~2e-16)
+        if sr > 0 and nc > 0:
+            one_minus_cos = 0.5 * float(np.sum((cf / nc - rf / math.sqrt(sr)) ** 2))
+        else:
+            one_minus_cos = 0.0 if (sr == 0 and nc == 0) else 1.0
+        rms = float(np.sqrt(np.mean(diff * diff)))
     if not finite:
-        nmse, cos = math.inf, -1.0
+        nmse, one_minus_cos, rms = math.inf, 2.0, math.inf
+    cos = 1.0 - one_minus_cos
     row.max_abs, row.max_rel, row.nmse, row.cosine = float(diff.max()), float(rel.max()), nmse, cos
+    row.rms, row.rms_ref, row.one_minus_cos = rms, math.sqrt(sr / r.size), one_minus_cos
     integer = ref.dtype.kind in "biu" and cand.dtype.kind in "biu"
     if integer or rule == "max_abs":
         bad = ~(diff <= atol + rtol * absr)
@@ -181,8 +192,8 @@ def _compare_one(
         ok = finite and (nmse <= rtol * rtol if sr > 0 else bool(np.all(diff <= atol)))
         detail = f"nmse {nmse:.3e} > {rtol * rtol:.3e}"
     elif rule == "cosine":
-        ok = finite and (1.0 - cos <= rtol * rtol / 2 if sr > 0 else bool(np.all(diff <= atol)))
-        detail = f"1 - cos {1.0 - cos:.3e} > {rtol * rtol / 2:.3e}"
+        ok = finite and (one_minus_cos <= rtol * rtol / 2 if sr > 0 else bool(np.all(diff <= atol)))
+        detail = f"1 - cos {one_minus_cos:.3e} > {rtol * rtol / 2:.3e}"
     else:
         raise CompareError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
     if not ok:

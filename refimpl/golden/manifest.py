@@ -15,6 +15,8 @@ import numpy as np
 from .. import __version__
 from ..checkpoints import weight_files
 from ..files import CheckpointError, sha256_file
+from ..lilt.modules import module_calls as _lilt_module_calls
+from ..lxmert.modules import module_calls as _lxmert_module_calls
 from .format import (
     _CODE,
     FORMAT,
@@ -29,7 +31,7 @@ from .format import (
 from .masks import mask_specs_for
 from .selection import selection_spec
 
-__all__ = ["weight_entries", "inputs_hash", "build_manifest", "validate_manifest"]
+__all__ = ["weight_entries", "inputs_hash", "module_calls", "build_manifest", "validate_manifest"]
 
 _WEIGHT_HASHES: dict[tuple[str, int, int], str] = {}
 
@@ -95,6 +97,47 @@ def _padding_masks(tensors: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     }
 
 
+class _Config:
+    """A config read from a manifest (a JSON object) with attribute access."""
+
+    def __init__(self, d: Mapping[str, Any]):
+        self.__dict__.update(d)
+
+
+def module_calls(
+    model_type: str | None,
+    architecture: str | None,
+    config: Any,
+    names: Any,
+    forward_kwargs: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]] | None:
+    """The oracle's module calls in hook order, each output in golden names (see
+    `refimpl.modules`): what a forward hook on every module sees.
+
+    Args:
+        model_type: ``"lilt"`` or ``"lxmert"``.
+        architecture: the class name (``LiltForTokenClassification``...).
+        config: the model config (an object or the manifest's JSON object).
+        names: the golden file's tensor names.
+        forward_kwargs: the forward call's flags (``output_attentions``...).
+
+    Returns:
+        ``[{"module": path, "outputs": [golden names]} | {"module": path, "ignored":
+        "dropout"}]``, or ``None`` for a model this refimpl does not know.
+    """
+    if config is None or architecture is None:
+        return None
+    cfg = _Config(config) if isinstance(config, Mapping) else config
+    try:
+        if model_type == "lilt":
+            return _lilt_module_calls(cfg, architecture, names, forward_kwargs)
+        if model_type == "lxmert":
+            return _lxmert_module_calls(cfg, architecture, names, forward_kwargs)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+    return None
+
+
 def _manifest(
     entries: list[dict[str, Any]],
     aliases: Mapping[str, str],
@@ -113,6 +156,9 @@ def _manifest(
     model_dtype = dtype or (
         np.dtype(model.dtype).name if model is not None and hasattr(model, "dtype") else None
     )
+    architecture = type(model).__name__ if model is not None else None
+    model_type = getattr(config, "model_type", None) if config is not None else None
+    calls = module_calls(model_type, architecture, config, [e["name"] for e in entries], forward_kwargs)
     return _jsonable(
         {
             "format": FORMAT,
@@ -136,6 +182,7 @@ def _manifest(
             "selection": dict(selection),
             "aliases": dict(aliases),
             "tensors": entries,
+            "modules": calls or [],
         }
     )
 
@@ -189,6 +236,26 @@ def _is_num(v: Any) -> bool:
 
 def _file_dtype(code: str) -> str:
     return "bfloat16" if code == "BF16" else {v: k for k, v in _CODE.items()}.get(code, code)
+
+
+def _validate_modules(path: str, modules: Any) -> None:
+    """``modules`` (optional): a list of ``{"module": str, "outputs": [str]}`` or
+    ``{"module": str, "ignored": str}``. Output names need not be stored (a selection may
+    leave them out)."""
+    if modules is None:
+        return
+    if not isinstance(modules, list):
+        raise _bad(path, "modules", "a list", modules)
+    for i, m in enumerate(modules):
+        at = f"modules[{i}]"
+        if not isinstance(m, dict) or not isinstance(m.get("module"), str):
+            raise _bad(path, at, 'an object with a "module" path', m)
+        outs = m.get("outputs")
+        if "ignored" in m:
+            if not isinstance(m["ignored"], str):
+                raise _bad(path, f"{at}.ignored", "a string", m["ignored"])
+        elif not isinstance(outs, list) or not all(isinstance(o, str) for o in outs):
+            raise _bad(path, f"{at}.outputs", "a list of tensor names", outs)
 
 
 def validate_manifest(
@@ -319,6 +386,7 @@ def validate_manifest(
     for a in aliases:
         if a not in names:
             raise _bad(path, f"aliases[{a!r}]", "a name listed in tensors", a)
+    _validate_modules(path, manifest.get("modules"))
     extra = [n for n in stored if n not in names]
     if extra:
         raise _bad(
