@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from refimpl import attention, backend, bert, ops, switch  # noqa: E402
+from refimpl import attention, backend, bert, bi_acm, ops, switch  # noqa: E402
 
 ERF_REF = np.vectorize(math.erf, otypes=[np.float64])
 
@@ -237,7 +237,7 @@ def kernels_vs_formulas() -> None:
         lq, lk, lv = r(1, 12, 512, 16), r(1, 12, 512, 16), r(1, 12, 512, 16)
         q, k, v = r(1, 12, 512, 64), r(1, 12, 512, 64), r(1, 12, 512, 64)
         mask = np.zeros((1, 1, 1, 512), dtype)
-        cases["bi_acm_attention [1,12,512,512]"] = lambda: attention.bi_acm_attention(
+        cases["bi_acm_attention [1,12,512,512]"] = lambda: bi_acm.bi_acm_attention(
             q, k, v, lq, lk, lv, 4, mask
         )
         for label, fn in cases.items():

@@ -9,10 +9,10 @@ those ops run their formulas:
 * ``add_norm``: ``bert.add_and_norm`` (bias, residual and LayerNorm in the GEMM's output) and
   the row-blocked ``ops.layer_norm``;
 * ``softmax``: the fused attention (``attention.scaled_dot_product_attention``,
-  ``attention.bi_acm_attention``), ``attention.attention_probs`` and ``ops.softmax``;
-* ``context``: ``attention.attention_context`` and ``attention.bi_acm_contexts``;
+  ``bi_acm.bi_acm_attention``), ``attention.attention_probs`` and ``ops.softmax``;
+* ``context``: ``attention.attention_context`` and ``bi_acm.bi_acm_contexts``;
 * ``gemm``: ``ops.linear`` (one GEMM over the flattened rows, ``(W @ x.T).T`` for few float32
-  rows) and ``attention.bi_acm_scores`` (a block of heads at a time).
+  rows) and ``bi_acm.bi_acm_scores`` (a block of heads at a time).
 
 Use::
 
@@ -25,19 +25,19 @@ Use::
 
 from __future__ import annotations
 
-from refimpl import activations, attention, bert, ops, switch
+from refimpl import activations, attention, bert, bi_acm, ops, switch
 
 GROUPS = {
     "gelu": (bert.intermediate, activations.gelu, activations.erf),
     "add_norm": (bert.add_and_norm, ops.layer_norm),
     "softmax": (
         attention.scaled_dot_product_attention,
-        attention.bi_acm_attention,
+        bi_acm.bi_acm_attention,
         attention.attention_probs,
         ops.softmax,
     ),
-    "context": (attention.attention_context, attention.bi_acm_contexts),
-    "gemm": (ops.linear, attention.bi_acm_scores),
+    "context": (attention.attention_context, bi_acm.bi_acm_contexts),
+    "gemm": (ops.linear, bi_acm.bi_acm_scores),
 }
 
 

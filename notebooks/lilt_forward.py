@@ -47,13 +47,8 @@ from matplotlib.patches import Rectangle
 
 import refimpl
 from refimpl import bert
-from refimpl.attention import (
-    bi_acm_contexts,
-    bi_acm_scores,
-    extended_attention_mask,
-    head_masks,
-    split_heads,
-)
+from refimpl.attention import extended_attention_mask, head_masks, split_heads
+from refimpl.bi_acm import bi_acm_contexts, bi_acm_scores
 from refimpl.data import path as bundled_path
 from refimpl.lilt import embeddings as emb
 from refimpl.lilt import layers

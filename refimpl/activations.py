@@ -45,6 +45,7 @@ __all__ = [
     "ACT2FN",
     "PARAMETRIC_ACTIVATIONS",
     "get_activation",
+    "activation_backward",
 ]
 
 _SQRT_2 = math.sqrt(2.0)
@@ -512,3 +513,31 @@ def get_activation(name: str) -> Callable:
                 f"call refimpl.ops.prelu(x, weight) with the checkpoint's '<module>.weight'"
             ) from None
         raise ValueError(f"unknown activation {name!r}; supported: {sorted(ACT2FN)}") from None
+
+
+def activation_backward(name: str, grad_output, x, y):
+    """The backward of the activation called ``name``, from its input ``x`` and output ``y``
+    (each backward takes the one it needs: the exact GELU its input, ReLU and tanh their output).
+
+    Args:
+        name: a name in ``ACT2FN`` with a written backward: ``"gelu"``, ``"relu"``, ``"tanh"``.
+        grad_output: ``dL/dy``, any shape.
+        x: the activation's input, same shape.
+        y: its output, same shape.
+
+    Returns:
+        ``dL/dx``, same shape.
+
+    Raises:
+        NotImplementedError: for an activation whose backward is not written, naming the ones
+            that are (every released LiLT and LXMERT uses the exact ``"gelu"``).
+    """
+    if name == "gelu":
+        return gelu_backward(grad_output, x)
+    if name == "relu":
+        return relu_backward(grad_output, y)
+    if name == "tanh":
+        return tanh_backward(grad_output, y)
+    raise NotImplementedError(
+        f"the backward of hidden_act={name!r} is not written; written: 'gelu' (exact), 'relu', 'tanh'"
+    )

@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from . import backend, checkpoints
+from . import backend, checkpoints, gradients
 from .config import CheckpointWarning, PretrainedConfig
 from .files import CheckpointError
 
@@ -241,6 +241,26 @@ class PreTrainedModel:
     def num_parameters(self) -> int:
         """Number of scalar weights (tied weights counted once)."""
         return int(sum(int(np.prod(v.shape)) for v in self.params.values()))
+
+    def backward(
+        self, upstream=None, seed: int = 0, tensor_grads: bool = False, **inputs
+    ) -> gradients.Gradients:
+        """One forward and its hand-written backward: the gradients of one scalar ``L``.
+
+        ``L`` is the model's loss when ``inputs`` carry labels, else ``sum_X sum(X * G_X)`` over
+        the array output fields with seeded standard-normal ``G_X`` (see `refimpl.gradients`).
+
+        Args:
+            upstream: ``{field: G_X}`` instead of drawing them (no labels only).
+            seed: the seed of the drawn ``G_X``.
+            tensor_grads: also return ``dL/d(tensor)`` for every named forward tensor.
+            **inputs: the forward's keyword inputs, labels included.
+
+        Returns:
+            `refimpl.gradients.Gradients`: ``params`` (checkpoint key -> ``dL/dW``), ``tensors``
+            (trace name -> ``dL/d(tensor)``, when asked), ``loss``, ``outputs``, ``upstream``, ``seed``.
+        """
+        return gradients.backward(self, upstream=upstream, seed=seed, tensor_grads=tensor_grads, **inputs)
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)

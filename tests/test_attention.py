@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from refimpl import attention, bert, ops, switch, trace
+from refimpl import attention, bert, bi_acm, ops, switch, trace
 
 
 def _qkv(rng, b, n, s, d, r, dtype):
@@ -46,7 +46,7 @@ def test_bi_acm_scores_equals_the_oracle(b, n, s, d, r, relative, seed):
     oracle = scores / math.sqrt(d) + torch.matmul(tlq, tlk.transpose(-1, -2)) / math.sqrt(d // r)
     for use in (switch.reference, switch.fast):
         with use():
-            got = attention.bi_acm_scores(q, k, lq, lk, r, rel)
+            got = bi_acm.bi_acm_scores(q, k, lq, lk, r, rel)
         np.testing.assert_allclose(got, oracle.numpy(), rtol=0, atol=1e-13, err_msg=use.__name__)
 
 
@@ -54,7 +54,7 @@ def test_bi_acm_scores_records_the_oracles_summands_while_tracing(mode):
     rng = np.random.default_rng(1)
     q, k, _, lq, lk, _ = _qkv(rng, 1, 2, 5, 8, 2, np.float64)
     with trace.tracing() as rec:
-        attention.bi_acm_scores(q, k, lq, lk, 2)
+        bi_acm.bi_acm_scores(q, k, lq, lk, 2)
     assert list(rec.tensors) == ["tmp_attention_scores", "tmp_layout_attention_scores"]
     np.testing.assert_allclose(rec.tensors["tmp_attention_scores"], q @ k.swapaxes(-1, -2) / math.sqrt(8))
     np.testing.assert_allclose(
@@ -68,7 +68,7 @@ def test_bi_acm_contexts_equal_the_oracle(mode, dtype):
     _, _, v, _, _, lv = _qkv(rng, 2, 3, 7, 8, 4, dtype)
     probs = ops.softmax(rng.standard_normal((2, 3, 7, 7)).astype(dtype))
     tol = 2e-6 if dtype == np.float32 else 1e-14
-    context, layout_context = attention.bi_acm_contexts(probs, v, lv)
+    context, layout_context = bi_acm.bi_acm_contexts(probs, v, lv)
     # torch: (P V).permute(0, 2, 1, 3).reshape(b, s, n * d)
     for got, value, width in ((context, v, 24), (layout_context, lv, 6)):
         want = torch.matmul(torch.from_numpy(probs), torch.from_numpy(value)).permute(0, 2, 1, 3)

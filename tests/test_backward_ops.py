@@ -24,7 +24,7 @@ from _strict import strict_namespace, unwrap_tree, wrap_tree
 from hypothesis import given
 from hypothesis import strategies as st
 
-from refimpl import activations, attention, losses, ops
+from refimpl import activations, attention, bi_acm, losses, ops
 from refimpl.lilt import heads as lilt_heads
 from refimpl.lxmert import heads as lxmert_heads
 
@@ -709,7 +709,7 @@ def _ours_bi_acm(g, gl, gp, q, k, v, ql, kl, vl, m, hm, r, relative, dist_w, max
         rel = np_relative_scores(q, k, e, relative)
     scores = np_bi_acm_scores(q, k, ql, kl, r, rel)
     p = ops.softmax(scores if m is None else scores + m)
-    grads = attention.bi_acm_backward(g, gl, q, k, v, ql, kl, vl, p, r, hm, grad_probs=gp)
+    grads = bi_acm.bi_acm_backward(g, gl, q, k, v, ql, kl, vl, p, r, hm, grad_probs=gp)
     dq, dk, dw = grads.query, grads.key, None
     if relative != "absolute":
         dq_rel, de = attention.relative_position_scores_query_backward(grads.relative_scores, q, e)
@@ -780,7 +780,7 @@ def test_bi_acm_streams_get_different_probability_gradients():
     q, k, v = (randn(rng, 1, 2, 4, 8) for _ in range(3))
     ql, kl, vl = (randn(rng, 1, 2, 4, 2) for _ in range(3))
     p = ops.softmax(np_bi_acm_scores(q, k, ql, kl, 4))
-    grads = attention.bi_acm_backward(randn(rng, 1, 4, 16), randn(rng, 1, 4, 4), q, k, v, ql, kl, vl, p, 4)
+    grads = bi_acm.bi_acm_backward(randn(rng, 1, 4, 16), randn(rng, 1, 4, 4), q, k, v, ql, kl, vl, p, 4)
     assert np.abs(grads.attention_probs - grads.layout_attention_probs).max() > 0.1
 
 
@@ -1144,7 +1144,7 @@ def _dispatch_cases():
         ("smooth_l1", losses.smooth_l1_loss_backward, (g, g * 2, x[..., :4])),
         ("sdpa", lambda gc, q, k, v, p, hm: tuple(attention.scaled_dot_product_attention_backward(gc, q, k, v, p, hm)),
          (randn(rng, 1, 4, 8), q, k, v, p, hm)),
-        ("bi_acm", lambda gc, gl, q, k, v, ql, kl, vl, p: tuple(attention.bi_acm_backward(gc, gl, q, k, v, ql, kl, vl, p, 2)),
+        ("bi_acm", lambda gc, gl, q, k, v, ql, kl, vl, p: tuple(bi_acm.bi_acm_backward(gc, gl, q, k, v, ql, kl, vl, p, 2)),
          (randn(rng, 1, 4, 8), randn(rng, 1, 4, 4), q, k, v, ql, kl, vl, p)),
         ("relative_query", attention.relative_position_scores_query_backward, (p, q, randn(rng, 4, 4, 4))),
         ("relative_key", attention.relative_position_scores_key_backward, (p, k, randn(rng, 4, 4, 4))),

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from _strict import strict_namespace, unwrap_tree, wrap_tree
 
-from refimpl import activations, attention, backend, bert, ops, switch, trace
+from refimpl import activations, attention, backend, bert, bi_acm, ops, switch, trace
 from refimpl.fast import attention as fast_attention
 from refimpl.fast import blocks, dense, erf
 
@@ -33,10 +33,10 @@ COVERED = {
     activations.gelu: "test_gelu",
     attention.attention_probs: "test_attention_probs",
     attention.attention_context: "test_attention_context",
-    attention.bi_acm_scores: "test_bi_acm_scores",
-    attention.bi_acm_contexts: "test_bi_acm_contexts",
+    bi_acm.bi_acm_scores: "test_bi_acm_scores",
+    bi_acm.bi_acm_contexts: "test_bi_acm_contexts",
     attention.scaled_dot_product_attention: "test_scaled_dot_product_attention",
-    attention.bi_acm_attention: "test_bi_acm_attention",
+    bi_acm.bi_acm_attention: "test_bi_acm_attention",
     bert.add_and_norm: "test_add_and_norm",
     bert.intermediate: "test_intermediate",
 }
@@ -260,11 +260,11 @@ def test_bi_acm_scores(dtype, d, r, relative):
     q, k, _, lq, lk, _ = _qkv(rng, 3, 12, 40, d, r, dtype)  # several blocks of heads
     rel = rng.standard_normal((3, 12, 40, 40)).astype(dtype) if relative else None
     got = fast_attention.bi_acm_scores(q, k, lq, lk, r, rel)
-    np.testing.assert_array_equal(got, attention.bi_acm_scores.formula(q, k, lq, lk, r, rel))
+    np.testing.assert_array_equal(got, bi_acm.bi_acm_scores.formula(q, k, lq, lk, r, rel))
     big = _qkv(rng, 1, 2, 300, d, r, dtype)  # one slab larger than a block
     np.testing.assert_array_equal(
         fast_attention.bi_acm_scores(big[0], big[1], big[3], big[4], r),
-        attention.bi_acm_scores.formula(big[0], big[1], big[3], big[4], r),
+        bi_acm.bi_acm_scores.formula(big[0], big[1], big[3], big[4], r),
     )
 
 
@@ -274,7 +274,7 @@ def test_bi_acm_contexts(dtype):
     _, _, v, _, _, lv = _qkv(rng, 2, 3, 7, 8, 4, dtype)
     probs = ops.softmax(rng.standard_normal((2, 3, 7, 7)).astype(dtype))
     got = fast_attention.bi_acm_contexts(probs, v, lv)
-    want = attention.bi_acm_contexts.formula(probs, v, lv)
+    want = bi_acm.bi_acm_contexts.formula(probs, v, lv)
     for g, w, vv in zip(got, want, (v, lv), strict=True):  # the same dot products of 7 terms
         assert g.shape == w.shape and g.dtype == dtype
         size = attention.merge_heads(np.abs(probs).astype(np.float64) @ np.abs(vv))
@@ -307,7 +307,7 @@ def test_bi_acm_attention(threads, dtype, head_mask, relative):
     args = (qkv[0], qkv[1], qkv[2], qkv[3], qkv[4], qkv[5], 4, mask, hm, rel)
     with switch.fast():
         got = fast_attention.bi_acm_attention(*args)
-        want = attention.bi_acm_attention.formula(*args)
+        want = bi_acm.bi_acm_attention.formula(*args)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_array_equal(g, w)
 
@@ -408,8 +408,8 @@ def _recording_calls():
     norm = {"weight": np.ones(4), "bias": np.zeros(4)}
     return [
         (attention.scaled_dot_product_attention, (t, t, t), {}),
-        (attention.bi_acm_scores, (t, t, t, t, 2), {}),
-        (attention.bi_acm_attention, (t, t, t, t, t, t, 2), {}),
+        (bi_acm.bi_acm_scores, (t, t, t, t, 2), {}),
+        (bi_acm.bi_acm_attention, (t, t, t, t, t, t, 2), {}),
         (bert.add_and_norm, (x, x), {"dense": lin, "LayerNorm": norm, "layer_norm_eps": 1e-5}),
         (bert.intermediate, (x,), {"dense": lin, "hidden_act": "gelu"}),
     ]

@@ -11,14 +11,14 @@
   `refimpl.attention.attention_context`: the batched product writes straight into the merged
   ``[batch, q_len, heads * head_size]`` layout (no transpose copy). Bit-identical.
 * [bi_acm_scores][refimpl.fast.attention.bi_acm_scores] replaces
-  `refimpl.attention.bi_acm_scores` a block of heads at a time: the text share in the
+  `refimpl.bi_acm.bi_acm_scores` a block of heads at a time: the text share in the
   result's memory, the layout share in a block-sized scratch array, so the oracle's two
   ``[batch, heads, s, s]`` summands (``tmp_attention_scores``, ``tmp_layout_attention_scores``)
   are never held whole. Bit-identical: the same products and sum per head, and a scale that
   is a power of two (both at base size) divides the queries before the product, which is
   exact, instead of the scores after it.
 * [bi_acm_contexts][refimpl.fast.attention.bi_acm_contexts] replaces
-  `refimpl.attention.bi_acm_contexts` with one product ``P [V | V_l]``: every output element is
+  `refimpl.bi_acm.bi_acm_contexts` with one product ``P [V | V_l]``: every output element is
   the same dot product (equal up to BLAS's summation order).
 * [scaled_dot_product_attention][refimpl.fast.attention.scaled_dot_product_attention] and
   [bi_acm_attention][refimpl.fast.attention.bi_acm_attention] replace their namesakes in
@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 
-from .. import attention, ops
+from .. import attention, bi_acm, ops
 from ..backend import get_namespace, is_device_array
 from ..switch import kernel_for
 from .blocks import BLOCK_BYTES, for_blocks
@@ -168,9 +168,9 @@ def attention_context(probs, value):
     return out
 
 
-@kernel_for(attention.bi_acm_scores)
+@kernel_for(bi_acm.bi_acm_scores)
 def bi_acm_scores(query, key, layout_query, layout_key, channel_shrink_ratio: int, relative_scores=None):
-    """`refimpl.attention.bi_acm_scores` a block of heads at a time: the text share is computed
+    """`refimpl.bi_acm.bi_acm_scores` a block of heads at a time: the text share is computed
     in the result's memory and the layout share in a block-sized scratch array, so neither
     ``[batch, heads, s, s]`` summand is ever held whole.
 
@@ -184,7 +184,7 @@ def bi_acm_scores(query, key, layout_query, layout_key, channel_shrink_ratio: in
         ``[batch, heads, s, s]``, a fresh array.
     """
     if is_device_array(query):
-        return attention.bi_acm_scores.formula(
+        return bi_acm.bi_acm_scores.formula(
             query, key, layout_query, layout_key, channel_shrink_ratio, relative_scores
         )
     xp = get_namespace(query, key, layout_query, layout_key, relative_scores)
@@ -222,9 +222,9 @@ def _power_of_two(x: float) -> bool:
     return x > 0 and math.frexp(x)[0] == 0.5
 
 
-@kernel_for(attention.bi_acm_contexts)
+@kernel_for(bi_acm.bi_acm_contexts)
 def bi_acm_contexts(probs, value, layout_value):
-    """`refimpl.attention.bi_acm_contexts` in one product per head, ``P [V | V_l]``, split back
+    """`refimpl.bi_acm.bi_acm_contexts` in one product per head, ``P [V | V_l]``, split back
     into the two streams.
 
     Args:
@@ -282,7 +282,7 @@ def scaled_dot_product_attention(query, key, value, additive_mask=None, layer_he
     return attention_context(probs, value), probs
 
 
-@kernel_for(attention.bi_acm_attention)
+@kernel_for(bi_acm.bi_acm_attention)
 def bi_acm_attention(
     query,
     key,
@@ -295,7 +295,7 @@ def bi_acm_attention(
     layer_head_mask=None,
     relative_scores=None,
 ):
-    """`refimpl.attention.bi_acm_attention` with `bi_acm_scores`' single product, and the
+    """`refimpl.bi_acm.bi_acm_attention` with `bi_acm_scores`' single product, and the
     softmax and the head mask in the scores' own memory.
 
     Args:
@@ -311,7 +311,7 @@ def bi_acm_attention(
         probs [batch, heads, s, s])``.
     """
     if is_device_array(query):
-        return attention.bi_acm_attention.formula(
+        return bi_acm.bi_acm_attention.formula(
             query, key, value, layout_query, layout_key, layout_value, channel_shrink_ratio,
             additive_mask, layer_head_mask, relative_scores,
         )  # fmt: skip

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 from .. import bert, trace
 from ..attention import (
-    bi_acm_attention,
     relative_position_embeddings,
     relative_position_scores_key,
     relative_position_scores_query,
     split_heads,
 )
+from ..bi_acm import bi_acm_attention
 from ..config import LiltConfig
 from ..ops import linear
 
