@@ -22,7 +22,7 @@
   the same dot product (equal up to BLAS's summation order).
 * [scaled_dot_product_attention][refimpl.fast.attention.scaled_dot_product_attention] and
   [bi_acm_attention][refimpl.fast.attention.bi_acm_attention] replace their namesakes in
-  `refimpl.attention`: the scores are computed into a fresh array, and the masked softmax
+  `refimpl.attention` and `refimpl.bi_acm`: the scores are computed into a fresh array, and the masked softmax
   and the head mask run in that array's memory, so the scores and the probabilities are
   never held at once (a ``[batch, heads, s, s]`` array less: 25 MB per layer for LiLT base
   at 512 tokens in float64). Bit-identical to their formulas evaluated with these kernels.
