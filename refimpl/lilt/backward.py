@@ -505,7 +505,8 @@ def lilt_base_model_backward(
     Args:
         w, inputs, config, attention_mask: as for `lilt_model_backward`.
         outputs: the forward's `refimpl.outputs.LiltModelOutput`.
-        grad_outputs: ``{field: G_X}`` for its array fields.
+        grad_outputs: ``{field: G_X}`` for its array fields: ``last_hidden_state [batch, seq, hidden]``,
+            ``pooler_output [batch, hidden]``, ``layout_last_hidden_state [batch, seq, hidden / r]``.
 
     Returns:
         the weights' gradients keyed like ``w``.
@@ -542,9 +543,9 @@ def sequence_classification_backward(
     Args:
         w: the head model's nested weights (``lilt``, ``classifier``).
         inputs, config, attention_mask: as for `lilt_model_backward`.
-        labels: the forward's labels (``L`` is their loss) or ``None``.
+        labels: the forward's labels (``L`` is their loss: ``[batch]`` or ``[batch, labels]``) or ``None``.
         outputs: the forward's `refimpl.outputs.SequenceClassifierOutput`.
-        grad_outputs: ``{"logits": G}`` without labels, else ``None``.
+        grad_outputs: ``{"logits": G [batch, labels]}`` without labels, else ``None``.
 
     Returns:
         the weights' gradients keyed like ``w``.
@@ -588,7 +589,7 @@ def token_classification_backward(
         inputs, config, attention_mask: as for `lilt_model_backward`.
         labels: the forward's integer ``[batch, seq]`` labels or ``None``.
         outputs: the forward's `refimpl.outputs.TokenClassifierOutput`.
-        grad_outputs: ``{"logits": G}`` without labels, else ``None``.
+        grad_outputs: ``{"logits": G [batch, seq, labels]}`` without labels, else ``None``.
 
     Returns:
         the weights' gradients keyed like ``w``.
@@ -627,7 +628,8 @@ def question_answering_backward(
         inputs, config, attention_mask: as for `lilt_model_backward`.
         positions: the forward's ``(start_positions, end_positions)``, integer ``[batch]`` each, or ``None``.
         outputs: the forward's `refimpl.outputs.QuestionAnsweringModelOutput`.
-        grad_outputs: ``{"start_logits": G, "end_logits": G}`` without labels, else ``None``.
+        grad_outputs: ``{"start_logits": G, "end_logits": G}`` (``[batch, seq]`` each) without
+            labels, else ``None``.
 
     Returns:
         the weights' gradients keyed like ``w``.
