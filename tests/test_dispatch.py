@@ -9,6 +9,7 @@ strict run must equal the plain run exactly (the same NumPy kernels underneath).
 
 from __future__ import annotations
 
+import copy
 import platform
 import sys
 from pathlib import Path
@@ -250,6 +251,62 @@ def test_lxmert_models_dispatch_every_op(dtype, lxmert_base_dir):
         ans=rng.integers(0, c.num_qa_labels, (b,)),
     )
     _model_strict_equals_plain(head, dict(inputs, **targets))
+
+
+def _backward_strict_equals_plain(model, inputs: dict, upstream: dict | None = None) -> None:
+    """Plain vs strict ``model.backward`` (weights, inputs and upstream wrapped): every parameter
+    gradient and every tensor gradient equal, on the device, without a violation."""
+    want = model.backward(upstream=upstream, tensor_grads=True, **inputs)
+    strict_model = type(model)(model.config, wrap_tree(model.params), dtype=model.dtype)
+    with strict_namespace() as ns:
+        got = strict_model.backward(
+            upstream=None if upstream is None else wrap_tree(upstream), tensor_grads=True, **wrap_tree(inputs)
+        )
+        assert ns.violations == [], ns.violations
+    for kind in ("params", "tensors"):
+        mine, theirs = getattr(got, kind), getattr(want, kind)
+        assert mine.keys() == theirs.keys() and len(mine) > 10
+        for name, value in mine.items():
+            assert isinstance(value, StrictArray), f"{kind} {name} left the device: {type(value)}"
+            np.testing.assert_array_equal(unwrap_tree(value), theirs[name], err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_lilt_backward_dispatches_every_op(dtype, lilt_base_dir):
+    """The backward (refimpl/lilt/backward.py and the ops' backwards) too: LiltModel with upstream
+    gradients (BiACM, pooler, both embedding streams), a token classifier with labels (its loss)
+    and a head mask with a zero."""
+    from refimpl.lilt import LiltForTokenClassification, LiltModel
+
+    rng = np.random.default_rng(2)
+    base = LiltModel.from_pretrained(lilt_base_dir, dtype=dtype)
+    inputs = _lilt_inputs(base.config, rng)
+    out = base(**inputs)
+    upstream = {
+        k: rng.standard_normal(out[k].shape).astype(dtype)
+        for k in out.keys()
+        if out[k] is not None and hasattr(out[k], "shape")
+    }
+    _backward_strict_equals_plain(base, inputs, upstream)
+    # relative_key_query: the distance table's scatter-add and both relative scores' backwards
+    config = copy.deepcopy(base.config)
+    config.position_embedding_type = "relative_key_query"
+    head_size = config.hidden_size // config.num_attention_heads
+    tables = {
+        f"encoder.layer.{i}.attention.self.distance_embedding.weight": rng.standard_normal(
+            (2 * config.max_position_embeddings - 1, head_size)
+        ).astype(dtype)
+        for i in range(config.num_hidden_layers)
+    }
+    relative = LiltModel(config, {**base.params, **tables}, dtype=base.dtype)
+    _backward_strict_equals_plain(relative, inputs, upstream)
+    head = LiltForTokenClassification.from_pretrained(DATA / "lilt-tiny", dtype=dtype)
+    labels = rng.integers(0, head.config.num_labels, inputs["input_ids"].shape)
+    labels[0, 0] = -100
+    c = head.config
+    head_mask = np.ones((c.num_hidden_layers, c.num_attention_heads), dtype)
+    head_mask[0, 0] = 0.0
+    _backward_strict_equals_plain(head, dict(inputs, labels=labels, head_mask=head_mask))
 
 
 def test_a_hidden_numpy_call_in_a_model_is_caught(lilt_base_dir, monkeypatch):

@@ -19,6 +19,7 @@ LAYER_MODULES = [
     "bert.py",
     "lilt/embeddings.py",
     "lilt/layers.py",
+    "lilt/backward.py",
     "lilt/heads.py",
     "lilt/modeling.py",
     "lxmert/layers.py",

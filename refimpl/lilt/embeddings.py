@@ -3,6 +3,13 @@
 Weights are splatted in with their checkpoint names, e.g. for the text stream
 ``text_embeddings(..., **w["embeddings"])`` where ``w["embeddings"]["word_embeddings"]`` is
 ``{"weight": [vocab, hidden]}``.
+
+Each stream's backward sits right after it (``text_embeddings_backward``): it reads the
+lookups its forward recorded from the tape (`refimpl.tape.saved`), records their gradients
+under the same names and scatter-adds them into the tables. As ``torch.nn.Embedding(padding_idx=...)``
+in the oracle, the rows ``config.pad_token_id`` of ``word_embeddings``, ``position_embeddings``
+and ``box_position_embeddings`` get no gradient; ``token_type_embeddings`` and the x/y/h/w
+tables have no padding row.
 """
 
 from __future__ import annotations
@@ -10,13 +17,16 @@ from __future__ import annotations
 from .. import trace
 from ..backend import get_namespace
 from ..config import LiltConfig
-from ..ops import embedding, layer_norm, linear
+from ..ops import embedding, embedding_backward, layer_norm, layer_norm_backward, linear, linear_backward
+from ..tape import saved
 
 __all__ = [
     "create_position_ids_from_input_ids",
     "create_position_ids_from_inputs_embeds",
     "text_embeddings",
+    "text_embeddings_backward",
     "layout_embeddings",
+    "layout_embeddings_backward",
 ]
 
 
@@ -104,6 +114,72 @@ def text_embeddings(
     return out
 
 
+def text_embeddings_backward(
+    grad_output,
+    input_ids,
+    inputs_embeds,
+    token_type_ids,
+    position_ids,
+    *,
+    word_embeddings,
+    position_embeddings,
+    token_type_embeddings,
+    LayerNorm,
+    config: LiltConfig,
+):
+    """Backward of `text_embeddings`: ``LayerNorm(word + token_type [+ position])`` in reverse.
+
+    Reads the recorded lookups from the tape (the LayerNorm's input is their sum, added in the
+    forward's order; `refimpl.ops.layer_norm_backward` recomputes its statistics), and records
+    the gradients of ``LayerNorm`` (the upstream one) and of each lookup: the sum passes one
+    gradient ``d_sum`` to every summand.
+
+    Args:
+        grad_output: ``dL/d LayerNorm``, the stream's output gradient, ``[batch, seq, hidden]``.
+        input_ids, inputs_embeds, token_type_ids, position_ids: the forward's inputs (one of
+            ``input_ids`` / ``inputs_embeds`` is ``None``).
+        word_embeddings, position_embeddings, token_type_embeddings, LayerNorm, config: as in
+            the forward (``config.pad_token_id`` is the padding row of the word and position tables).
+
+    Returns:
+        ``(d_inputs_embeds [batch, seq, hidden] or None, grads)``: ``d_inputs_embeds`` when the
+        caller gave ``inputs_embeds``; ``grads`` keyed like the weights (the word table only
+        when it was looked up, the position table only for absolute positions).
+    """
+    pad = config.pad_token_id
+    trace.record("LayerNorm", grad_output)
+    # the LayerNorm's input, as the forward summed it: [b, s, h]
+    words = saved("word_embeddings") if inputs_embeds is None else inputs_embeds
+    embeddings = words + saved("token_type_embeddings")
+    if config.position_embedding_type == "absolute":
+        embeddings = embeddings + saved("position_embeddings")
+    # normalise: [b, s, h] -> d_sum [b, s, h]
+    d_sum, d_ln_weight, d_ln_bias = layer_norm_backward(
+        grad_output, embeddings, **LayerNorm, eps=config.layer_norm_eps
+    )
+    grads = {"LayerNorm": {"weight": d_ln_weight, "bias": d_ln_bias}}
+    # absolute positions: [b, s, h] -> [P, h], the padding row gets nothing
+    if config.position_embedding_type == "absolute":
+        trace.record("position_embeddings", d_sum)
+        table = position_embeddings["weight"]
+        grads["position_embeddings"] = {
+            "weight": embedding_backward(d_sum, position_ids, table.shape[0], padding_idx=pad)
+        }
+    # segments: [b, s, h] -> [type_vocab, h]
+    trace.record("token_type_embeddings", d_sum)
+    table = token_type_embeddings["weight"]
+    grads["token_type_embeddings"] = {"weight": embedding_backward(d_sum, token_type_ids, table.shape[0])}
+    # words: [b, s, h] -> [vocab, h] (the padding row gets nothing), or the caller's vectors
+    if inputs_embeds is not None:
+        return d_sum, grads
+    trace.record("word_embeddings", d_sum)
+    table = word_embeddings["weight"]
+    grads["word_embeddings"] = {
+        "weight": embedding_backward(d_sum, input_ids, table.shape[0], padding_idx=pad)
+    }
+    return None, grads
+
+
 def layout_embeddings(
     bbox,
     position_ids,
@@ -162,3 +238,86 @@ def layout_embeddings(
     out = layer_norm(spatial + box_position, **LayerNorm, eps=config.layer_norm_eps)
     trace.record("LayerNorm", out)
     return out
+
+
+#: The six box lookups of `layout_embeddings`, in their concatenation order: (trace name, table, bbox column
+#: or ``(hi, lo)`` columns of a difference).
+_BOX_LOOKUPS = (
+    ("x_position_embeddings.left", "x_position_embeddings", 0),
+    ("y_position_embeddings.upper", "y_position_embeddings", 1),
+    ("x_position_embeddings.right", "x_position_embeddings", 2),
+    ("y_position_embeddings.lower", "y_position_embeddings", 3),
+    ("h_position_embeddings", "h_position_embeddings", (3, 1)),
+    ("w_position_embeddings", "w_position_embeddings", (2, 0)),
+)
+
+
+def layout_embeddings_backward(
+    grad_output,
+    bbox,
+    position_ids,
+    *,
+    x_position_embeddings,
+    y_position_embeddings,
+    h_position_embeddings,
+    w_position_embeddings,
+    box_position_embeddings,
+    box_linear_embeddings,
+    LayerNorm,
+    config: LiltConfig,
+):
+    """Backward of `layout_embeddings`: ``LayerNorm(box_linear(concat(6 lookups)) + box_position)`` in reverse.
+
+    Reads the six lookups, ``box_linear_embeddings`` and ``box_position_embeddings`` from the
+    tape and records the gradient of each under its name. The projection's input gradient
+    ``[b, s, h]`` splits back into six ``[b, s, h/6]`` parts; the x and y tables are each used
+    twice (left and right, upper and lower), so each receives the scatter-add of both parts.
+
+    Args:
+        grad_output: ``dL/d LayerNorm``, the stream's output gradient, ``[batch, seq, hidden // r]``.
+        bbox: the forward's integer ``[batch, seq, 4]`` boxes.
+        position_ids: the forward's integer ``[batch, seq]`` (the padding row ``config.pad_token_id``
+            of ``box_position_embeddings`` gets no gradient).
+        x_position_embeddings, ..., LayerNorm, config: as in the forward.
+
+    Returns:
+        the weights' gradients keyed like the weights.
+    """
+    xp = get_namespace(grad_output, bbox)
+    trace.record("LayerNorm", grad_output)
+    # add and normalise: [b, s, h/r]
+    spatial, box_position = saved("box_linear_embeddings"), saved("box_position_embeddings")
+    d_sum, d_ln_weight, d_ln_bias = layer_norm_backward(
+        grad_output, spatial + box_position, **LayerNorm, eps=config.layer_norm_eps
+    )
+    # sequence positions of the boxes: [b, s, h/r] -> [P, h/r], the padding row gets nothing
+    trace.record("box_position_embeddings", d_sum)
+    table = box_position_embeddings["weight"]
+    d_box_position = embedding_backward(d_sum, position_ids, table.shape[0], padding_idx=config.pad_token_id)
+    # the projection of the six lookups: [b, s, h/r] -> [b, s, h]
+    trace.record("box_linear_embeddings", d_sum)
+    parts = [saved(name) for name, _, _ in _BOX_LOOKUPS]
+    d_concat, d_lin_weight, d_lin_bias = linear_backward(
+        d_sum, xp.concatenate(parts, axis=-1), **box_linear_embeddings
+    )
+    # the concatenation split back, and each part scatter-added into its table: [b, s, h/6] -> [M, h/6]
+    tables = {
+        "x_position_embeddings": x_position_embeddings,
+        "y_position_embeddings": y_position_embeddings,
+        "h_position_embeddings": h_position_embeddings,
+        "w_position_embeddings": w_position_embeddings,
+    }
+    d_tables: dict = {}
+    k = parts[0].shape[-1]
+    for i in reversed(range(len(_BOX_LOOKUPS))):
+        name, table, column = _BOX_LOOKUPS[i]
+        d_part = d_concat[..., i * k : (i + 1) * k]
+        trace.record(name, d_part)
+        ids = bbox[:, :, column] if isinstance(column, int) else bbox[:, :, column[0]] - bbox[:, :, column[1]]
+        rows = tables[table]["weight"].shape[0]
+        d_tables[table] = embedding_backward(d_part, ids, rows, dweight=d_tables.get(table))
+    grads = {table: {"weight": d_tables[table]} for table in tables}
+    grads["box_position_embeddings"] = {"weight": d_box_position}
+    grads["box_linear_embeddings"] = {"weight": d_lin_weight, "bias": d_lin_bias}
+    grads["LayerNorm"] = {"weight": d_ln_weight, "bias": d_ln_bias}
+    return grads

@@ -1,8 +1,14 @@
-"""LiLT task heads and their losses, as transformers 4.56.2 computes them."""
+"""LiLT task heads and their losses, as transformers 4.56.2 computes them.
+
+Each head's and each loss's backward sits right after it (``classification_head_backward``):
+a head's backward reads what its forward recorded from the tape (`refimpl.tape.saved`) and
+records the gradients of those names.
+"""
 
 from __future__ import annotations
 
 from .. import trace
+from ..activations import tanh_backward
 from ..backend import get_namespace
 from ..losses import (
     bce_with_logits,
@@ -12,16 +18,19 @@ from ..losses import (
     mse_loss,
     mse_loss_backward,
 )
-from ..ops import linear
+from ..ops import linear, linear_backward
+from ..tape import saved
 
 __all__ = [
     "classification_head",
+    "classification_head_backward",
     "sequence_classification_problem_type",
     "sequence_classification_loss",
     "sequence_classification_loss_backward",
     "token_classification_loss",
     "token_classification_loss_backward",
     "question_answering_logits",
+    "question_answering_logits_backward",
     "question_answering_loss",
     "question_answering_loss_backward",
 ]
@@ -49,6 +58,40 @@ def classification_head(sequence_output, *, dense, out_proj):
     logits = linear(x, **out_proj)
     trace.record("out_proj", logits)
     return logits
+
+
+def classification_head_backward(grad_logits, sequence_output, *, dense, out_proj):
+    """Backward of `classification_head`: ``out_proj(tanh(dense(x[:, 0])))`` in reverse.
+
+    Reads ``dense`` from the tape (the tanh is recomputed from it: its output is not recorded)
+    and records the gradients of ``out_proj`` (the upstream one) and ``dense``; only the first
+    token of each row gets a gradient.
+
+    Args:
+        grad_logits: ``dL/dlogits``, ``[batch, labels]``.
+        sequence_output: the forward's input, ``[batch, seq, hidden]``.
+        dense, out_proj: as in the forward.
+
+    Returns:
+        ``(d_sequence_output [batch, seq, hidden], {"dense": ..., "out_proj": ...})``.
+    """
+    xp = get_namespace(grad_logits, sequence_output)
+    trace.record("out_proj", grad_logits)
+    # [b, labels] -> [b, h], through out_proj
+    x = xp.tanh(saved("dense"))
+    d_x, d_out_weight, d_out_bias = linear_backward(grad_logits, x, **out_proj)
+    # through the tanh, from its output: [b, h]
+    d_dense = tanh_backward(d_x, x)
+    trace.record("dense", d_dense)
+    # [b, h] -> [b, h], the <s> token only
+    d_first, d_dense_weight, d_dense_bias = linear_backward(d_dense, sequence_output[:, 0, :], **dense)
+    d_sequence = xp.zeros_like(sequence_output)  # [b, s, h]: no other token feeds the head
+    d_sequence[:, 0, :] = d_first
+    grads = {
+        "dense": {"weight": d_dense_weight, "bias": d_dense_bias},
+        "out_proj": {"weight": d_out_weight, "bias": d_out_bias},
+    }
+    return d_sequence, grads
 
 
 def sequence_classification_problem_type(problem_type, num_labels: int, labels) -> str:
@@ -188,6 +231,29 @@ def question_answering_logits(sequence_output, *, weight, bias):
     trace.output(logits)
     # [b, s, 2] -> 2 x [b, s]
     return xp.ascontiguousarray(logits[..., 0]), xp.ascontiguousarray(logits[..., 1])
+
+
+def question_answering_logits_backward(grad_start_logits, grad_end_logits, sequence_output, *, weight, bias):
+    """Backward of `question_answering_logits`: the split undone, then the projection.
+
+    Records the gradient of the module's own output (``[b, s, 2]``, the scope's name), as the
+    forward records the output.
+
+    Args:
+        grad_start_logits, grad_end_logits: ``[batch, seq]`` each.
+        sequence_output: the forward's input, ``[batch, seq, hidden]``.
+        weight, bias: as in the forward.
+
+    Returns:
+        ``(d_sequence_output [batch, seq, hidden], {"weight": [2, hidden], "bias": [2]})``.
+    """
+    xp = get_namespace(grad_start_logits, grad_end_logits, sequence_output)
+    # 2 x [b, s] -> [b, s, 2]
+    d_logits = xp.stack([grad_start_logits, grad_end_logits], axis=-1)
+    trace.output(d_logits)
+    # [b, s, 2] -> [b, s, h]
+    d_sequence, d_weight, d_bias = linear_backward(d_logits, sequence_output, weight, bias)
+    return d_sequence, {"weight": d_weight, "bias": d_bias}
 
 
 def question_answering_loss(start_logits, end_logits, start_positions, end_positions):

@@ -28,6 +28,12 @@ from ..outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
+from .backward import (
+    lilt_base_model_backward,
+    question_answering_backward,
+    sequence_classification_backward,
+    token_classification_backward,
+)
 from .embeddings import layout_embeddings, text_embeddings
 from .heads import (
     classification_head,
@@ -214,6 +220,18 @@ def lilt_attention_mask(attention_mask, config: LiltConfig, dtype):
 # --------------------------------------------------------------------------------------------
 
 
+#: LiltModel's keyword inputs, which every class checks with `check_inputs`.
+_MODEL_INPUTS = (
+    "input_ids",
+    "bbox",
+    "attention_mask",
+    "token_type_ids",
+    "position_ids",
+    "head_mask",
+    "inputs_embeds",
+)
+
+
 class _LiltBase(PreTrainedModel):
     config_class = LiltConfig
     base_model_prefix = "lilt"
@@ -221,6 +239,12 @@ class _LiltBase(PreTrainedModel):
     def _check(self, **inputs) -> dict[str, Any]:
         """`refimpl.lilt.inputs.check_inputs` on the caller's arrays, moved to the model's device."""
         return check_inputs(self.config, self.dtype, **{k: self._array(v) for k, v in inputs.items()})
+
+    def _backward_inputs(self, inputs: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+        """For ``_backward``: the forward's inputs checked again (`check_inputs`, cheap; no second
+        forward) and the additive mask every layer added, ``[batch, 1, 1|seq, seq]``."""
+        checked = self._check(**{k: inputs.get(k) for k in _MODEL_INPUTS})
+        return checked, lilt_attention_mask(checked["attention_mask"], self.config, self.dtype)
 
     def _lilt(self, w, inputs, add_pooling_layer: bool, output_attentions, output_hidden_states):
         """:func:`lilt_model` with the output flags defaulting to the config's, as the oracle."""
@@ -283,6 +307,11 @@ class LiltModel(_LiltBase):
             inputs_embeds=inputs_embeds,
         )
         return self._lilt(self.weights, inputs, True, output_attentions, output_hidden_states)
+
+    def _backward(self, inputs, outputs, grad_outputs):
+        """The backward of `forward` (see `refimpl.gradients`): `refimpl.lilt.backward.lilt_base_model_backward`."""
+        checked, mask = self._backward_inputs(inputs)
+        return lilt_base_model_backward(self.weights, checked, self.config, mask, outputs, grad_outputs)
 
 
 class LiltForSequenceClassification(_LiltBase):
@@ -355,6 +384,14 @@ class LiltForSequenceClassification(_LiltBase):
             layout_attentions=out.layout_attentions,
         )
 
+    def _backward(self, inputs, outputs, grad_outputs):
+        """The backward of `forward`: `refimpl.lilt.backward.sequence_classification_backward`."""
+        checked, mask = self._backward_inputs(inputs)
+        labels = self._array(inputs.get("labels"))
+        return sequence_classification_backward(
+            self.weights, checked, labels, self.config, mask, outputs, grad_outputs
+        )
+
 
 class LiltForTokenClassification(_LiltBase):
     """transformers.LiltForTokenClassification: a linear classifier on every token (no pooler)."""
@@ -417,6 +454,14 @@ class LiltForTokenClassification(_LiltBase):
             attentions=out.attentions,
             layout_hidden_states=out.layout_hidden_states,
             layout_attentions=out.layout_attentions,
+        )
+
+    def _backward(self, inputs, outputs, grad_outputs):
+        """The backward of `forward`: `refimpl.lilt.backward.token_classification_backward`."""
+        checked, mask = self._backward_inputs(inputs)
+        labels = self._array(inputs.get("labels"))
+        return token_classification_backward(
+            self.weights, checked, labels, self.config, mask, outputs, grad_outputs
         )
 
 
@@ -487,4 +532,15 @@ class LiltForQuestionAnswering(_LiltBase):
             attentions=out.attentions,
             layout_hidden_states=out.layout_hidden_states,
             layout_attentions=out.layout_attentions,
+        )
+
+    def _backward(self, inputs, outputs, grad_outputs):
+        """The backward of `forward`: `refimpl.lilt.backward.question_answering_backward`."""
+        checked, mask = self._backward_inputs(inputs)
+        b = checked["bbox"].shape[0]
+        positions = None
+        if grad_outputs is None:  # L is the loss: the forward had both positions
+            positions = [self._array(inputs[k]).reshape(b) for k in ("start_positions", "end_positions")]
+        return question_answering_backward(
+            self.weights, checked, positions, self.config, mask, outputs, grad_outputs
         )
