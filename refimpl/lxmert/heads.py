@@ -207,6 +207,8 @@ def visual_obj_head_backward(grad_outputs, x, *, transform, decoder_dict=None, h
         d, d_weight, d_bias = linear_backward(grad_outputs[key], h, **decoder_dict[key])
         d_h = d if d_h is None else d_h + d
         g_decoders[key] = linear_grads(d_weight, d_bias)
+    if d_h is None:  # every visual loss switched off: the transform's output reaches nothing
+        d_h = get_namespace(h).zeros_like(h)
     # transform: LayerNorm, activation, dense, in reverse: [b, n, h]
     with trace.scope("transform"):
         trace.output(d_h)

@@ -55,7 +55,6 @@ MODEL_INPUTS = (
 FLOAT_INPUTS = ("visual_feats", "visual_pos", "inputs_embeds")
 
 
-
 def _stream_outputs(config: LxmertConfig) -> tuple[str, str]:
     """The trace names (relative to the base model) of the language and vision outputs: the
     last layer of each stream (the oracle takes the hidden-state tuples' last items)."""
@@ -122,9 +121,17 @@ def lxmert_model_backward(
     with trace.scope("embeddings"):
         trace.output(d_embeddings)
         d_inputs_embeds, g_embeddings = lxmert_embeddings_backward(
-            d_embeddings, inputs["input_ids"], inputs["token_type_ids"], inputs["inputs_embeds"], **w["embeddings"]
+            d_embeddings,
+            inputs["input_ids"],
+            inputs["token_type_ids"],
+            inputs["inputs_embeds"],
+            **w["embeddings"],
         )
-    outputs = {"language_output": d_lang, "vision_output": grad_vision_output, "pooled_output": grad_pooled_output}
+    outputs = {
+        "language_output": d_lang,
+        "vision_output": grad_vision_output,
+        "pooled_output": grad_pooled_output,
+    }
     d_inputs = {"visual_feats": d_feats, "visual_pos": d_pos}
     if d_inputs_embeds is not None:
         d_inputs["inputs_embeds"] = d_inputs_embeds
@@ -269,7 +276,8 @@ def _visual_losses_backward(w: dict, obj_labels: dict, visn, config: LxmertConfi
     the object head, in reverse: ``(dL/d vision_output [batch, boxes, hidden], head grads)``."""
     c = config
     losses = visual_losses(c)
-    _loss_part("loss.visual", get_namespace(visn).zeros((), dtype="float32"))
+    xp = get_namespace(visn)
+    _loss_part("loss.visual", xp.zeros((), dtype=xp.float32))  # the oracle's float32 sum
     d_scores = {}
     with trace.scope("obj_predict_head"):
         scores = {key: saved(f"decoder_dict.{key}") for key in losses}  # [b, n, num]
