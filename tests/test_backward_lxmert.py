@@ -151,6 +151,7 @@ def compare(ours, oracle, steps, tol: float) -> tuple[float, float]:
         worst_params = max(worst_params, err)
     worst_tensors = 0.0
     assert len(ours.tensors) > 40
+    assert sorted(set(steps) - set(ours.tensors)) == [], "attention steps the backward does not name"
     for name, mine in ours.tensors.items():
         theirs = oracle_tensor(name, np.asarray(mine), oracle, steps)
         assert np.shape(mine) == theirs.shape, f"grad.{name}: shape {np.shape(mine)} != {theirs.shape}"
@@ -167,20 +168,26 @@ def compare(ours, oracle, steps, tol: float) -> tuple[float, float]:
 CLASSES = {"model": OracleModel, "pretraining": OraclePreTraining, "qa": OracleQuestionAnswering}
 
 
-def lxmert_case(rng, c, kind: str, b=2, s=6, o=4, labels=True, embeds=False, visual_mask=True) -> dict:
+def lxmert_case(
+    rng, c, kind: str, b=2, s=6, o=4, labels=True, embeds=False, visual_mask=True, token_types="full"
+) -> dict:
     """Inputs (padding, both masks, token types 0 and 1) and, for ``labels``, every label the
     class takes: masked-LM ids with some -100, all three object kinds with confidence weights,
-    matched_label and ans (pre-training); answer ids with a -100 (question answering)."""
+    matched_label and ans (pre-training); answer ids with a -100 (question answering).
+    ``token_types``: ``"full"`` ``[b, s]``, ``"row"`` one ``[1, s]`` row broadcast over the batch,
+    or ``None`` (the default zeros)."""
     ids = rng.integers(1, c.vocab_size, (b, s))
     mask = np.ones((b, s), np.int64)
     if b > 1 and s > 2:
         ids[1, -2:], mask[1, -2:] = 0, 0
     inputs = {
         "attention_mask": mask,
-        "token_type_ids": rng.integers(0, c.type_vocab_size, (b, s)),
+        "token_type_ids": rng.integers(0, c.type_vocab_size, (b if token_types == "full" else 1, s)),
         "visual_feats": rng.normal(size=(b, o, c.visual_feat_dim)),
         "visual_pos": rng.uniform(size=(b, o, c.visual_pos_dim)),
     }
+    if token_types is None:
+        del inputs["token_type_ids"]
     if embeds:
         inputs["inputs_embeds"] = rng.normal(size=(b, s, c.hidden_size))
     else:
@@ -194,9 +201,11 @@ def lxmert_case(rng, c, kind: str, b=2, s=6, o=4, labels=True, embeds=False, vis
         lm[rng.random((b, s)) < 0.4] = -100
         obj = rng.integers(0, c.num_object_labels, (b, o))
         obj[0, 0] = -100
+        matched = rng.integers(0, 2, b)
+        matched[-1] = -100 if b > 2 else matched[-1]
         inputs.update(
             labels=lm,
-            matched_label=rng.integers(0, 2, b),
+            matched_label=matched,
             ans=rng.integers(0, c.num_qa_labels, b),
             obj_labels={
                 "obj": (obj, rng.random((b, o))),
@@ -214,10 +223,10 @@ def lxmert_case(rng, c, kind: str, b=2, s=6, o=4, labels=True, embeds=False, vis
 #: case -> (class, input options)
 CASES = {
     "model": ("model", dict(labels=False)),
-    "model-embeds": ("model", dict(labels=False, embeds=True, visual_mask=False)),
+    "model-embeds": ("model", dict(labels=False, embeds=True, visual_mask=False, token_types="row")),
     "pretraining": ("pretraining", dict()),
     "pretraining-upstream": ("pretraining", dict(labels=False)),
-    "qa": ("qa", dict()),
+    "qa": ("qa", dict(token_types=None)),
 }
 
 
@@ -452,7 +461,12 @@ def lxmert_configs(draw):
     kind=st.sampled_from(list(CLASSES)),
     shape=st.tuples(st.integers(1, 3), st.integers(1, 6), st.integers(1, 4)),
     options=st.fixed_dictionaries(
-        {"labels": st.booleans(), "embeds": st.booleans(), "visual_mask": st.booleans()}
+        {
+            "labels": st.booleans(),
+            "embeds": st.booleans(),
+            "visual_mask": st.booleans(),
+            "token_types": st.sampled_from(["full", "row", None]),
+        }
     ),
     seed=st.integers(0, 2**16),
 )

@@ -10,6 +10,8 @@ validates the caller's arrays, `refimpl.lxmert.inputs`, so bad input fails with 
 returns the 0/1 keep masks ``attention_mask`` and ``visual_attention_mask``, 1 = attend,
 broadcast to full size, as LiLT's does), embeddings, the additive attention masks, encoder,
 heads, output record. ``w`` is the checkpoint nested once at load (``model.weights``).
+Each class's ``_backward`` (what ``model.backward`` runs after the forward, see
+`refimpl.gradients`) re-checks the inputs the same way and runs `refimpl.lxmert.modeling_backward`.
 
 Trace names (``refimpl.trace``) are the oracle's ``named_modules()`` paths: unprefixed for
 ``LxmertModel`` (``embeddings.word_embeddings``, ``encoder.x_layers.0.visual_attention.att.query@lang``),
