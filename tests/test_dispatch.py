@@ -253,22 +253,51 @@ def test_lxmert_models_dispatch_every_op(dtype, lxmert_base_dir):
     _model_strict_equals_plain(head, dict(inputs, **targets))
 
 
-def _backward_strict_equals_plain(model, inputs: dict, upstream: dict | None = None) -> None:
-    """Plain vs strict ``model.backward`` (weights, inputs and upstream wrapped): every parameter
-    gradient and every tensor gradient equal, on the device, without a violation."""
-    want = model.backward(upstream=upstream, tensor_grads=True, **inputs)
+def _backward_strict_equals_plain(model, inputs: dict, upstream=None) -> None:
+    """``model.backward`` plain vs strict (weights, inputs and upstream wrapped): every
+    parameter's and tensor's gradient equal, no violation, nothing left the device."""
+    want = model.backward(tensor_grads=True, upstream=upstream, **inputs)
     strict_model = type(model)(model.config, wrap_tree(model.params), dtype=model.dtype)
     with strict_namespace() as ns:
         got = strict_model.backward(
-            upstream=None if upstream is None else wrap_tree(upstream), tensor_grads=True, **wrap_tree(inputs)
+            tensor_grads=True, upstream=None if upstream is None else wrap_tree(upstream), **wrap_tree(inputs)
         )
         assert ns.violations == [], ns.violations
+        assert ns.calls["matmul"] > 0, "the strict namespace was not used"
     for kind in ("params", "tensors"):
         mine, theirs = getattr(got, kind), getattr(want, kind)
-        assert mine.keys() == theirs.keys() and len(mine) > 10
+        assert mine.keys() == theirs.keys() and len(mine) > 20, kind
         for name, value in mine.items():
             assert isinstance(value, StrictArray), f"{kind} {name} left the device: {type(value)}"
-            np.testing.assert_array_equal(unwrap_tree(value), theirs[name], err_msg=name)
+            np.testing.assert_array_equal(value._a, theirs[name], err_msg=name)
+
+
+def test_lxmert_backward_dispatches_every_op(lxmert_base_dir):
+    """LXMERT's backward (base model with upstream gradients; pre-training with every label)
+    does all its math through the array namespace, as the forward."""
+    from refimpl.lxmert import LxmertForPreTraining, LxmertModel
+
+    rng = np.random.default_rng(2)
+    base = LxmertModel.from_pretrained(lxmert_base_dir, dtype="float64")
+    inputs = _lxmert_inputs(base.config, rng, "float64")
+    upstream = base.backward(**inputs).upstream
+    _backward_strict_equals_plain(base, inputs, upstream)
+    head = LxmertForPreTraining.from_pretrained(DATA / "lxmert-tiny", dtype="float64")
+    c = head.config
+    inputs = _lxmert_inputs(c, rng, "float64")
+    b, s = inputs["input_ids"].shape
+    o = inputs["visual_feats"].shape[1]
+    targets = dict(
+        labels=np.where(rng.random((b, s)) < 0.5, rng.integers(0, c.vocab_size, (b, s)), -100),
+        obj_labels={
+            "obj": (rng.integers(0, c.num_object_labels, (b, o)), rng.random((b, o))),
+            "attr": (rng.integers(0, c.num_attr_labels, (b, o)), rng.random((b, o))),
+            "feat": (rng.standard_normal((b, o, c.visual_feat_dim)), rng.random((b, o))),
+        },
+        matched_label=np.array([1, 0]),
+        ans=rng.integers(0, c.num_qa_labels, (b,)),
+    )
+    _backward_strict_equals_plain(head, dict(inputs, **targets))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

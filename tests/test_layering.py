@@ -25,6 +25,8 @@ LAYER_MODULES = [
     "lxmert/layers.py",
     "lxmert/heads.py",
     "lxmert/modeling.py",
+    "lxmert/backward.py",
+    "lxmert/modeling_backward.py",
 ]
 FORMULA_MODULES = [
     "ops.py",

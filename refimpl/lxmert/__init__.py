@@ -3,7 +3,9 @@
 Public classes: :class:`LxmertModel`, :class:`LxmertForPreTraining`,
 :class:`LxmertForQuestionAnswering`. The computation lives in :mod:`refimpl.lxmert.layers`
 (embeddings, visual feature encoder, language / relationship / cross-modality layers, pooler)
-and :mod:`refimpl.lxmert.heads` (pre-training and answer heads, losses).
+and :mod:`refimpl.lxmert.heads` (pre-training and answer heads, losses); their backwards, for
+``model.backward``, in `refimpl.lxmert.backward`, `refimpl.lxmert.heads` and
+`refimpl.lxmert.modeling_backward`.
 ``refimpl.lxmert.labels`` names the heads' outputs: ``vocabulary(name)`` and ``decode_top``
 (the bundled VQA / GQA / pre-training answers and Visual Genome objects / attributes).
 """

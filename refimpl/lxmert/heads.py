@@ -6,22 +6,35 @@ Trace names are relative to the head model (``cls.predictions.transform.dense``,
 ``obj_predict_head.decoder_dict.attr``, ``answer_head.logit_fc.3``, ...); losses are recorded
 at the top level as ``loss``, ``loss.masked_lm``, ``loss.matched``, ``loss.visual`` (the visual
 sum), ``loss.visual.obj``, ``loss.visual.attr``, ``loss.visual.feat`` and ``loss.answer``.
+
+Each head's backward sits right after it (``answer_head`` / ``answer_head_backward``), as in
+`refimpl.bert`: it takes the upstream gradient of the head's output and the head's input,
+reads what the head recorded from the tape (`refimpl.tape.saved`), records the gradients of
+those tensors under the same names, and returns the input's gradient and the weights'
+gradients keyed like the weights. The caller records the gradient of the head's own output,
+as it records the output in the forward.
 """
 
 from __future__ import annotations
 
 from .. import trace
-from ..activations import gelu, get_activation
+from ..activations import activation_backward, gelu, gelu_backward, get_activation
 from ..backend import get_namespace
+from ..bert import linear_grads
 from ..losses import cross_entropy, cross_entropy_backward, smooth_l1_loss, smooth_l1_loss_backward
-from ..ops import layer_norm, linear
+from ..ops import layer_norm, layer_norm_backward, linear, linear_backward
+from ..tape import saved
 from .layers import LN_EPS
 
 __all__ = [
     "prediction_head_transform",
+    "prediction_head_transform_backward",
     "lm_prediction_head",
+    "lm_prediction_head_backward",
     "visual_obj_head",
+    "visual_obj_head_backward",
     "answer_head",
+    "answer_head_backward",
     "visual_losses",
     "visual_loss",
     "visual_loss_backward",
@@ -49,6 +62,35 @@ def prediction_head_transform(x, *, dense, LayerNorm, hidden_act: str):
     return h
 
 
+def prediction_head_transform_backward(grad_output, x, *, dense, LayerNorm, hidden_act: str):
+    """Backward of `prediction_head_transform`: ``LayerNorm(act(dense(x)))`` in reverse.
+
+    Reads ``dense`` and ``transform_act_fn`` from the tape (the activation's input and output,
+    the LayerNorm's input) and records the gradients of ``LayerNorm`` (the upstream one),
+    ``transform_act_fn`` and ``dense``.
+
+    Args:
+        grad_output: ``dL/d`` the transform's output, ``[..., hidden]``.
+        x: the forward's input, ``[..., hidden]``.
+        dense, LayerNorm, hidden_act: as in the forward.
+
+    Returns:
+        ``(d_x [..., hidden], {"dense": {"weight", "bias"}, "LayerNorm": {"weight", "bias"}})``.
+    """
+    trace.record("LayerNorm", grad_output)
+    # through the LayerNorm, from its input (the activation's output): [..., h]
+    act = saved("transform_act_fn")
+    d_act, d_ln_weight, d_ln_bias = layer_norm_backward(grad_output, act, **LayerNorm, eps=LN_EPS)
+    trace.record("transform_act_fn", d_act)
+    # through the activation: [..., h]
+    d_h = activation_backward(hidden_act, d_act, saved("dense"), act)
+    trace.record("dense", d_h)
+    # the projection: [..., h] -> [..., h]
+    d_x, d_weight, d_bias = linear_backward(d_h, x, **dense)
+    grads = {"dense": linear_grads(d_weight, d_bias), "LayerNorm": {"weight": d_ln_weight, "bias": d_ln_bias}}
+    return d_x, grads
+
+
 def lm_prediction_head(x, *, transform, decoder, bias, hidden_act: str):
     """LxmertLMPredictionHead: transform, then the decoder tied to the word embeddings, plus a bias.
 
@@ -70,6 +112,36 @@ def lm_prediction_head(x, *, transform, decoder, bias, hidden_act: str):
     trace.record("decoder", logits)
     # the head's own output bias: [b, s, V]
     return logits + bias
+
+
+def lm_prediction_head_backward(grad_output, x, *, transform, decoder, bias, hidden_act: str):
+    """Backward of `lm_prediction_head`: ``transform(x) W_dec^T + bias`` in reverse.
+
+    Reads the transform's output from the tape, records the gradients of ``decoder`` (the
+    upstream one: the bias passes it on unchanged) and of the transform (see
+    `prediction_head_transform_backward`). The decoder's weight gradient is returned under
+    ``decoder.weight``, the head's own key: `refimpl.gradients.backward` adds it to the
+    word-embedding lookup's, and gives the sum to both tied keys.
+
+    Args:
+        grad_output: ``dL/dlogits``, ``[batch, seq, vocab]``.
+        x: the forward's input (the language output), ``[batch, seq, hidden]``.
+        transform, decoder, bias, hidden_act: as in the forward.
+
+    Returns:
+        ``(d_x [batch, seq, hidden], {"transform": {...}, "decoder": {"weight"}, "bias": [vocab]})``.
+    """
+    vocab = grad_output.shape[-1]
+    # the output bias: [b, s, V] -> [V]
+    d_bias = grad_output.reshape(-1, vocab).sum(axis=0)
+    # the decoder (no bias), against the transform's output: [b, s, V] -> [b, s, h]
+    trace.record("decoder", grad_output)
+    d_h, d_decoder, _ = linear_backward(grad_output, saved("transform"), decoder["weight"])
+    # transform: LayerNorm, activation, dense, in reverse: [b, s, h]
+    with trace.scope("transform"):
+        trace.output(d_h)
+        d_x, g_transform = prediction_head_transform_backward(d_h, x, **transform, hidden_act=hidden_act)
+    return d_x, {"transform": g_transform, "decoder": {"weight": d_decoder}, "bias": d_bias}
 
 
 def visual_losses(config) -> dict[str, dict]:
@@ -112,6 +184,38 @@ def visual_obj_head(x, *, transform, decoder_dict=None, hidden_act: str, keys):
     return out
 
 
+def visual_obj_head_backward(grad_outputs, x, *, transform, decoder_dict=None, hidden_act: str, keys):
+    """Backward of `visual_obj_head`: each decoder in reverse, their gradients summed into the
+    transform's output, then the transform in reverse.
+
+    Reads the transform's output from the tape and records the gradients of
+    ``decoder_dict.<key>`` (the upstream ones) and of the transform.
+
+    Args:
+        grad_outputs: key -> ``dL/dscores``, ``[batch, boxes, num]``, for every key in ``keys``.
+        x: the forward's input (the vision output), ``[batch, boxes, hidden]``.
+        transform, decoder_dict, hidden_act, keys: as in the forward.
+
+    Returns:
+        ``(d_x [batch, boxes, hidden], {"transform": {...}, "decoder_dict": {key: {"weight", "bias"}}})``.
+    """
+    h = saved("transform")  # [b, n, h]
+    # one linear decoder per loss, their input gradients summed: [b, n, num] -> [b, n, h]
+    d_h, g_decoders = None, {}
+    for key in keys:
+        trace.record(f"decoder_dict.{key}", grad_outputs[key])
+        d, d_weight, d_bias = linear_backward(grad_outputs[key], h, **decoder_dict[key])
+        d_h = d if d_h is None else d_h + d
+        g_decoders[key] = linear_grads(d_weight, d_bias)
+    if d_h is None:  # every visual loss switched off: the transform's output reaches nothing
+        d_h = get_namespace(h).zeros_like(h)
+    # transform: LayerNorm, activation, dense, in reverse: [b, n, h]
+    with trace.scope("transform"):
+        trace.output(d_h)
+        d_x, g_transform = prediction_head_transform_backward(d_h, x, **transform, hidden_act=hidden_act)
+    return d_x, {"transform": g_transform, "decoder_dict": g_decoders}
+
+
 def answer_head(x, *, logit_fc):
     """LxmertVisualAnswerHead: Linear(h, 2h), exact GELU, LayerNorm (eps 1e-12), Linear(2h, num_qa_labels).
 
@@ -137,6 +241,42 @@ def answer_head(x, *, logit_fc):
         trace.record("3", h)
         trace.output(h)
     return h
+
+
+def answer_head_backward(grad_output, x, *, logit_fc):
+    """Backward of `answer_head`: Linear, LayerNorm, exact GELU, Linear in reverse.
+
+    Reads ``logit_fc.0`` .. ``logit_fc.2`` from the tape and records the gradients of
+    ``logit_fc`` and ``logit_fc.3`` (the upstream one), ``logit_fc.2``, ``.1`` and ``.0``.
+
+    Args:
+        grad_output: ``dL/d`` the answer scores, ``[batch, num_qa_labels]``.
+        x: the forward's input (the pooled output), ``[batch, hidden]``.
+        logit_fc: as in the forward.
+
+    Returns:
+        ``(d_x [batch, hidden], {"logit_fc": {"0": ..., "2": ..., "3": ...}})``.
+    """
+    with trace.scope("logit_fc"):
+        trace.record("3", grad_output)
+        trace.output(grad_output)
+        # [b, num_qa] -> [b, 2h]
+        d, d_weight3, d_bias3 = linear_backward(grad_output, saved("2"), **logit_fc["3"])
+        trace.record("2", d)
+        # the LayerNorm, from its input (the GELU's output): [b, 2h]
+        d, d_ln_weight, d_ln_bias = layer_norm_backward(d, saved("1"), **logit_fc["2"], eps=LN_EPS)
+        trace.record("1", d)
+        # the exact GELU, from its input: [b, 2h]
+        d = gelu_backward(d, saved("0"))
+        trace.record("0", d)
+        # [b, 2h] -> [b, h]
+        d_x, d_weight0, d_bias0 = linear_backward(d, x, **logit_fc["0"])
+    grads = {
+        "0": linear_grads(d_weight0, d_bias0),
+        "2": {"weight": d_ln_weight, "bias": d_ln_bias},
+        "3": linear_grads(d_weight3, d_bias3),
+    }
+    return d_x, {"logit_fc": grads}
 
 
 # ------------------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ validates the caller's arrays, `refimpl.lxmert.inputs`, so bad input fails with 
 returns the 0/1 keep masks ``attention_mask`` and ``visual_attention_mask``, 1 = attend,
 broadcast to full size, as LiLT's does), embeddings, the additive attention masks, encoder,
 heads, output record. ``w`` is the checkpoint nested once at load (``model.weights``).
+Each class's ``_backward`` (what ``model.backward`` runs after the forward, see
+`refimpl.gradients`) re-checks the inputs the same way and runs `refimpl.lxmert.modeling_backward`.
 
 Trace names (``refimpl.trace``) are the oracle's ``named_modules()`` paths: unprefixed for
 ``LxmertModel`` (``embeddings.word_embeddings``, ``encoder.x_layers.0.visual_attention.att.query@lang``),
@@ -44,6 +46,12 @@ from .heads import (
 )
 from .inputs import check_inputs, check_labels, check_targets
 from .layers import lxmert_embeddings, lxmert_encoder
+from .modeling_backward import (
+    MODEL_INPUTS,
+    lxmert_model_class_backward,
+    pretraining_backward,
+    question_answering_backward,
+)
 
 __all__ = [
     "LxmertModel",
@@ -268,6 +276,12 @@ class LxmertModel(_LxmertBase):
             **_stream_fields(base, oa, oh),
         )
 
+    def _backward(self, inputs: dict, outputs, grad_outputs: dict) -> dict:
+        """`forward` in reverse, for `refimpl.gradients.backward` (``L = sum_X sum(X * G_X)``):
+        the inputs re-checked, then `refimpl.lxmert.modeling_backward.lxmert_model_class_backward`."""
+        checked = self._check(**{k: inputs.get(k) for k in MODEL_INPUTS})
+        return lxmert_model_class_backward(self.weights, checked, self.config, grad_outputs)
+
 
 class LxmertForPreTraining(_LxmertBase):
     """transformers' ``LxmertForPreTraining``: the base model, the masked-LM and matching heads
@@ -402,6 +416,24 @@ class LxmertForPreTraining(_LxmertBase):
             **_stream_fields(base, oa, oh),
         )
 
+    def _backward(self, inputs: dict, outputs, grad_outputs: dict | None) -> dict:
+        """`forward` in reverse, for `refimpl.gradients.backward`: the inputs and labels
+        re-checked as the forward checks them, then
+        `refimpl.lxmert.modeling_backward.pretraining_backward`."""
+        labels = inputs.get("masked_lm_labels")  # the deprecated alias wins, as in the forward
+        labels = inputs.get("labels") if labels is None else labels
+        checked = self._check(**{k: inputs.get(k) for k in MODEL_INPUTS})
+        targets = check_targets(
+            self.config,
+            self.dtype,
+            checked,
+            labels=self._array(labels),
+            obj_labels=_to_arrays(self, inputs.get("obj_labels")),
+            matched_label=self._array(inputs.get("matched_label")),
+            ans=self._array(inputs.get("ans")),
+        )
+        return pretraining_backward(self.weights, checked, targets, self.config, outputs, grad_outputs)
+
     def _loss(self, visn, logits, matched, answer, t: dict):
         """The oracle's total loss: a float32 accumulator, each enabled task's loss added in turn."""
         c, w = self.config, self.weights
@@ -525,3 +557,12 @@ class LxmertForQuestionAnswering(_LxmertBase):
         return LxmertForQuestionAnsweringOutput(
             loss=loss, question_answering_score=answer, **_stream_fields(base, oa, oh)
         )
+
+    def _backward(self, inputs: dict, outputs, grad_outputs: dict | None) -> dict:
+        """`forward` in reverse, for `refimpl.gradients.backward`: the inputs and labels
+        re-checked, then `refimpl.lxmert.modeling_backward.question_answering_backward`."""
+        checked = self._check(**{k: inputs.get(k) for k in MODEL_INPUTS})
+        labels = inputs.get("labels")
+        if labels is not None:
+            labels = check_labels(self._array(labels), "labels", checked["batch"], self.config.num_qa_labels)
+        return question_answering_backward(self.weights, checked, labels, self.config, outputs, grad_outputs)
