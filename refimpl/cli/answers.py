@@ -7,6 +7,7 @@ bundled random ones."""
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -75,21 +76,30 @@ def head_vocabulary_line(width: int, head: str = "answer") -> str:
 
 
 @functools.cache
-def _bundled_hashes() -> frozenset[str]:
+def _bundled() -> frozenset[tuple[int, str]]:
+    """``(bytes, sha256)`` of every weight file of the bundled checkpoints."""
     out = set()
     for name in BUNDLED_CHECKPOINTS:
-        out.update(sha256_file(p) for p in weight_files(data.path(name)) if not p.endswith(".json"))
+        for p in weight_files(data.path(name)):
+            if not p.endswith(".json"):
+                out.add((os.path.getsize(p), sha256_file(p)))
     return frozenset(out)
 
 
 def bundled_weights(weights: Any) -> bool:
-    """Whether a golden manifest's ``weights`` (``[{"file", "sha256", ...}]``) or a checkpoint
-    directory (a path) are the weights of a bundled tiny checkpoint (random)."""
-    if isinstance(weights, str):
+    """Whether a golden manifest's ``weights`` (``[{"file", "bytes", "sha256"}]``) or a
+    checkpoint directory (a path) are the weights of a bundled tiny checkpoint (random). A
+    directory's files are hashed only when their sizes are a bundled file's (a real checkpoint
+    is never read through for this)."""
+    sizes = {n for n, _ in _bundled()}
+    if isinstance(weights, (str, os.PathLike)):
         try:
-            shas = [sha256_file(p) for p in weight_files(weights) if not p.endswith(".json")]
+            files = [p for p in weight_files(weights) if not p.endswith(".json")]
+            if not files or any(os.path.getsize(p) not in sizes for p in files):
+                return False
+            entries = [(os.path.getsize(p), sha256_file(p)) for p in files]
         except (OSError, ValueError):
             return False
     else:
-        shas = [w.get("sha256") for w in weights or [] if isinstance(w, Mapping)]
-    return bool(shas) and all(s in _bundled_hashes() for s in shas)
+        entries = [(w.get("bytes"), w.get("sha256")) for w in weights or [] if isinstance(w, Mapping)]
+    return bool(entries) and all(e in _bundled() for e in entries)
