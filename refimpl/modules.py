@@ -24,6 +24,7 @@ MODEL_OUTPUT_FIELDS: dict[str, tuple[str, ...]] = {
     "LiltForSequenceClassification": ("loss", "logits", "hidden_states*", "attentions*"),
     "LiltForTokenClassification": ("loss", "logits", "hidden_states*", "attentions*"),
     "LiltForQuestionAnswering": ("loss", "start_logits", "end_logits", "hidden_states*", "attentions*"),
+    "LiLTRobertaLikeForTokenClassification": ("loss", "logits", "hidden_states*", "attentions*"),
     "LxmertModel": (
         "language_output",
         "vision_output",

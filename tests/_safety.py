@@ -236,7 +236,7 @@ def run_bounded(*argv, timeout: float = 60) -> tuple[int, str, float]:
 
 _SLOW = (
     "import sys, time\n"
-    "import refimpl.files as F\n"
+    "import refimpl.files.writing as F\n"
     "orig = getattr(F, '_write', None)\n"
     "def slow(fd, data):\n"
     "    time.sleep(0.02)\n"
@@ -281,7 +281,7 @@ def wait_for_new_file(directory, before: set[str], proc: subprocess.Popen, timeo
 def small_filesystem(path, size_bytes: int, monkeypatch):
     """A directory on a filesystem that fills after about ``size_bytes``: a tmpfs of that
     size when this user may mount one; otherwise a plain directory where refimpl's writes
-    (`refimpl.files._write`) raise ``ENOSPC`` once ``size_bytes`` were written in all.
+    (`refimpl.files.writing._write`) raise ``ENOSPC`` once ``size_bytes`` were written in all.
 
     Yields:
         ``(directory, "tmpfs" | "injected")``.
@@ -297,7 +297,7 @@ def small_filesystem(path, size_bytes: int, monkeypatch):
         finally:
             subprocess.run(["umount", "-l", str(path)], capture_output=True)
         return
-    import refimpl.files as F
+    import refimpl.files.writing as F
 
     used = [0]
 

@@ -25,7 +25,7 @@ from _hostile import Reduce, build_pickle_bytes, patch_member, rezip, st_bytes, 
 import refimpl
 from refimpl import checkpoints as W
 from refimpl import files as F
-from refimpl.checkpoints import pytorch
+from refimpl.checkpoints import unpickle
 from refimpl.cli import main
 from refimpl.config import ConfigError, LiltConfig, load_config
 
@@ -82,12 +82,12 @@ def tiny_config() -> dict:
     ids=["slotstate", "dict-state", "kwdefaults"],
 )
 def test_build_on_an_allowed_global_is_refused_and_the_next_load_still_works(tmp_path, state):
-    before = pytorch._rebuild_tensor_v2.__defaults__
+    before = unpickle._rebuild_tensor_v2.__defaults__
     hostile = tmp_path / "hostile.bin"
     hostile.write_bytes(zip_with_pickle(build_pickle_bytes("torch._utils", "_rebuild_tensor_v2", state)))
     with pytest.raises(CheckpointError, match=re.escape(str(hostile)) + ".*BUILD"):
         W.load_state_dict(hostile)
-    assert pytorch._rebuild_tensor_v2.__defaults__ == before
+    assert unpickle._rebuild_tensor_v2.__defaults__ == before
     valid = tmp_path / "valid.bin"
     valid.write_bytes(torch_bytes({"w": torch.arange(6.0).reshape(2, 3)}))
     np.testing.assert_array_equal(

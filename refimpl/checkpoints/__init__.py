@@ -5,9 +5,9 @@ Formats read (no torch import, no code from the file ever runs), one module each
 * `safetensors`: ``model.safetensors``; the header is parsed and validated, and each tensor
   is a read-only NumPy view of a memory map of the file (zero-copy when no cast is needed).
 * `pytorch`: ``pytorch_model.bin``, zip format (torch >= 1.6) and legacy format
-  (``torch.save(..., _use_new_zipfile_serialization=False)``); the pickle is read by a
-  restricted unpickler that only knows the handful of globals torch uses to rebuild
-  tensors, each replaced by a stand-in; every other global is refused before anything runs.
+  (``torch.save(..., _use_new_zipfile_serialization=False)``); the pickle is read by the
+  restricted unpickler of `unpickle`, that only knows the handful of globals torch uses to
+  rebuild tensors, each replaced by a stand-in; every other global is refused before anything runs.
 * `loading`: checkpoint directories and sharded sets (``model.safetensors.index.json`` /
   ``pytorch_model.bin.index.json``), the casts to the requested dtype (`raw`).
 * `keys`: matching checkpoint keys to the model's, strictly.

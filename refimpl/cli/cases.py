@@ -38,7 +38,12 @@ CASE_SCHEMA = """\
   .npz    one case: arrays named as the forward keywords (input_ids, bbox, attention_mask, ...)
   .json   one case, tokenized with the checkpoint's tokenizer ("description": optional str, ignored):
             LiLT:   {"words": ["Name:", "Ada"], "boxes": [[x0, y0, x1, y1], ...] (0-1000, one per word),
-                     "question": "optional str (QA: question first)", "labels": [optional int per word]}
+                     "question": "optional str (QA: question first)", "labels": [optional int per word],
+                     "entities": {"start": [...], "end": [...], "label": [...]},
+                     "relations": {"head": [...], "tail": [...]}}
+                    (entities, and optionally relations: LiLTRobertaLikeForRelationExtraction only, the
+                     original LiLT's format for this page: start/end token positions of the tokenized
+                     page, label 0 HEADER / 1 QUESTION / 2 ANSWER, head/tail entity indices)
               or a padded batch: {"pages": [page, page, ...]}, each page as above
             LXMERT: {"question": "str", "features": "feats.npy" ([boxes, feat_dim] or [1, boxes, feat_dim]),
                      "boxes": "boxes.npy" ([boxes, 4], 0-1),
@@ -246,6 +251,60 @@ def _lilt_page(case: dict[str, Any], at: str = "") -> None:
             _check_int64(c, f"{at.strip()}'boxes'[{i}][{j}]".lstrip())
     for i, x in enumerate(case.get("labels") or ()):
         _check_int64(x, f"{at.strip()}'labels'[{i}]".lstrip())
+    for key in _DOCUMENTS:
+        _check_document(case, key, at)
+
+
+#: the original LiLT relation extraction's per-page documents: field -> its keys.
+_DOCUMENTS = {"entities": ("start", "end", "label"), "relations": ("head", "tail")}
+#: the architecture that takes them (`refimpl.lilt.original`).
+_RE_ARCHITECTURE = "LiLTRobertaLikeForRelationExtraction"
+
+
+def _check_document(case: dict[str, Any], key: str, at: str) -> None:
+    """A page's ``entities`` / ``relations``: an object of equal-length integer lists (the
+    model checks the ranges, naming the document, the field and the position)."""
+    doc = case.get(key)
+    if doc is None:
+        return
+    fields = _DOCUMENTS[key]
+    _need_type(
+        doc,
+        key,
+        lambda v: (
+            isinstance(v, dict)
+            and set(v) == set(fields)
+            and all(isinstance(x, list) and all(_is_int(i) for i in x) for x in v.values())
+        ),
+        "an object {" + ", ".join(f'"{f}": [int, ...]' for f in fields) + "}",
+    )
+    for f in fields:
+        for i, x in enumerate(doc[f]):
+            _check_int64(x, f"{at.strip()}'{key}'['{f}'][{i}]".lstrip())
+
+
+def _documents(pages: list[dict[str, Any]], architecture: str | None) -> dict[str, list[dict[str, Any]]]:
+    """The forward's ``entities`` / ``relations`` (one dict per page), or ``{}`` when no page
+    has them; refused for an architecture that does not take them, required by one that does."""
+    given = {k: [p.get(k) for p in pages] for k in _DOCUMENTS}
+    if architecture == _RE_ARCHITECTURE and not all(d is not None for d in given["entities"]):
+        raise CliError(
+            f"{_RE_ARCHITECTURE} needs 'entities' on every page: "
+            '{"start": [token positions], "end": [...], "label": [0 HEADER, 1 QUESTION, 2 ANSWER]}'
+        )
+    out = {}
+    for key, docs in given.items():
+        if all(d is None for d in docs):
+            continue
+        if architecture != _RE_ARCHITECTURE:
+            raise CliError(
+                f"LiLT case field {key!r} is an input of {_RE_ARCHITECTURE} (the original LiLT's relation "
+                f"extraction); this checkpoint is {architecture}: leave it out"
+            )
+        if any(d is None for d in docs):
+            raise CliError(f"LiLT case 'pages': give every page {key!r}, or none")
+        out[key] = [dict(d) for d in docs]
+    return out
 
 
 def _page_chars(page: dict[str, Any]) -> int:
@@ -253,9 +312,10 @@ def _page_chars(page: dict[str, Any]) -> int:
     return sum(map(len, page["words"])) + len(page["words"]) + len(page.get("question") or "")
 
 
-def _encode_lilt(case: dict[str, Any], tok: Any, config: Any) -> dict[str, np.ndarray]:
+def _encode_lilt(case: dict[str, Any], tok: Any, config: Any, architecture: str | None) -> dict[str, Any]:
     """One page, or a padded batch of ``pages``, tokenized together (the text bounded before
-    tokenizing, the sequence length after, both by ``config``)."""
+    tokenizing, the sequence length after, both by ``config``); a page's ``entities`` and
+    ``relations`` become the forward's (one dict per page)."""
     if "pages" in case:
         pages = case["pages"]
         if not isinstance(pages, list) or not pages or not all(isinstance(p, dict) for p in pages):
@@ -279,9 +339,9 @@ def _encode_lilt(case: dict[str, Any], tok: Any, config: Any) -> dict[str, np.nd
             if all(questions)
             else tok(words, return_tensors="np", **kwargs)
         )
-        out = _batched(enc)
+        out: dict[str, Any] = _batched(enc)
         check_sequence_lengths(out, config, "case (tokenized)")
-        return out
+        return {**out, **_documents(pages, architecture)}
     _lilt_page(case)
     _check_text(tok, config, _page_chars(case), "'words' and 'question'")
     kwargs = {"boxes": case["boxes"]}
@@ -293,7 +353,7 @@ def _encode_lilt(case: dict[str, Any], tok: Any, config: Any) -> dict[str, np.nd
         enc = tok(case["words"], return_tensors="np", **kwargs)
     out = _batched(enc)
     check_sequence_lengths(out, config, "case (tokenized)")
-    return out
+    return {**out, **_documents([case], architecture)}
 
 
 #: LXMERT case fields that are training targets: field -> {architecture: forward keyword}.
@@ -316,7 +376,10 @@ def encode_case(
     """Turn one JSON case into forward keywords with the checkpoint's tokenizer.
 
     LiLT: ``{"words": [...], "boxes": [[x0, y0, x1, y1], ...] (0-1000), "question"?: str,
-    "labels"?: [int per word]}``, or a padded batch ``{"pages": [page, ...]}``. LXMERT:
+    "labels"?: [int per word], "entities"?: {"start", "end", "label"}, "relations"?: {"head",
+    "tail"}}``, or a padded batch ``{"pages": [page, ...]}``; ``entities`` (required there) and
+    ``relations`` only for ``LiLTRobertaLikeForRelationExtraction``, in the original LiLT's
+    format (token positions of the tokenized page), one dict per page. LXMERT:
     ``{"question": str, "features": "feats.npy" ([boxes, feat_dim] or [1, boxes,
     feat_dim]), "boxes": "boxes.npy" ([boxes, 4], 0-1), "matched_label"?: int, "ans"?: int}``,
     paths relative to ``base_dir``; ``matched_label`` and ``ans`` only where ``architecture``
@@ -329,13 +392,14 @@ def encode_case(
     read are appended to ``files``.
 
     Returns:
-        (forward keywords -> arrays with a batch axis of 1, the tokenizer used).
+        (forward keywords -> arrays with a batch axis, plus the documents ``entities`` /
+        ``relations`` as lists of one dict per page where the case has them; the tokenizer used).
     """
     if not isinstance(case, dict):
         raise CliError(f"a case must be a JSON object, got {type(case).__name__}")
     tok = tok or _tokenizer(checkpoint, model_type)
     if model_type == "lilt":
-        return _encode_lilt(case, tok, config), tok
+        return _encode_lilt(case, tok, config, architecture), tok
     if model_type == "lxmert":
         for key in ("question", "features", "boxes"):
             if key not in case:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from .. import compare as C
+from .common import CliError
 
 __all__ = ["EPILOG", "add_compare_parser", "cmd_compare"]
 
@@ -92,11 +93,26 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
         "one the golden file was made from; its weights hash is checked) and name the culprit block",
     )
     c.add_argument(
+        "--strict-checkpoint",
+        action="store_true",
+        help="with --checkpoint: load it strictly, as golden --strict does: refuse weights the model does "
+        "not use (a text model's lm_head.*, a pooler a head model does not build, another class's head), "
+        "naming every key, instead of ignoring them with one warning line (--strict is taken: missing "
+        "tensors fail)",
+    )
+    c.add_argument(
         "--report",
         metavar="HTML",
         default=None,
         help="also write a self-contained HTML page (verdict, error-by-depth plot, culprit details, "
-        "sortable table); needs matplotlib (pip install 'refimpl[report]')",
+        "sortable table); needs matplotlib (pip install 'refimpl[report]'). Written atomically, never over "
+        "an input (the reference, the candidate, --name-map, a file of --checkpoint), a FIFO, a device or "
+        "a directory; an existing file that is not a report page refimpl wrote only with --force",
+    )
+    c.add_argument(
+        "--force",
+        action="store_true",
+        help="let --report replace an existing file that is not a report page refimpl wrote (never an input)",
     )
     c.set_defaults(func=cmd_compare)
     return c
@@ -121,8 +137,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
         names=names,
         candidate_dtype=getattr(args, "candidate_dtype", None),
     )
+    report = getattr(args, "report", None)
+    inputs = [args.reference, args.candidate, args.name_map, args.checkpoint]
+    if report:  # checked before any work
+        report = _report_module().check_report_destination(
+            report, inputs, force=getattr(args, "force", False)
+        )
+    if getattr(args, "strict_checkpoint", False) and not args.checkpoint:
+        raise CliError("--strict-checkpoint loads the --checkpoint of isolation: give --checkpoint DIR too")
     if args.checkpoint:
-        iso = C.isolate(args.reference, args.candidate, args.checkpoint, **kw)
+        iso = C.isolate(
+            args.reference,
+            args.candidate,
+            args.checkpoint,
+            strict_checkpoint=getattr(args, "strict_checkpoint", False),
+            **kw,
+        )
         if getattr(args, "explain_names", False):
             print(iso.plain.explain())
         print(iso.plain.report(only_failed=args.only_failed))
@@ -132,20 +162,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
         for line in iso.inside_lines():
             print(line)
         print(iso.verdict_line())
-        if getattr(args, "report", None):
-            _write_report(args.report, iso)
+        if report:
+            _report_module().write_report(report, iso, force=getattr(args, "force", False), protected=inputs)
         return iso.exit_code
     res = C.compare(args.reference, args.candidate, **kw)
     if getattr(args, "explain_names", False):
         print(res.explain())
     print(res.report(only_failed=args.only_failed))
-    if getattr(args, "report", None):
-        _write_report(args.report, res)
+    if report:
+        _report_module().write_report(report, res, force=getattr(args, "force", False), protected=inputs)
     return C.EXIT_CODES["ok"] if res.ok else C.EXIT_CODES["fail"]
 
 
-def _write_report(path: str, result) -> None:
-    """Write the HTML page (imported here: matplotlib is an optional extra)."""
-    from ..compare.html import write_report
+def _report_module():
+    """`refimpl.compare.html`, imported only when a report is asked for: matplotlib, which it
+    draws with, is an optional extra."""
+    from ..compare import html
 
-    write_report(path, result)
+    return html

@@ -15,6 +15,7 @@ import numpy as np
 from .. import data, from_pretrained, golden
 from ..compare import compare
 from ..files import check_destination
+from .answers import RANDOM_WEIGHTS, answer_lines
 from .cases import _batched, _tokenizer, encode_case
 from .common import CliError
 
@@ -54,15 +55,24 @@ def _stat_row(label: str, x: np.ndarray, keep: np.ndarray) -> str:
 DEMO_FILES = ("lilt-form.safetensors", "lilt-forms-padded.safetensors", "lxmert-question.safetensors")
 
 
-def _demo_case(kind: str, example: str, out_dir: str, dtype: str, description: str, force: bool = False):
-    """Load the bundled ``<kind>-tiny`` model, encode ``example/<example>`` with its tokenizer and
-    write the golden file ``<kind>-<example stem>.safetensors``.
+def _demo_case(
+    kind: str,
+    example: str,
+    out_dir: str,
+    dtype: str,
+    description: str,
+    force: bool = False,
+    strict: bool = False,
+):
+    """Load the bundled ``<kind>-tiny`` model (``strict``: `refimpl.from_pretrained`'s), encode
+    ``example/<example>`` with its tokenizer and write the golden file
+    ``<kind>-<example stem>.safetensors``.
 
     Returns:
         ``(model, case, inputs, tokenizer, path, golden case)``.
     """
     ckpt, case_file = data.path(f"{kind}-tiny"), data.path("example", example)
-    model = from_pretrained(ckpt, dtype=dtype)
+    model = from_pretrained(ckpt, dtype=dtype, strict=strict)
     with open(case_file, encoding="utf-8") as f:
         case = json.load(f)
     inputs, tok = encode_case(case, ckpt, kind, os.path.dirname(case_file))
@@ -78,9 +88,11 @@ def _demo_case(kind: str, example: str, out_dir: str, dtype: str, description: s
     return model, case, inputs, tok, path, g
 
 
-def _demo_lilt(out_dir: str, dtype: str, say: Callable[[str], None], force: bool = False) -> str:
+def _demo_lilt(
+    out_dir: str, dtype: str, say: Callable[[str], None], force: bool = False, strict: bool = False
+) -> str:
     model, case, inputs, tok, path, g = _demo_case(
-        "lilt", "form.json", out_dir, dtype, "bundled example form page, lilt-tiny tokenizer", force
+        "lilt", "form.json", out_dir, dtype, "bundled example form page, lilt-tiny tokenizer", force, strict
     )
     t = g.tensors
     ids = inputs["input_ids"][0]
@@ -110,11 +122,13 @@ def _demo_lilt(out_dir: str, dtype: str, say: Callable[[str], None], force: bool
     return path
 
 
-def _demo_padded(out_dir: str, dtype: str, say: Callable[[str], None], force: bool = False) -> str:
+def _demo_padded(
+    out_dir: str, dtype: str, say: Callable[[str], None], force: bool = False, strict: bool = False
+) -> str:
     """LiLT on the bundled padded batch (``example/forms.json``: a form and a shorter receipt,
     tokenized together): the golden file carries mask specs, and comparing skips padded positions."""
     ckpt, case_file = data.path("lilt-tiny"), data.path("example", "forms.json")
-    model = from_pretrained(ckpt, dtype=dtype)
+    model = from_pretrained(ckpt, dtype=dtype, strict=strict)
     with open(case_file, encoding="utf-8") as f:
         pages = json.load(f)["pages"]
     tok = _tokenizer(ckpt, "lilt")
@@ -176,7 +190,9 @@ def _stream_rows(t, stream: str, n_own: int, names, other, keep, other_keep, say
         say(line)
 
 
-def _demo_lxmert(out_dir: str, dtype: str, say: Callable[[str], None], force: bool = False) -> str:
+def _demo_lxmert(
+    out_dir: str, dtype: str, say: Callable[[str], None], force: bool = False, strict: bool = False
+) -> str:
     model, case, inputs, tok, path, g = _demo_case(
         "lxmert",
         "question.json",
@@ -184,6 +200,7 @@ def _demo_lxmert(out_dir: str, dtype: str, say: Callable[[str], None], force: bo
         dtype,
         "bundled example question + region features, lxmert-tiny tokenizer",
         force,
+        strict,
     )
     t = g.tensors
     ids = inputs["input_ids"][0]
@@ -199,22 +216,29 @@ def _demo_lxmert(out_dir: str, dtype: str, say: Callable[[str], None], force: bo
     _stream_rows(t, "language", cfg.l_layers, words, regions, lkeep, vkeep, say)
     _stream_rows(t, "vision", cfg.r_layers, regions, words, vkeep, lkeep, say)
     if "outputs.cross_relationship_score" in t:
-        s = t["outputs.cross_relationship_score"][0]
-        say(
-            f"   image-text match score {s.tolist()}; best answer index {int(t['outputs.question_answering_score'][0].argmax())}"
-            if "outputs.question_answering_score" in t
-            else f"   image-text match score {s.tolist()}"
-        )
+        say(f"   image-text match score {t['outputs.cross_relationship_score'][0].tolist()} (random weights)")
+    if "outputs.question_answering_score" in t:
+        for line in answer_lines(t["outputs.question_answering_score"]):
+            say(f"   {line} (random weights, meaningless)")
     say(f"   wrote {path}: {len(t)} tensors ({len(g.intermediates)} intermediates)")
     return path
 
 
 def run_demo(
-    out_dir: str = "refimpl-demo", dtype: str = "float64", quiet: bool = False, force: bool = False
+    out_dir: str = "refimpl-demo",
+    dtype: str = "float64",
+    quiet: bool = False,
+    force: bool = False,
+    strict: bool = False,
 ) -> int:
     """Run both bundled models on the bundled example, print a step-through summary and write
     the golden files ``lilt-form.safetensors``, ``lilt-forms-padded.safetensors`` (a padded
     batch of two pages) and ``lxmert-question.safetensors`` to ``out_dir``.
+
+    The bundled weights are random, and the summary says so; LXMERT's answers are named where
+    the answer head's width is a known vocabulary's (`refimpl.cli.answers.answer_lines`: the
+    bundled head is 10 wide, so its indices are shown). ``strict`` loads the checkpoints with
+    ``from_pretrained(strict=True)``.
 
     Each destination is checked before any work (`refimpl.files.check_destination`): an
     existing file of those names is replaced only when it is a golden file or with ``force``.
@@ -229,10 +253,11 @@ def run_demo(
             kind="a golden file refimpl wrote",
         )  # fmt: skip
     os.makedirs(out_dir, exist_ok=True)
+    say(f"note: {RANDOM_WEIGHTS}; they show the shapes, the steps and the golden files")
     paths = [
-        _demo_lilt(out_dir, dtype, say, force),
-        _demo_padded(out_dir, dtype, say, force),
-        _demo_lxmert(out_dir, dtype, say, force),
+        _demo_lilt(out_dir, dtype, say, force, strict),
+        _demo_padded(out_dir, dtype, say, force, strict),
+        _demo_lxmert(out_dir, dtype, say, force, strict),
     ]
     for p in paths:  # the files read back and compare equal to themselves' reference layout
         if not compare(p, p).ok:
@@ -245,4 +270,10 @@ def run_demo(
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``refimpl demo``: `run_demo` with the command's options."""
-    return run_demo(out_dir=args.out, dtype=args.dtype, quiet=args.quiet, force=args.force)
+    return run_demo(
+        out_dir=args.out,
+        dtype=args.dtype,
+        quiet=args.quiet,
+        force=args.force,
+        strict=getattr(args, "strict", False),
+    )

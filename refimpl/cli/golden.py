@@ -15,10 +15,11 @@ import re
 import string
 import sys
 import time
+import warnings
 from typing import Any
 
 from .. import architecture_of, from_pretrained, golden
-from ..config import load_config, read_config_json
+from ..config import CheckpointWarning, load_config
 from ..files import check_destination, input_identities
 from .cases import read_cases
 from .common import CliError, _need_file
@@ -146,11 +147,11 @@ def _up_to_date(path: str, inputs_sha: str, weights: list[dict], dtype: str, sel
         return False
 
 
-def _load_model(checkpoint: str, dtype: str, device: str):
+def _load_model(checkpoint: str, dtype: str, device: str, strict: bool = False):
     _need_file(checkpoint, "checkpoint")
     if not os.path.isdir(checkpoint):
         raise CliError(f"checkpoint must be a directory with config.json and weights: {checkpoint}")
-    return from_pretrained(checkpoint, dtype=dtype, device=device)
+    return from_pretrained(checkpoint, dtype=dtype, device=device, strict=strict)
 
 
 def cmd_golden(args: argparse.Namespace) -> int:
@@ -165,9 +166,11 @@ def cmd_golden(args: argparse.Namespace) -> int:
         selection = golden.selection_spec(args.select)
     except ValueError as e:
         raise CliError(f"--select: {e}") from None
-    model_type = read_config_json(ckpt).get("model_type")
-    config = load_config(ckpt)
-    architecture = architecture_of(ckpt)  # which targets a case may carry (no weights read yet)
+    with warnings.catch_warnings():  # loading the model says them once, below
+        warnings.simplefilter("ignore", CheckpointWarning)
+        config = load_config(ckpt)
+        architecture = architecture_of(ckpt)  # which targets a case may carry (no weights read yet)
+    model_type = config.model_type  # "liltrobertalike" (the original LiLT recipe's) reads as "lilt"
     files: list[str] = []
     cases = read_cases(args.inputs, ckpt, model_type, config=config, files=files, architecture=architecture)
     many = args.inputs.lower().endswith(".jsonl")
@@ -180,7 +183,7 @@ def cmd_golden(args: argparse.Namespace) -> int:
             paths[i], inputs, force=force, ours=golden.is_golden_file, what="--out",
             kind="a golden file refimpl wrote",
         )  # fmt: skip
-    model = _load_model(ckpt, args.dtype, args.device)
+    model = _load_model(ckpt, args.dtype, args.device, strict=getattr(args, "strict", False))
     weights = golden.weight_entries(ckpt)  # hashed once for the whole batch
     bar = _Progress(len(mine), quiet=args.quiet) if many else None
     written = skipped = 0

@@ -12,6 +12,7 @@ import numpy as np
 from .. import architecture_of, checkpoints, golden
 from ..config import load_config, read_config_json
 from ..files import regular_file
+from .answers import RANDOM_WEIGHTS, answer_lines, bundled_weights, head_vocabulary_line
 from .common import CliError, _need_file
 
 __all__ = ["cmd_inspect"]
@@ -61,6 +62,25 @@ def _inspect_checkpoint(path: str) -> None:
             print(f"  {k:<28} {d[k]}")
     if d.get("id2label") and len(d["id2label"]) <= 20:
         print(f"  {'id2label':<28} {d['id2label']}")
+    for label, width, head in _lxmert_heads(arch, d):
+        print(f"{label:<12}{head_vocabulary_line(width, head)}")
+    if bundled_weights(path):
+        print(f"note        {RANDOM_WEIGHTS}")
+
+
+def _lxmert_heads(arch: str, d: dict) -> list[tuple[str, int, str]]:
+    """``(label, width, head)`` of the label heads an LXMERT architecture builds (the answer
+    head; LxmertForPreTraining's visual object and attribute decoders)."""
+    out = []
+    qa = arch == "LxmertForQuestionAnswering" or (arch == "LxmertForPreTraining" and d.get("task_qa", True))
+    if qa and "num_qa_labels" in d:
+        out.append(("answers", int(d["num_qa_labels"]), "answer"))
+    if arch == "LxmertForPreTraining" and d.get("task_obj_predict", True):
+        if d.get("visual_obj_loss", True) and "num_object_labels" in d:
+            out.append(("objects", int(d["num_object_labels"]), "obj"))
+        if d.get("visual_attr_loss", True) and "num_attr_labels" in d:
+            out.append(("attributes", int(d["num_attr_labels"]), "attr"))
+    return out
 
 
 def _checkpoint_shapes(path: str) -> dict[str, tuple[tuple[int, ...], str]] | None:
@@ -114,8 +134,18 @@ def _inspect_golden(path: str, verify: bool = False) -> None:
         )
         print(f"dtype       {m.get('dtype')} on {m.get('device')}")
         print(f"inputs      {json.dumps(m.get('inputs_source'))}")
+        if m.get("mode"):
+            print(f"mode        {m['mode']}")
+        for key in ("inputs_json", "outputs_json"):
+            if m.get(key):
+                print(f"{key:<12}{', '.join(sorted(m[key]))} (JSON in the manifest)")
         for w in m.get("weights", []):
             print(f"weights     {w['file']} sha256 {w['sha256']} ({_fmt_bytes(w['bytes'])})")
+        if bundled_weights(m.get("weights")):
+            print(f"note        {RANDOM_WEIGHTS}")
+    if "outputs.question_answering_score" in g.tensors:
+        for line in answer_lines(g.tensors["outputs.question_answering_score"]):
+            print(f"answers     {line}")
     n_in, n_mid, n_out = len(g.inputs), len(g.intermediates), len(g.outputs)
     print(f"tensors     {len(g.tensors)}: {n_in} inputs, {n_mid} intermediates, {n_out} outputs")
     if m.get("aliases"):

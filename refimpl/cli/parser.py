@@ -24,6 +24,15 @@ from .models import cmd_models
 __all__ = ["build_parser", "main"]
 
 
+#: what ``--strict`` refuses when a command loads a checkpoint (``from_pretrained(strict=True)``).
+STRICT_HELP = (
+    "load the checkpoint strictly: refuse weights the model does not use (a text model's lm_head.* "
+    "that the original LiLT recipe keeps, a pooler a head model does not build, another class's head), "
+    "naming every key, instead of ignoring them with one warning line as transformers does. Missing "
+    "weights and shape mismatches are refused either way"
+)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr and exit code 2."""
 
@@ -38,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="refimpl",
         description="NumPy reference implementation of LiLT and LXMERT: golden outputs for porters.",
-        epilog="Commands that write (golden, convert, fuse-lilt, demo) write atomically, never over an input, "
+        epilog="Commands that write (golden, convert, fuse-lilt, demo, compare --report) write atomically, never over an input, "
         "a FIFO or a device, and replace an existing file that is not a golden file refimpl wrote only with "
         "--force.",
     )
@@ -82,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace an existing --out file that is not a golden file refimpl wrote (never an input, "
         "a FIFO, a device or a directory)",
     )
+    g.add_argument("--strict", action="store_true", help=STRICT_HELP)
     g.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
     g.set_defaults(func=cmd_golden)
 
@@ -129,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace existing files of the demo's names in --out that are not golden files refimpl wrote",
     )
+    d.add_argument("--strict", action="store_true", help=STRICT_HELP)
     d.add_argument("-q", "--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
 

@@ -19,7 +19,7 @@ import html
 import io
 import os
 import re
-import tempfile
+from collections.abc import Iterable
 from typing import Any
 
 import matplotlib
@@ -28,10 +28,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..files import atomic_write, check_destination, open_regular  # noqa: E402
 from ..golden.masks import keep_mask  # noqa: E402
 from .report import CompareResult, IsolationResult  # noqa: E402
 
-__all__ = ["render_report", "write_report"]
+__all__ = ["GENERATOR", "render_report", "is_report_file", "check_report_destination", "write_report"]
+
+#: the ``<meta name="generator">`` of every report page: how ``--report`` recognises its own files.
+GENERATOR = "refimpl compare --report"
+_MARK = f"<meta name='generator' content='{GENERATOR}'>".encode()
 
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:1.5em auto;max-width:1100px;color:#222}
@@ -202,6 +207,7 @@ def render_report(
     kind = "ok" if result.ok else ("inconclusive" if iso and iso.verdict == "inconclusive" else "fail")
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<meta name='generator' content='{GENERATOR}'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<title>refimpl compare: {html.escape(verdict[:80])}</title><style>{_CSS}</style></head><body>",
         "<h1>refimpl compare</h1>",
@@ -245,26 +251,54 @@ def render_report(
     return "\n".join(parts)
 
 
-def write_report(path: str | os.PathLike, result: IsolationResult | CompareResult, reference: Any = None,
-                 candidate: Any = None) -> str:  # fmt: skip
-    """Write `render_report` to ``path`` (a temp file in its directory, then renamed over it).
+def is_report_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a regular file that starts as a report page refimpl wrote (its
+    first bytes carry the ``generator`` meta tag): ``--report`` may replace it without ``--force``."""
+    try:
+        with open_regular(path, "report") as f:
+            head = f.read(1024)
+    except (OSError, ValueError):
+        return False
+    return head.startswith(b"<!DOCTYPE html>") and _MARK in head
+
+
+def check_report_destination(
+    path: str | os.PathLike, protected: Iterable[str | os.PathLike | None] = (), force: bool = False
+) -> str:
+    """Check, before any work, that ``--report`` may be written (`refimpl.files.check_destination`):
+    never one of ``protected`` (the command's inputs: the reference, the candidate, a name map,
+    the checkpoint directory and its files), never a FIFO, device or directory, and an existing
+    file only when it is a report refimpl wrote (`is_report_file`) or ``force`` is given.
+    Returns the path to write."""
+    return check_destination(
+        path, protected, force=force, ours=is_report_file, what="--report", kind="a report page refimpl wrote"
+    )
+
+
+def write_report(
+    path: str | os.PathLike,
+    result: IsolationResult | CompareResult,
+    reference: Any = None,
+    candidate: Any = None,
+    force: bool = False,
+    protected: Iterable[str | os.PathLike | None] = (),
+) -> str:
+    """Write `render_report` to ``path`` with the project's one atomic writer
+    (`refimpl.files.atomic_write`: a unique temp file in its directory, fsynced, renamed over
+    it), after `check_report_destination` (``protected`` and ``force`` as there; the result's
+    reference and candidate are always protected).
 
     Returns:
-        ``path``.
+        the path written (a symlink's target).
+
+    Raises:
+        refimpl.files.DestinationError: ``path`` may not be written (nothing is).
+        OSError: naming ``path`` (a full disk: ``path`` keeps its old bytes).
     """
-    p = os.fspath(path)
-    text = render_report(result, reference, candidate)
-    d = os.path.dirname(os.path.abspath(p))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".refimpl-report-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # as an ordinary new file (mkstemp makes it private)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    res = result.plain if isinstance(result, IsolationResult) else result
+    own = [getattr(res, "reference_path", None), getattr(res, "candidate_path", None)]
+    p = check_report_destination(path, [*own, *protected], force=force)
+    data = render_report(result, reference, candidate).encode("utf-8")
+    with atomic_write(p) as f:
+        f.write(data)
     return p

@@ -58,9 +58,10 @@ def _floor(row: CompareRow, dtype: str, power: int, rule: str) -> float:
     return u * row.rms_ref
 
 
-def check_checkpoint(ref: Any, checkpoint: str | os.PathLike) -> Any:
+def check_checkpoint(ref: Any, checkpoint: str | os.PathLike, strict: bool = False) -> Any:
     """Load ``checkpoint`` in float64 for isolation after checking it is the one the golden
-    file was made from.
+    file was made from (``strict``: `refimpl.from_pretrained`'s, refusing weights the model
+    does not use).
 
     The weight files' sha256 (as `refimpl.golden.weight_entries` computes them) must equal
     the manifest's ``weights`` (skipped when the manifest records none); the model type and
@@ -92,7 +93,7 @@ def check_checkpoint(ref: Any, checkpoint: str | os.PathLike) -> Any:
                 f"{len(want)} in the golden manifest"
             )
     try:
-        model = from_pretrained(ck, dtype="float64")
+        model = from_pretrained(ck, dtype="float64", strict=strict)
     except Exception as e:  # any loading failure: one line naming the checkpoint
         raise CompareError(f"checkpoint {ck} cannot be loaded: {_one_line(e)}") from None
     mt = ref.manifest.get("model_type")
@@ -158,6 +159,7 @@ def isolate(
     names: NameMap | None = None,
     candidate_dtype: str | None = None,
     factor: float = PRECISION_FACTOR,
+    strict_checkpoint: bool = False,
 ) -> IsolationResult:
     """Tell a block's own error from inherited drift, at the candidate's precision.
 
@@ -189,6 +191,7 @@ def isolate(
         checkpoint: the checkpoint directory the golden file was made from (its weights hash
             is checked against the manifest).
         factor: the precision test's factor (`PRECISION_FACTOR`).
+        strict_checkpoint: load ``checkpoint`` with ``strict=True`` (`check_checkpoint`).
 
     Returns:
         `IsolationResult`.
@@ -201,7 +204,7 @@ def isolate(
                      dict(cand.stored), list(cand.notes), dict(cand.origin))  # fmt: skip
     plain.matches = matches + fill_from_aliases(cand, ref)  # hidden states stand for block outputs
     ck = os.fspath(checkpoint)
-    model = check_checkpoint(ref, ck)
+    model = check_checkpoint(ref, ck, strict=strict_checkpoint)
     blocks = _blocks(ref, model)
     emu = _Emulated(ref, model)
     plain_rows = {r.name: r for r in plain.rows}

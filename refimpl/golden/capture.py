@@ -9,27 +9,81 @@ from typing import Any
 import numpy as np
 
 from .. import backend, trace
-from .format import _to_numpy
+from .format import _jsonable, _to_numpy
 
-__all__ = ["prepare_inputs", "flatten_outputs", "trace_forward"]
+__all__ = [
+    "prepare_inputs",
+    "is_document",
+    "document_inputs",
+    "document_outputs",
+    "flatten_outputs",
+    "trace_forward",
+]
+
+
+def _holds_mapping(v: Any) -> bool:
+    """Whether ``v`` is a mapping, or a list or tuple with one somewhere inside."""
+    if isinstance(v, Mapping):
+        return True
+    return isinstance(v, (list, tuple)) and any(_holds_mapping(x) for x in v)
+
+
+def is_document(v: Any) -> bool:
+    """Whether a forward keyword's value is a JSON document rather than an array: a dict, or
+    a list holding dicts (the original LiLT relation extraction's ``entities`` and
+    ``relations``, one ragged dict per document). A golden file keeps such values in its
+    manifest (``inputs_json``), not as tensors."""
+    return _holds_mapping(v)
+
+
+def document_inputs(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The document keywords of ``inputs`` (`is_document`) as JSON values (arrays inside them
+    become lists), for the manifest's ``inputs_json``.
+
+    Args:
+        inputs: forward keywords -> values: arrays (``input_ids [batch, seq]``...), flags, and
+            documents (``entities``: one ``{"start": [...], "end": [...], "label": [...]}`` per
+            document of the batch).
+
+    Returns:
+        ``{keyword: JSON value}`` of the documents only (``{}`` when there is none).
+    """
+    return {k: _jsonable(v) for k, v in inputs.items() if is_document(v)}
+
+
+def _is_document_field(v: Any) -> bool:
+    """An output field that is not tensors: a list or tuple whose items are lists, tuples or
+    dicts (``pred_relations``: a list of dicts per document; the decoded ``entities``)."""
+    return isinstance(v, (list, tuple)) and any(
+        isinstance(x, (list, tuple, Mapping)) for x in v if x is not None
+    )
+
+
+def document_outputs(out: Any) -> dict[str, Any]:
+    """The output record's fields that are JSON documents, not tensors (the original LiLT
+    relation extraction's ``pred_relations``, ``entities`` and ``relations``), as JSON values,
+    for the manifest's ``outputs_json``."""
+    items = out.items() if hasattr(out, "items") else dict(out).items()
+    return {k: _jsonable(v) for k, v in items if v is not None and _is_document_field(v)}
 
 
 def prepare_inputs(model: Any, inputs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split ``inputs`` into arrays (floats cast to the model dtype, moved to its device) and
-    plain keyword values (flags, ``None``).
+    plain keyword values (flags, ``None``, and documents such as ``entities``: `is_document`).
 
     Args:
         model: a refimpl model (its ``dtype`` and ``device``).
-        inputs: forward keywords -> arrays of any shape (``input_ids [b, s]``...), flags or ``None``.
+        inputs: forward keywords -> arrays of any shape (``input_ids [b, s]``...), flags,
+            ``None`` or documents (one dict per document).
 
     Returns:
-        ``(arrays, flags)``: the array keywords, same shapes, and the rest.
+        ``(arrays, flags)``: the array keywords, same shapes, and the rest (unchanged).
     """
     arrays, flags = {}, {}
     dtype = np.dtype(getattr(model, "dtype", np.float64))
     device = getattr(model, "device", "cpu")
     for k, v in inputs.items():
-        if v is None or isinstance(v, (bool, str)):
+        if v is None or isinstance(v, (bool, str)) or is_document(v):
             flags[k] = v
             continue
         a = np.asarray(backend.to_numpy(v))
@@ -44,7 +98,7 @@ def _iter_outputs(out: Any, prefix: str = "outputs"):
     names them, without converting anything yet."""
     items = out.items() if hasattr(out, "items") else dict(out).items()
     for k, v in items:
-        if v is None:
+        if v is None or _is_document_field(v):  # documents go to the manifest (`document_outputs`)
             continue
         if isinstance(v, (tuple, list)):
             for i, t in enumerate(v):
@@ -60,7 +114,8 @@ def _iter_outputs(out: Any, prefix: str = "outputs"):
 
 def flatten_outputs(out: Any, prefix: str = "outputs") -> dict[str, np.ndarray]:
     """Flatten an output record to ``{prefix.field: array}``; tuple fields become
-    ``prefix.field.0``, ``prefix.field.1``, ...; ``None`` fields are left out.
+    ``prefix.field.0``, ``prefix.field.1``, ...; ``None`` fields and documents
+    (`document_outputs`) are left out.
 
     Args:
         out: a `refimpl.outputs.ModelOutput` (or a plain mapping of field -> value).

@@ -77,6 +77,8 @@ def _jsonable(x: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):  # inside a document (a 1-d list of entity starts)
+        return _jsonable(x.tolist())
     if isinstance(x, np.generic):
         return x.item()
     if isinstance(x, float) and not np.isfinite(x):

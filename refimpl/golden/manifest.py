@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
+from .. import __version__, switch
 from ..checkpoints import weight_files
 from ..files import CheckpointError, sha256_file
 from ..lilt.modules import module_calls as _lilt_module_calls
@@ -34,6 +34,8 @@ from .selection import selection_spec
 __all__ = ["weight_entries", "inputs_hash", "module_calls", "build_manifest", "validate_manifest"]
 
 _WEIGHT_HASHES: dict[tuple[str, int, int], str] = {}
+#: the values of `refimpl.switch.mode` a manifest's ``mode`` may hold.
+_MODE = re.compile(r"fast|reference|fast without [\w., ]+")
 
 
 def weight_entries(checkpoint: str | os.PathLike | None) -> list[dict[str, Any]]:
@@ -150,6 +152,9 @@ def _manifest(
     device: str | None = None,
     weights: list[dict[str, Any]] | None = None,
     inputs_sha256: str | None = None,
+    inputs_json: Mapping[str, Any] | None = None,
+    outputs_json: Mapping[str, Any] | None = None,
+    mode: str | None = None,
 ) -> dict[str, Any]:
     config = getattr(model, "config", None)
     cfg = config.to_dict() if config is not None and hasattr(config, "to_dict") else None
@@ -158,7 +163,8 @@ def _manifest(
     )
     architecture = type(model).__name__ if model is not None else None
     model_type = getattr(config, "model_type", None) if config is not None else None
-    calls = module_calls(model_type, architecture, config, [e["name"] for e in entries], forward_kwargs)
+    names = [e["name"] for e in entries]
+    calls = module_calls(model_type, architecture, config, names, forward_kwargs)
     return _jsonable(
         {
             "format": FORMAT,
@@ -172,9 +178,12 @@ def _manifest(
             "weights": weights if weights is not None else weight_entries(checkpoint),
             "dtype": model_dtype,
             "device": device or getattr(model, "device", "cpu"),
+            "mode": mode or switch.mode(),
             "inputs_source": dict(inputs_source or {"kind": "api"}),
             "inputs_sha256": inputs_sha256,
             "forward_kwargs": dict(forward_kwargs or {}),
+            "inputs_json": dict(inputs_json or {}),
+            "outputs_json": dict(outputs_json or {}),
             "mask_rule": "a position is compared iff every listed mask is non-zero there",
             "default_tolerance": dict(
                 zip(("atol", "rtol"), recommended_tolerance(model_dtype or "float64", 0), strict=True)
@@ -195,6 +204,8 @@ def build_manifest(
     forward_kwargs: Mapping[str, Any] | None = None,
     dtype: str | None = None,
     device: str | None = None,
+    inputs_json: Mapping[str, Any] | None = None,
+    outputs_json: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The manifest (a JSON-able dict) of a case; see ``docs/golden-format.md`` for the schema.
 
@@ -203,9 +214,14 @@ def build_manifest(
         model: the refimpl model that produced them (config, architecture, dtype, device).
         checkpoint: its checkpoint directory (weight files are hashed).
         inputs_source: where the inputs came from, e.g. ``{"kind": "npz", "path": "x.npz"}``.
-        forward_kwargs: non-array keywords of the forward call.
+        forward_kwargs: flags of the forward call (``output_attentions``...).
+        inputs_json: the forward keywords that are documents, not arrays
+            (`refimpl.golden.capture.document_inputs`: ``entities``, ``relations``).
+        outputs_json: the output fields that are documents
+            (`refimpl.golden.capture.document_outputs`: ``pred_relations``...).
 
-    The alias table is left empty: `write` finds the aliases when it stores the tensors.
+    The alias table is left empty: `write` finds the aliases when it stores the tensors. The
+    manifest's ``mode`` is `refimpl.switch.mode` at the time of the call.
     """
     meta = {n: (np.asarray(a).dtype, tuple(np.shape(a))) for n, a in tensors.items()}
     return _manifest(
@@ -218,6 +234,8 @@ def build_manifest(
         forward_kwargs,
         dtype,
         device,
+        inputs_json=inputs_json,
+        outputs_json=outputs_json,
     )
 
 
@@ -294,9 +312,15 @@ def validate_manifest(
         ("default_tolerance", dict, "an object"),
         ("selection", dict, "an object"),
         ("aliases", dict, "an object"),
+        ("mode", str, "a string"),
+        ("inputs_json", dict, "an object"),
+        ("outputs_json", dict, "an object"),
     ):
         if key in manifest and not isinstance(manifest[key], kind):
             raise _bad(path, key, want, manifest[key])
+    mode = manifest.get("mode")  # optional: files written before it was recorded lack it
+    if mode is not None and not _MODE.fullmatch(mode):
+        raise _bad(path, "mode", '"fast", "reference" or "fast without <ops>"', mode)
     tol = manifest.get("default_tolerance") or {}
     for k in ("atol", "rtol"):
         if k in tol and not _is_num(tol[k]):

@@ -49,6 +49,8 @@ _BLOCKS = (
     r"(.*\.)?x_layers\.\d+\.(lang_output|visn_output)",  # LXMERT's cross layers, both streams
     r"(.*\.)?pooler",
     r"(classifier|qa_outputs|answer_head|cls\.predictions|cls\.seq_relationship|loss)(\..*)?",  # heads
+    r"dropout",  # the original LiLT heads' joined streams [text; layout]
+    r"extractor\.((entity_emb|ffnn_head|ffnn_tail|rel_classifier)@doc\d+(_head|_tail)?|loss_fct)",  # its RE decoder
     r"outputs\..*",
 )
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import trace
+from .. import switch, trace
 from ..files import atomic_write, check_destination, full_disk_error, input_identities
-from .capture import _iter_outputs, prepare_inputs
+from .capture import _iter_outputs, document_inputs, document_outputs, prepare_inputs
 from .format import _CODE, DIGEST_KEY, FORMAT, FORMAT_VERSION, MANIFEST_KEY, MASK_INPUTS, _jsonable, _to_numpy
 from .manifest import _entries, _manifest, inputs_hash
 from .reader import Golden, is_golden_file, read
@@ -295,7 +295,10 @@ def write_case(
         path: output ``.safetensors`` file.
         model: a refimpl model.
         inputs: forward keywords -> arrays, e.g. ``input_ids [batch, seq]``, ``bbox
-            [batch, seq, 4]``, ``visual_feats [batch, boxes, feat_dim]`` (see `trace_forward`).
+            [batch, seq, 4]``, ``visual_feats [batch, boxes, feat_dim]`` (see `trace_forward`),
+            flags, and documents (the original LiLT relation extraction's ``entities`` and
+            ``relations``: kept as JSON in the manifest's ``inputs_json``; the output's
+            ``pred_relations`` go to its ``outputs_json``).
         checkpoint: the model's checkpoint directory, for the weight hashes.
         inputs_source: provenance of the inputs, stored in the manifest.
         select: which tensors to keep (`selection_spec`; default all).
@@ -309,13 +312,15 @@ def write_case(
     """
     arrays, flags = prepare_inputs(model, inputs)
     w = GoldenWriter(path, select=select, force=force, inputs=[checkpoint, *inputs_files])
-    fwd = {k: v for k, v in inputs.items() if v is None or isinstance(v, (bool, str))}
+    docs = document_inputs(flags)  # entities, relations: JSON in the manifest, not tensors
+    fwd = {k: v for k, v in flags.items() if k not in docs}
     # a selection without attention outputs need not hold every layer's probabilities until
     # the forward returns (12 x [1, 12, 512, 512] float64 for LiLT base: 300 MB per stream)
     fwd.setdefault("output_attentions", wants_attentions(w.selection))
     fwd.setdefault("output_hidden_states", True)
-    kwargs = {**arrays, **fwd}
-    digest = inputs_hash(arrays, fwd)
+    kwargs = {**arrays, **fwd, **{k: flags[k] for k in docs}}
+    digest = inputs_hash(arrays, {**fwd, **docs})
+    mode = switch.mode()
     try:
         for k, v in arrays.items():
             w.add(f"inputs.{k}", v)
@@ -325,6 +330,7 @@ def write_case(
         w.in_forward = False
         for name, v in _iter_outputs(out):
             w.add(name, v)
+        out_docs = document_outputs(out)
         del out
         manifest = _manifest(
             w.manifest_entries(),
@@ -336,6 +342,9 @@ def write_case(
             forward_kwargs=fwd,
             weights=weights,
             inputs_sha256=digest,
+            inputs_json=docs,
+            outputs_json=out_docs,
+            mode=mode,
         )
         path = w.finish(manifest)
     except BaseException:

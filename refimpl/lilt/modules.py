@@ -5,6 +5,7 @@ order (a module's hook fires after its children's), each output in golden names 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -40,6 +41,34 @@ def _layer(m: ModuleCalls, p: str, relative: bool, attentions: bool) -> None:
     m.call(p, [p, f"{p}.layout", *probs])
 
 
+_DOC = re.compile(r"@doc(\d+)(_head|_tail)?$")
+
+
+def _documents(names: Iterable[str]) -> range:
+    """The documents of a relation-extraction case: ``0 .. b`` for the largest ``@doc<b>``
+    among the golden names (the decoder runs its modules once per document)."""
+    docs = [int(m.group(1)) for n in names if (m := _DOC.search(n))]
+    return range(max(docs) + 1 if docs else 0)
+
+
+def _extractor_document(m: ModuleCalls, b: int) -> None:
+    """The original's ``REDecoder`` on document ``b``, as its hooks fire: ``entity_emb`` on the
+    heads' then the tails' labels, ``ffnn_head`` and ``ffnn_tail`` (``Sequential``: Linear 0,
+    ReLU 1, Dropout 2, Linear 3, ReLU 4, Dropout 5, then the container), then
+    ``rel_classifier`` (``bilinear``, ``linear``, then the container). Every output carries the
+    per-document suffix ``@doc<b>``."""
+    e = "extractor"
+    m.leaf(f"{e}.entity_emb", f"{e}.entity_emb@doc{b}_head")
+    m.leaf(f"{e}.entity_emb", f"{e}.entity_emb@doc{b}_tail")
+    for side in ("ffnn_head", "ffnn_tail"):
+        for i in range(6):  # the golden file names the dropouts' outputs too (equal to the ReLUs')
+            m.leaf(f"{e}.{side}.{i}", f"{e}.{side}.{i}@doc{b}")
+        m.leaf(f"{e}.{side}", f"{e}.{side}@doc{b}")
+    for part in ("bilinear", "linear"):
+        m.leaf(f"{e}.rel_classifier.{part}", f"{e}.rel_classifier.{part}@doc{b}")
+    m.leaf(f"{e}.rel_classifier", f"{e}.rel_classifier@doc{b}")
+
+
 def module_calls(
     config: Any,
     architecture: str,
@@ -51,7 +80,11 @@ def module_calls(
     Args:
         config: a LiLT config (``num_hidden_layers``, ``position_embedding_type``).
         architecture: ``LiltModel``, ``LiltForTokenClassification``,
-            ``LiltForSequenceClassification`` or ``LiltForQuestionAnswering``.
+            ``LiltForSequenceClassification``, ``LiltForQuestionAnswering``, or the original
+            LiLT heads ``LiLTRobertaLikeForTokenClassification`` and
+            ``LiLTRobertaLikeForRelationExtraction`` (`refimpl.lilt.original`; their encoder
+            listed as transformers' ``LiltModel`` without a pooler, as the tests' torch
+            reference builds it).
         names: the golden file's tensor names (inputs tell whether a loss was computed).
         forward_kwargs: the golden file's ``forward_kwargs`` (``output_attentions``,
             ``output_hidden_states``; both true when absent).
@@ -124,6 +157,19 @@ def module_calls(
     elif architecture == "LiltForQuestionAnswering":
         m.leaf("qa_outputs")
         out["start_logits"], out["end_logits"] = "outputs.start_logits", "outputs.end_logits"
+    elif architecture == "LiLTRobertaLikeForTokenClassification":
+        m.leaf("dropout")  # applied to [text; layout]: its output is the golden `dropout`
+        m.leaf("classifier")
+        out["logits"] = "outputs.logits"
+    elif architecture == "LiLTRobertaLikeForRelationExtraction":
+        m.leaf("dropout")
+        for b in _documents(names):
+            _extractor_document(m, b)
+        if "extractor.loss_fct" in names:
+            m.leaf("extractor.loss_fct")
+        # the decoder's and the model's own outputs hold documents (the predicted relations),
+        # whose layout the original fixes only loosely: not listed
+        return m.calls
     else:
         return m.calls
     m.model_output("", architecture, out)
