@@ -1,4 +1,4 @@
-"""LiLT's hand-written backward (refimpl/lilt/backward.py) against torch autograd on
+"""LiLT's hand-written backward (refimpl/lilt/backward.py, refimpl/lilt/modeling_backward.py) against torch autograd on
 transformers 4.56.2 (the oracle), and against central finite differences.
 
 Every case runs ``model.backward(..., tensor_grads=True)`` (one forward under the tape, then

@@ -20,6 +20,7 @@ LAYER_MODULES = [
     "lilt/embeddings.py",
     "lilt/layers.py",
     "lilt/backward.py",
+    "lilt/modeling_backward.py",
     "lilt/heads.py",
     "lilt/modeling.py",
     "lxmert/layers.py",

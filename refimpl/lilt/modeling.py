@@ -28,12 +28,6 @@ from ..outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
-from .backward import (
-    lilt_base_model_backward,
-    question_answering_backward,
-    sequence_classification_backward,
-    token_classification_backward,
-)
 from .embeddings import layout_embeddings, text_embeddings
 from .heads import (
     classification_head,
@@ -44,6 +38,12 @@ from .heads import (
 )
 from .inputs import check_inputs
 from .layers import lilt_encoder
+from .modeling_backward import (
+    lilt_base_model_backward,
+    question_answering_backward,
+    sequence_classification_backward,
+    token_classification_backward,
+)
 
 __all__ = [
     "LiltModel",
@@ -309,7 +309,7 @@ class LiltModel(_LiltBase):
         return self._lilt(self.weights, inputs, True, output_attentions, output_hidden_states)
 
     def _backward(self, inputs, outputs, grad_outputs):
-        """The backward of `forward` (see `refimpl.gradients`): `refimpl.lilt.backward.lilt_base_model_backward`."""
+        """The backward of `forward` (see `refimpl.gradients`): `refimpl.lilt.modeling_backward.lilt_base_model_backward`."""
         checked, mask = self._backward_inputs(inputs)
         return lilt_base_model_backward(self.weights, checked, self.config, mask, outputs, grad_outputs)
 
@@ -385,7 +385,7 @@ class LiltForSequenceClassification(_LiltBase):
         )
 
     def _backward(self, inputs, outputs, grad_outputs):
-        """The backward of `forward`: `refimpl.lilt.backward.sequence_classification_backward`."""
+        """The backward of `forward`: `refimpl.lilt.modeling_backward.sequence_classification_backward`."""
         checked, mask = self._backward_inputs(inputs)
         labels = self._array(inputs.get("labels"))
         return sequence_classification_backward(
@@ -457,7 +457,7 @@ class LiltForTokenClassification(_LiltBase):
         )
 
     def _backward(self, inputs, outputs, grad_outputs):
-        """The backward of `forward`: `refimpl.lilt.backward.token_classification_backward`."""
+        """The backward of `forward`: `refimpl.lilt.modeling_backward.token_classification_backward`."""
         checked, mask = self._backward_inputs(inputs)
         labels = self._array(inputs.get("labels"))
         return token_classification_backward(
@@ -535,7 +535,7 @@ class LiltForQuestionAnswering(_LiltBase):
         )
 
     def _backward(self, inputs, outputs, grad_outputs):
-        """The backward of `forward`: `refimpl.lilt.backward.question_answering_backward`."""
+        """The backward of `forward`: `refimpl.lilt.modeling_backward.question_answering_backward`."""
         checked, mask = self._backward_inputs(inputs)
         b = checked["bbox"].shape[0]
         positions = None
