@@ -36,7 +36,7 @@ _LAZY_SUBMODULES = ("lilt", "lxmert", "data", "golden", "trace", "ops", "checkpo
 
 
 def __getattr__(name: str):
-    """Import a subpackage of :data:`_LAZY_SUBMODULES` when it is first used as an attribute."""
+    """Import a subpackage of `_LAZY_SUBMODULES` when it is first used as an attribute."""
     if name in _LAZY_SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

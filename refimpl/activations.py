@@ -440,7 +440,7 @@ def prelu(x, weight):
 
     transformers' ``ACT2FN["prelu"]`` is an ``nn.PReLU()`` module: ONE learnable weight
     (initialized to 0.25) saved in the checkpoint as ``<module path>.weight`` with shape ``[1]``.
-    It is therefore not in :data:`ACT2FN` (whose functions take only ``x``); call it with the
+    It is therefore not in `ACT2FN` (whose functions take only ``x``); call it with the
     checkpoint's weight: ``prelu(x, params["...intermediate_act_fn.weight"])``.
 
     Args:
@@ -470,7 +470,7 @@ def prelu(x, weight):
 
 
 #: Name -> function of ``x`` alone, for every parameter-free activation in transformers'
-#: ``ACT2FN`` (``prelu`` has a learnable weight: see :func:`prelu`; ``xielu`` is not supported).
+#: ``ACT2FN`` (``prelu`` has a learnable weight: see `prelu`; ``xielu`` is not supported).
 ACT2FN: dict[str, Callable] = {
     "gelu": gelu,
     "gelu_10": gelu_10,
@@ -501,7 +501,7 @@ def get_activation(name: str) -> Callable:
     """Return the activation function called ``name`` in transformers' ``ACT2FN``.
 
     Raises:
-        ValueError: for ``"prelu"`` (it needs its weight: use :func:`prelu`) and for a name we do
+        ValueError: for ``"prelu"`` (it needs its weight: use `prelu`) and for a name we do
             not implement, listing the supported names.
     """
     try:

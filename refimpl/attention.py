@@ -1,7 +1,7 @@
 """Multi-head attention, one step per function, shared by LiLT and LXMERT.
 
 Each function is one step of transformers' BERT-family self-attention, in the oracle's order
-of operations (so float64 results agree to the last few bits)::
+of operations (so float64 results agree to the last few bits):
 
     q = split_heads(linear(x, **query), n)                          # [b, n, s, d]
     k = split_heads(linear(x, **key), n)                            # [b, n, s, d]
@@ -264,11 +264,11 @@ def scaled_dot_product_attention_backward(
 ):
     """Backward of `scaled_dot_product_attention`, step by step in reverse.
 
-    The forward, with ``M`` the additive mask and ``h`` the head mask::
+    The forward, with ``M`` the additive mask and ``h`` the head mask:
 
         S = q k^T / sqrt(d)      P = softmax(S + M)      P' = P * h      C = merge_heads(P' v)
 
-    and its backward (``dC`` split into heads first)::
+    and its backward (``dC`` split into heads first):
 
         dP' = dC v^T (+ grad_probs)      dv = P'^T dC
         dP  = dP' * h                    dS = P * (dP - sum_k dP * P)     (softmax_backward)

@@ -1,7 +1,7 @@
 """Array-namespace dispatch: NumPy by default, CuPy for device arrays.
 
 Layer code never imports ``numpy`` or ``cupy`` for math. It asks this module for the
-namespace of the arrays it was given::
+namespace of the arrays it was given:
 
     xp = get_namespace(x)          # numpy, or cupy when x lives on a GPU
     y = xp.matmul(x, w.T)
@@ -147,7 +147,7 @@ def tune_allocator(mmap_threshold: int = _MAX_MMAP_THRESHOLD, trim_threshold: in
     This changes process-wide malloc settings, so the library never calls it on import:
     the CLI and the benchmarks call it, and an application may call it once at start-up.
 
-    Its companion for NumPy's BLAS threads is :func:`quiet_blas_threads`.
+    Its companion for NumPy's BLAS threads is `quiet_blas_threads`.
 
     Args:
         mmap_threshold: allocations at least this large (bytes) still use ``mmap``; at most

@@ -1,7 +1,7 @@
 """The BERT-style blocks both families share: multi-head attention, add-and-norm, intermediate, pooler.
 
 LiLT's feed-forward and output blocks and LXMERT's language, relationship and cross layers
-are all built from these, with the checkpoint's weight names as keyword sub-dicts::
+are all built from these, with the checkpoint's weight names as keyword sub-dicts:
 
     h = intermediate(x, **w["intermediate"], hidden_act="gelu")                 # [b, s, i]
     y = add_and_norm(h, x, **w["output"], layer_norm_eps=1e-12)                 # [b, s, h]

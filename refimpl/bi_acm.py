@@ -2,7 +2,7 @@
 
 The text stream's heads have ``d`` features, the layout stream's ``d // r``
 (``r = channel_shrink_ratio``); each stream projects its own queries, keys and values, and
-the two add their scores into one::
+the two add their scores into one:
 
     S = Q K^T / sqrt(d) + Q_l K_l^T / sqrt(d // r)          [batch, heads, seq, seq]
     P = softmax(S + mask) * head_mask
@@ -226,14 +226,14 @@ def bi_acm_backward(
 ):
     """Backward of LiLT's BiACM attention (`bi_acm_scores`, the softmax, `bi_acm_contexts`).
 
-    The forward shares one score between the streams::
+    The forward shares one score between the streams:
 
         T = (Q K^T + R) / sqrt(d)     T_l = Q_l K_l^T / sqrt(d // r)     S = T + T_l
         P = softmax(S + M)     P' = P * h     C = merge_heads(P' V)     C_l = merge_heads(P' V_l)
 
     The oracle computes ``P`` twice, once per stream, with equal values; each copy gets the
     gradient of its own stream's context, so the two ``dP'`` differ. Both softmax gradients
-    flow into the one shared ``S``, and from there into both summands::
+    flow into the one shared ``S``, and from there into both summands:
 
         dP'   = dC V^T (+ grad_probs)       dP'_l = dC_l V_l^T       dV = P'^T dC      dV_l = P'^T dC_l
         dS    = softmax_backward(dP' * h, P)        dS_l = softmax_backward(dP'_l * h, P)

@@ -2,11 +2,11 @@
 
 Defaults are transformers 4.56.2's (``LiltConfig``, ``LxmertConfig`` and the
 ``PretrainedConfig`` fields they inherit). Unknown keys are kept as attributes, so anything a
-real checkpoint carries survives a round trip. Impossible values raise :class:`ConfigError`
-(a :class:`refimpl.files.CheckpointError`, hence a ``ValueError``) naming the field, and the
+real checkpoint carries survives a round trip. Impossible values raise `ConfigError`
+(a `refimpl.files.CheckpointError`, hence a ``ValueError``) naming the field, and the
 file when the config was read from one.
 
-``config.json`` is read strictly (:func:`refimpl.files.read_json`): UTF-8, no duplicate keys,
+``config.json`` is read strictly (`refimpl.files.read_json`): UTF-8, no duplicate keys,
 bounded size, depth and integers; a regular file only. Non-finite numbers (``NaN``,
 ``Infinity``) are refused except in the fields transformers' own configs fill with them
 (``NONFINITE_FIELDS``). ``num_labels`` is capped at ``MAX_NUM_LABELS`` before ``id2label``
@@ -200,7 +200,7 @@ class PretrainedConfig:
                 raise ConfigError(f"config.{k} holds a non-finite number ({short_repr(v)})")
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` (a ``ValueError``) naming the first impossible field."""
+        """Raise `ConfigError` (a ``ValueError``) naming the first impossible field."""
         self._finite()
         if self.problem_type not in (
             None,
@@ -258,7 +258,7 @@ class PretrainedConfig:
 
         Raises:
             FileNotFoundError: no config.json.
-            ConfigError: naming the file and the field (see :func:`read_config_json`).
+            ConfigError: naming the file and the field (see `read_config_json`).
         """
         return _from_file(cls, read_config_json(path), _config_path(path))
 

@@ -11,7 +11,7 @@ A model class declares
 * ``forward(**inputs)``.
 
 ``from_pretrained`` reads ``config.json`` and the weights, matches keys strictly (see
-:func:`refimpl.checkpoints.match_state_dict`) and keeps a flat ``params`` dict keyed by the
+`refimpl.checkpoints.match_state_dict`) and keeps a flat ``params`` dict keyed by the
 checkpoint's own names, in the requested dtype and on the requested device.
 
 What the match lets through, as transformers 4.56.2 does:
@@ -81,7 +81,7 @@ def nest(params: dict[str, Any]) -> dict[str, Any]:
 
 class PreTrainedModel:
     """Base of every model class. Holds ``config``, ``params`` (checkpoint key -> array),
-    ``weights`` (the same arrays nested by key path, see :func:`nest`), ``dtype``, ``device``."""
+    ``weights`` (the same arrays nested by key path, see `nest`), ``dtype``, ``device``."""
 
     config_class: ClassVar[type[PretrainedConfig]] = PretrainedConfig
     base_model_prefix: ClassVar[str] = ""

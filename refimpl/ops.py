@@ -58,7 +58,7 @@ def linear_backward(grad_output, x, weight, bias=None):
     """Backward of `linear`: the gradients of ``y = x W^T + b`` with respect to ``x``, ``W`` and ``b``.
 
     With the leading axes flattened into ``n`` rows, as the forward does (``X`` is ``[n, in]``,
-    ``dY`` is ``[n, out]``)::
+    ``dY`` is ``[n, out]``):
 
         dX = dY W          dW = dY^T X          db = sum over rows of dY
 
@@ -119,7 +119,7 @@ def layer_norm_backward(grad_output, x, weight, bias, eps: float):
     only the normalised output: the output cannot give them back (``x_hat = (y - b) / w``
     fails where a weight is 0, and ``rstd`` is gone), and two passes over ``[..., d]`` cost
     far less than keeping ``[..., 1]`` statistics beside every LayerNorm of the trace. With
-    ``x_hat = (x - mean) * rstd``, ``rstd = 1 / sqrt(var + eps)`` and ``g = dy * weight``::
+    ``x_hat = (x - mean) * rstd``, ``rstd = 1 / sqrt(var + eps)`` and ``g = dy * weight``:
 
         dx = rstd * (g - mean(g) - x_hat * mean(g * x_hat))     (means over the last axis)
         dweight = sum over rows of dy * x_hat

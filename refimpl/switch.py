@@ -2,7 +2,7 @@
 
 An op that a fast kernel may replace is written once, as its formula, and marked
 ``@replaceable``. Calling it looks up one table: when a kernel is registered for the op and
-the fast mode is on, the kernel runs; otherwise the formula does::
+the fast mode is on, the kernel runs; otherwise the formula does:
 
     @replaceable
     def layer_norm(x, weight, bias, eps):           # refimpl.ops: the formula is the body

@@ -6,7 +6,7 @@ its golden name. The trace's contract makes that safe: an array passed to ``trac
 never written again (``tests/test_tape.py``).
 
 The backward then walks the layers in reverse inside the same trace scopes as the forward,
-so a backward function reads what its forward recorded with the same relative name::
+so a backward function reads what its forward recorded with the same relative name:
 
     # forward (refimpl.bert.intermediate)          # backward (refimpl.bert.intermediate_backward)
     h = linear(hidden_states, **dense)              h = saved("dense")

@@ -422,15 +422,15 @@ class TokenizerBase:
         padding_side: str | None,
         return_overflowing_tokens: bool,
     ) -> list[Row]:
-        """Run the backend on ``inputs`` (:func:`encode_rows`), then pad the rows (:func:`pad_rows`).
+        """Run the backend on ``inputs`` (`encode_rows`), then pad the rows (`pad_rows`).
 
         Args:
             inputs: one entry per sample: a sequence, or a ``(first, second)`` pair.
             padding_side: ``None`` for the tokenizer's own.
-            the rest: as resolved by :func:`resolve_strategies` and the call's keywords.
+            the rest: as resolved by `resolve_strategies` and the call's keywords.
 
         Returns:
-            one :class:`Row` per model input sequence (overflow windows included), padded.
+            one `Row` per model input sequence (overflow windows included), padded.
         """
         rows = encode_rows(
             self.backend,

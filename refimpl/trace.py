@@ -3,13 +3,13 @@
 Off by default, and then nearly free: every verb below looks up one context variable and
 returns. Names follow the checkpoint's module paths, so
 ``lilt.encoder.layer.3.attention.self.query`` in a golden file is exactly what a PyTorch
-forward hook on that module of the oracle sees::
+forward hook on that module of the oracle sees:
 
     with trace.tracing() as rec:
         out = model(input_ids=ids, bbox=boxes)
     rec.tensors["lilt.encoder.layer.0.attention.self.query"]   # [batch, seq, hidden]
 
-Inside the model, recording is a statement of its own, never wrapped around an expression::
+Inside the model, recording is a statement of its own, never wrapped around an expression:
 
     with trace.scope("encoder.layer.0"):
         with trace.scope("attention.self"):
@@ -118,7 +118,7 @@ def _full(st: _State, name: str) -> str:
 
 @contextlib.contextmanager
 def tracing(copy: bool = True, recorder: Recorder | None = None) -> Iterator[Recorder]:
-    """Turn tracing on for the ``with`` block and yield the :class:`Recorder`.
+    """Turn tracing on for the ``with`` block and yield the `Recorder`.
 
     Args:
         copy: store copies of the recorded arrays (ignored when ``recorder`` is given).

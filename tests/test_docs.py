@@ -469,3 +469,28 @@ def test_functions_taking_arrays_document_shapes():
         "functions that take arrays but whose docstring gives no shape ([batch, seq, hidden] style):\n  "
         + "\n  ".join(no_shapes)
     )
+
+
+#: Sphinx/reST markup that mkdocstrings (Google style, Markdown) does not render: roles such as
+#: :func:`x` and a paragraph ending in "::" (reST's literal-block marker).
+SPHINX_MARKUP = re.compile(r":(?:py:)?(?:func|class|mod|meth|data|attr|exc|obj|ref):(?:`|<code>)|\w::\s*</p>")
+
+
+def test_sphinx_markup_detector():
+    """The detector finds both kinds of markup as they appear in built HTML, and not Python's `::`."""
+    assert SPHINX_MARKUP.search("<p>see :func:`refimpl.ops.linear` here</p>")
+    assert SPHINX_MARKUP.search("<p>see :class:<code>LiltModel</code> here</p>")
+    assert SPHINX_MARKUP.search("<p>Typical use::</p>")
+    assert not SPHINX_MARKUP.search("<code>x[::2]</code> and <p>Typical use:</p>")
+
+
+def test_no_sphinx_markup_in_the_built_site(site):
+    """Docstrings render in one style: no Sphinx role or reST '::' leaks into any page."""
+    found = []
+    for path in sorted(site.rglob("*.html")):
+        text = path.read_text(encoding="utf-8")
+        found += [
+            f"{path.relative_to(site)}: ...{text[max(0, m.start() - 40) : m.end() + 20]}..."
+            for m in SPHINX_MARKUP.finditer(text)
+        ]
+    assert not found, "Sphinx markup in the built site:\n  " + "\n  ".join(found[:20])

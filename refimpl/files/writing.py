@@ -175,7 +175,7 @@ class StagedFiles:
     they were opened (put the file that marks the set as complete last, e.g. ``config.json``).
 
     Use as a context manager: a clean exit commits, an exception (``KeyboardInterrupt``,
-    the CLI's SIGTERM included) removes every temp and replaces nothing::
+    the CLI's SIGTERM included) removes every temp and replaces nothing:
 
         with StagedFiles() as staged:
             staged.open("out/model.safetensors").write(data)

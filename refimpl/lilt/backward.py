@@ -15,7 +15,7 @@ scope and:
 
 BiACM's one shared probability matrix ``P`` receives a different gradient from each stream
 (``attention_probs`` from the text context, ``layout_attention_probs`` from the layout context),
-and both streams' score gradients flow back into the one shared score (`refimpl.bi_acm.bi_acm_backward`)::
+and both streams' score gradients flow back into the one shared score (`refimpl.bi_acm.bi_acm_backward`):
 
     dP' = dC V^T,   dP'_l = dC_l V_l^T                       each stream's own
     dS  = softmax'(dP' * h),   dS_l = softmax'(dP'_l * h)    each stream's own

@@ -4,7 +4,7 @@ feed-forward block per stream.
 The text stream has ``hidden`` features in heads of ``d = hidden / heads``; the layout stream
 has ``hidden / r`` features in heads of ``d / r`` (``r = channel_shrink_ratio``). Each stream
 projects its own queries, keys and values; the two share one attention score (the paper's
-BiACM)::
+BiACM):
 
     S = Q K^T / sqrt(d) + Q_l K_l^T / sqrt(d // r)                    [batch, heads, seq, seq]
     P = softmax(S + mask)
@@ -13,7 +13,7 @@ BiACM)::
 Weights arrive as keyword sub-dicts named like the checkpoint's keys, so
 ``lilt_layer(h, l, mask, None, **w["encoder"]["layer"]["0"], config=config)`` receives
 ``attention``, ``intermediate``, ``output``, ``layout_intermediate`` and ``layout_output``.
-Config values are read from ``config`` (a :class:`refimpl.config.LiltConfig`) by name.
+Config values are read from ``config`` (a `refimpl.config.LiltConfig`) by name.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def lilt_self_attention(
         hidden_states: text ``[batch, seq, hidden]``.
         layout_inputs: layout ``[batch, seq, hidden / r]``.
         attention_mask: additive ``[batch, 1, 1|seq, seq]`` from
-            :func:`refimpl.attention.extended_attention_mask`, or ``None``.
+            `refimpl.attention.extended_attention_mask`, or ``None``.
         head_mask: ``None`` or broadcastable to ``[batch, heads, seq, seq]``.
         query, key, value: ``{"weight": [hidden, hidden], "bias": [hidden]}``.
         layout_query, layout_key, layout_value: ``{"weight": [hidden/r, hidden/r], "bias": [hidden/r]}``.
@@ -141,7 +141,7 @@ def lilt_attention(
         hidden_states, layout_inputs, attention_mask, head_mask: as in `lilt_self_attention`.
         self: the ``attention.self`` weights (``query``, ..., ``layout_value``[, ``distance_embedding``]).
         output, layout_output: ``{"dense", "LayerNorm"}`` weights of the two streams.
-        config: uses ``layer_norm_eps`` and what :func:`lilt_self_attention` uses.
+        config: uses ``layer_norm_eps`` and what `lilt_self_attention` uses.
 
     Returns:
         ``(attention_output [batch, seq, hidden], layout_attention_output [batch, seq, hidden/r],
@@ -182,11 +182,11 @@ def lilt_layer(
     Args:
         hidden_states: ``[batch, seq, hidden]``.
         layout_inputs: ``[batch, seq, hidden / r]``.
-        attention_mask, head_mask: as in :func:`lilt_self_attention`.
+        attention_mask, head_mask: as in `lilt_self_attention`.
         attention: ``{"self", "output", "layout_output"}`` weights.
         intermediate, output: the text feed-forward weights (``hidden -> intermediate -> hidden``).
         layout_intermediate, layout_output: the layout ones (``hidden/r -> intermediate/r -> hidden/r``).
-        config: uses ``hidden_act``, ``layer_norm_eps`` and what :func:`lilt_attention` uses.
+        config: uses ``hidden_act``, ``layer_norm_eps`` and what `lilt_attention` uses.
 
     Returns:
         ``(layer_output [batch, seq, hidden], layout_layer_output [batch, seq, hidden/r],
@@ -230,10 +230,10 @@ def lilt_encoder(
     Args:
         hidden_states: text embeddings ``[batch, seq, hidden]``.
         layout_inputs: layout embeddings ``[batch, seq, hidden / r]``.
-        attention_mask: additive mask (see :func:`refimpl.attention.extended_attention_mask`) or ``None``.
-        head_masks: one item per layer from :func:`refimpl.attention.head_masks`.
+        attention_mask: additive mask (see `refimpl.attention.extended_attention_mask`) or ``None``.
+        head_masks: one item per layer from `refimpl.attention.head_masks`.
         layer: ``{"0": layer weights, "1": ...}``.
-        config: the model config (see :func:`lilt_layer`).
+        config: the model config (see `lilt_layer`).
         output_hidden_states, output_attentions: collect the tuples below.
 
     Returns:

@@ -140,7 +140,7 @@ def lilt_model(
     """LiltModel's forward pass.
 
     Args:
-        w: nested weights (``model.weights``, see :func:`refimpl.modeling.nest`) with ``embeddings``, ``layout_embeddings``,
+        w: nested weights (``model.weights``, see `refimpl.modeling.nest`) with ``embeddings``, ``layout_embeddings``,
             ``encoder`` and, with ``add_pooling_layer``, ``pooler``.
         inputs: the checked inputs from `refimpl.lilt.inputs.check_inputs`.
         config: the model config.
@@ -247,7 +247,7 @@ class _LiltBase(PreTrainedModel):
         return checked, lilt_attention_mask(checked["attention_mask"], self.config, self.dtype)
 
     def _lilt(self, w, inputs, add_pooling_layer: bool, output_attentions, output_hidden_states):
-        """:func:`lilt_model` with the output flags defaulting to the config's, as the oracle."""
+        """`lilt_model` with the output flags defaulting to the config's, as the oracle."""
         output_attentions, output_hidden_states = self._flags(output_attentions, output_hidden_states)
         return lilt_model(
             w,
@@ -264,7 +264,7 @@ class LiltModel(_LiltBase):
     """transformers.LiltModel: text + layout encoder with a pooler.
 
     ``model(input_ids=ids, bbox=boxes, attention_mask=mask)`` returns a
-    :class:`~refimpl.outputs.LiltModelOutput`.
+    `refimpl.outputs.LiltModelOutput`.
     """
 
     is_base_model = True

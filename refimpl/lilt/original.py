@@ -203,7 +203,7 @@ class LiLTRobertaLikeForTokenClassification(_OriginalHead):
 class LiLTRobertaLikeForRelationExtraction(_OriginalHead):
     """The original ``LiLTRobertaLikeForRelationExtraction``: ``REDecoder`` on both streams.
 
-    Entities and gold relations come in the original's format, one dict per document::
+    Entities and gold relations come in the original's format, one dict per document:
 
         out = model(input_ids=ids, bbox=boxes, attention_mask=mask,
                     entities=[{"start": [1, 4, 7], "end": [3, 6, 9], "label": [1, 2, 2]}],

@@ -7,16 +7,16 @@ features per token), and one document at a time:
 1. **candidate pairs** (`candidate_pairs`): every (question, answer) pair of entities, label 1
    to label 2, labelled 1 when it is a gold relation and 0 otherwise;
 2. **each side** of a pair is the state of its entity's first token joined with a learned
-   embedding of the entity's label (``entity_emb``, 3 rows)::
+   embedding of the entity's label (``entity_emb``, 3 rows):
 
        h_head = [x[start(head)]; E[label(head)]]                                     [pairs, 2D]
 
 3. **two-layer ReLU projections**, one per side (``ffnn_head``, ``ffnn_tail``; their dropouts
-   are identities at inference)::
+   are identities at inference):
 
        u = relu(W_3 relu(W_0 h_head + b_0) + b_3)                             [pairs, hidden // 2]
 
-4. **a biaffine classifier** (`biaffine`, ``rel_classifier``) scores 2 classes::
+4. **a biaffine classifier** (`biaffine`, ``rel_classifier``) scores 2 classes:
 
        s_k = u^T W_k v + V_k [u; v] + b_k                                              [pairs, 2]
 

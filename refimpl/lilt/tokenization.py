@@ -187,7 +187,7 @@ class LiltTokenizer(TokenizerBase):
 
     Build it with ``LiltTokenizer.from_pretrained(checkpoint_dir)`` (reads tokenizer.json, or
     vocab.json + merges.txt, plus tokenizer_config.json / special_tokens_map.json) and call it
-    with words and their boxes::
+    with words and their boxes:
 
         tok = LiltTokenizer.from_pretrained("path/to/lilt")
         enc = tok(["Invoice", "total:", "$12"], boxes=[[10, 10, 80, 20], [90, 10, 140, 20], [150, 10, 180, 20]],

@@ -1,9 +1,9 @@
 """LXMERT (Tan & Bansal, 2019) as NumPy functions, equal to transformers 4.56.2.
 
-Public classes: :class:`LxmertModel`, :class:`LxmertForPreTraining`,
-:class:`LxmertForQuestionAnswering`. The computation lives in :mod:`refimpl.lxmert.layers`
+Public classes: `LxmertModel`, `LxmertForPreTraining`,
+`LxmertForQuestionAnswering`. The computation lives in `refimpl.lxmert.layers`
 (embeddings, visual feature encoder, language / relationship / cross-modality layers, pooler)
-and :mod:`refimpl.lxmert.heads` (pre-training and answer heads, losses); their backwards, for
+and `refimpl.lxmert.heads` (pre-training and answer heads, losses); their backwards, for
 ``model.backward``, in `refimpl.lxmert.backward`, `refimpl.lxmert.heads` and
 `refimpl.lxmert.modeling_backward`.
 ``refimpl.lxmert.labels`` names the heads' outputs: ``vocabulary(name)`` and ``decode_top``

@@ -167,7 +167,7 @@ def visual_obj_head(x, *, transform, decoder_dict=None, hidden_act: str, keys):
         x: vision output ``[batch, boxes, hidden]``.
         decoder_dict: ``{"obj": Linear, "attr": Linear, "feat": Linear}`` (enabled ones).
         hidden_act: ``config.hidden_act``.
-        keys: the enabled keys in order (see :func:`visual_losses`).
+        keys: the enabled keys in order (see `visual_losses`).
 
     Returns:
         key -> ``[batch, boxes, num]``.

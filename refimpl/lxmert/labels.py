@@ -4,7 +4,7 @@ LXMERT's heads output indices: ``question_answering_score`` is ``[batch, num_qa_
 (3129 VQA answers, 1842 GQA answers, or the 9500 pre-training answers), and the visual
 object head scores 1600 Visual Genome objects and 400 attributes per region. The public
 files that name those indices are bundled under ``refimpl/data/lxmert-vocab/`` with their
-source commits, licences and sha256 (its ``README.md``)::
+source commits, licences and sha256 (its ``README.md``):
 
     from refimpl.lxmert import vocabulary, decode_top
     vocabulary("vqa")[425]                      # 'yes'
@@ -39,7 +39,7 @@ from ..files import MAX_JSON_BYTES, CheckpointError, read_bytes, read_json
 
 __all__ = ["VOCABULARIES", "VOCABULARY_SIZES", "vocabulary", "vocabulary_for", "decode_top"]
 
-#: the vocabularies :func:`vocabulary` knows, in the order the docs list them.
+#: the vocabularies `vocabulary` knows, in the order the docs list them.
 VOCABULARIES = ("vqa", "gqa", "pretrain", "objects", "attributes")
 
 #: entries of each vocabulary (the width of the head it decodes).

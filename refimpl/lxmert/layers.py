@@ -5,14 +5,14 @@ the cross-modality layer (LxmertXLayer) and the encoder.
 Three encoders run in turn: ``l_layers`` language layers over the words, ``r_layers``
 relationship layers over the regions, then ``x_layers`` cross-modality layers, each of which
 lets the words attend to the regions and the regions to the words through ONE shared
-cross-attention module, then runs a self-attention and a feed-forward block per modality::
+cross-attention module, then runs a self-attention and a feed-forward block per modality:
 
     lang' = CrossAtt(lang -> visn),   visn' = CrossAtt(visn -> lang)      same weights
     lang'' = FFN(SelfAtt(lang')),     visn'' = FFN(SelfAtt(visn'))
 
 Weights arrive as keyword sub-dicts named like the checkpoint's keys; config values are read
-from ``config`` (a :class:`refimpl.config.LxmertConfig`) by name. Every LayerNorm uses
-``eps = 1e-12`` (:data:`LN_EPS`), as the oracle hard-codes it; ``config.layer_norm_eps`` is
+from ``config`` (a `refimpl.config.LxmertConfig`) by name. Every LayerNorm uses
+``eps = 1e-12`` (`LN_EPS`), as the oracle hard-codes it; ``config.layer_norm_eps`` is
 never read.
 
 Trace names equal the oracle's ``named_modules()`` paths: every module whose forward returns

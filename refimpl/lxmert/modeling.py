@@ -17,9 +17,9 @@ Trace names (``refimpl.trace``) are the oracle's ``named_modules()`` paths: unpr
 ``LxmertModel`` (``embeddings.word_embeddings``, ``encoder.x_layers.0.visual_attention.att.query@lang``),
 prefixed by ``lxmert.`` for the head models, whose heads are recorded as ``cls.predictions``,
 ``cls.predictions.transform.dense``, ``cls.seq_relationship``, ``obj_predict_head.decoder_dict.obj``,
-``answer_head.logit_fc.0``, ``answer_head``. See :mod:`refimpl.lxmert.layers` for the ``@lang`` /
+``answer_head.logit_fc.0``, ``answer_head``. See `refimpl.lxmert.layers` for the ``@lang`` /
 ``@visn`` suffixes of the shared cross-attention and the inner attention steps, and
-:mod:`refimpl.lxmert.heads` for the loss names.
+`refimpl.lxmert.heads` for the loss names.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def lxmert_model(w: dict, inputs: dict, config: LxmertConfig) -> dict:
     Returns:
         dict with ``language_output`` ``[batch, seq, hidden]``, ``vision_output``
         ``[batch, boxes, hidden]``, ``pooled_output`` ``[batch, hidden]`` and the tuples of
-        :func:`refimpl.lxmert.layers.lxmert_encoder`.
+        `refimpl.lxmert.layers.lxmert_encoder`.
     """
     # word + position + token-type embeddings: [b, s, h]
     with trace.scope("embeddings"):
@@ -217,7 +217,7 @@ class LxmertModel(_LxmertBase):
     """transformers' ``LxmertModel``: the two-stream encoder and the pooler, without heads.
 
     Call with ``input_ids`` (or ``inputs_embeds``), ``visual_feats``, ``visual_pos`` and
-    optional masks; returns :class:`refimpl.outputs.LxmertModelOutput`.
+    optional masks; returns `refimpl.outputs.LxmertModelOutput`.
     """
 
     is_base_model = True
@@ -337,7 +337,7 @@ class LxmertForPreTraining(_LxmertBase):
         """Run the model and, when any label is given, the oracle's pre-training loss.
 
         Args:
-            input_ids ... output_hidden_states: as :meth:`LxmertModel.forward`.
+            input_ids ... output_hidden_states: as `LxmertModel.forward`.
             labels: ``[batch, seq]`` masked-LM targets in ``[0, vocab)``, -100 ignored
                 (used when ``config.task_mask_lm``). ``masked_lm_labels`` is its deprecated
                 alias and, as in the oracle, wins over ``labels`` (with a FutureWarning).
@@ -522,7 +522,7 @@ class LxmertForQuestionAnswering(_LxmertBase):
         """Run the model and the answer head.
 
         Args:
-            input_ids ... output_hidden_states: as :meth:`LxmertModel.forward`.
+            input_ids ... output_hidden_states: as `LxmertModel.forward`.
             labels: ``[batch]`` answer ids in ``[0, num_qa_labels)``, -100 ignored (class ids,
                 not the one-hot vectors the oracle's docstring mentions).
 

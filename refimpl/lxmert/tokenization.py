@@ -124,7 +124,7 @@ def _check_strings(value, name: str, depth: int) -> None:
 class LxmertTokenizer(TokenizerBase):
     """Tokenizer for LXMERT checkpoints; equal to transformers' ``LxmertTokenizerFast``.
 
-    ::
+    Example:
 
         tok = LxmertTokenizer.from_pretrained("path/to/lxmert")
         enc = tok(["what is on the table?", "how many dogs?"], padding=True, return_tensors="np")
