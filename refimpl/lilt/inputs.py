@@ -17,7 +17,7 @@ from ..checks import broadcasts_to, check_head_mask, check_index_range, first_ba
 from ..config import LiltConfig
 from .embeddings import create_position_ids_from_input_ids, create_position_ids_from_inputs_embeds
 
-__all__ = ["check_inputs"]
+__all__ = ["check_inputs", "check_token_labels"]
 
 
 def _ids(xp, ids, name: str, shape: tuple[int, int], size: int):
@@ -163,3 +163,21 @@ def check_inputs(
         "position_ids": position_ids,
         "head_masks": masks,
     }
+
+
+def check_token_labels(labels, batch: int, seq: int):
+    """Per-token ``labels``: integers, ``batch * seq`` of them (``[batch, seq]``), or a ``ValueError``.
+
+    The values are checked by the loss (``[0, num_labels - 1]`` or ``-100``), which knows the range.
+
+    Args:
+        labels: integer ``[batch, seq]``.
+        batch, seq: the checked inputs' batch and sequence sizes.
+
+    Returns:
+        ``labels`` unchanged.
+    """
+    require_integers(labels, "labels")
+    if labels.size != batch * seq:
+        raise ValueError(f"labels has shape {tuple(labels.shape)}; expected [batch, seq] = {[batch, seq]}")
+    return labels

@@ -36,7 +36,7 @@ from .heads import (
     sequence_classification_loss,
     token_classification_loss,
 )
-from .inputs import check_inputs
+from .inputs import check_inputs, check_token_labels
 from .layers import lilt_encoder
 from .modeling_backward import (
     lilt_base_model_backward,
@@ -232,18 +232,30 @@ _MODEL_INPUTS = (
 )
 
 
+def per_layer(out: LiltModelOutput) -> dict[str, tuple | None]:
+    """The encoder's four per-layer tuples (``hidden_states``, ``attentions`` and their
+    ``layout_`` twins, ``None`` unless asked for), which every head's output carries on."""
+    return {
+        "hidden_states": out.hidden_states,
+        "attentions": out.attentions,
+        "layout_hidden_states": out.layout_hidden_states,
+        "layout_attentions": out.layout_attentions,
+    }
+
+
 class _LiltBase(PreTrainedModel):
     config_class = LiltConfig
     base_model_prefix = "lilt"
 
-    def _check(self, **inputs) -> dict[str, Any]:
-        """`refimpl.lilt.inputs.check_inputs` on the caller's arrays, moved to the model's device."""
-        return check_inputs(self.config, self.dtype, **{k: self._array(v) for k, v in inputs.items()})
+    def _check(self, *inputs) -> dict[str, Any]:
+        """`refimpl.lilt.inputs.check_inputs` on the caller's arrays (in `LiltModel.forward`'s
+        order, ``input_ids`` ... ``inputs_embeds``), moved to the model's device."""
+        return check_inputs(self.config, self.dtype, *(self._array(v) for v in inputs))
 
     def _backward_inputs(self, inputs: dict[str, Any]) -> tuple[dict[str, Any], Any]:
         """For ``_backward``: the forward's inputs checked again (`check_inputs`, cheap; no second
         forward) and the additive mask every layer added, ``[batch, 1, 1|seq, seq]``."""
-        checked = self._check(**{k: inputs.get(k) for k in _MODEL_INPUTS})
+        checked = self._check(*(inputs.get(k) for k in _MODEL_INPUTS))
         return checked, lilt_attention_mask(checked["attention_mask"], self.config, self.dtype)
 
     def _lilt(self, w, inputs, add_pooling_layer: bool, output_attentions, output_hidden_states):
@@ -298,13 +310,7 @@ class LiltModel(_LiltBase):
             output_attentions, output_hidden_states: add the per-layer tuples (``None``: the config's value).
         """
         inputs = self._check(
-            input_ids=input_ids,
-            bbox=bbox,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            position_ids=position_ids,
-            head_mask=head_mask,
-            inputs_embeds=inputs_embeds,
+            input_ids, bbox, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds
         )
         return self._lilt(self.weights, inputs, True, output_attentions, output_hidden_states)
 
@@ -349,13 +355,7 @@ class LiltForSequenceClassification(_LiltBase):
         (regression, ``num_labels == 1``). The loss follows ``config.problem_type``, chosen as
         the oracle does when it is ``None`` (single-label only for int64/int32 labels)."""
         inputs = self._check(
-            input_ids=input_ids,
-            bbox=bbox,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            position_ids=position_ids,
-            head_mask=head_mask,
-            inputs_embeds=inputs_embeds,
+            input_ids, bbox, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds
         )
         b = inputs["bbox"].shape[0]
         if labels is not None:
@@ -378,10 +378,7 @@ class LiltForSequenceClassification(_LiltBase):
         return SequenceClassifierOutput(
             loss=loss,
             logits=logits,
-            hidden_states=out.hidden_states,
-            attentions=out.attentions,
-            layout_hidden_states=out.layout_hidden_states,
-            layout_attentions=out.layout_attentions,
+            **per_layer(out),
         )
 
     def _backward(self, inputs, outputs, grad_outputs):
@@ -423,20 +420,11 @@ class LiltForTokenClassification(_LiltBase):
         """LiltModel's inputs plus ``labels``: integer ``[batch, seq]`` in ``[0, num_labels - 1]``
         or -100 (ignored). The loss is the mean cross entropy over the non-ignored tokens."""
         inputs = self._check(
-            input_ids=input_ids,
-            bbox=bbox,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            position_ids=position_ids,
-            head_mask=head_mask,
-            inputs_embeds=inputs_embeds,
+            input_ids, bbox, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds
         )
         b, s = inputs["bbox"].shape[:2]
         if labels is not None:
-            labels = self._array(labels)
-            require_integers(labels, "labels")
-            if labels.size != b * s:
-                raise ValueError(f"labels has shape {tuple(labels.shape)}; expected [batch, seq] = {[b, s]}")
+            labels = check_token_labels(self._array(labels), b, s)
         with trace.scope("lilt"):
             out = self._lilt(self.weights["lilt"], inputs, False, output_attentions, output_hidden_states)
         # [b, s, h] -> [b, s, labels]
@@ -450,10 +438,7 @@ class LiltForTokenClassification(_LiltBase):
         return TokenClassifierOutput(
             loss=loss,
             logits=logits,
-            hidden_states=out.hidden_states,
-            attentions=out.attentions,
-            layout_hidden_states=out.layout_hidden_states,
-            layout_attentions=out.layout_attentions,
+            **per_layer(out),
         )
 
     def _backward(self, inputs, outputs, grad_outputs):
@@ -495,13 +480,7 @@ class LiltForQuestionAnswering(_LiltBase):
         """LiltModel's inputs plus ``start_positions`` / ``end_positions``: integer ``[batch]``.
         Positions outside ``[0, seq - 1]`` are ignored in the loss (clamped to ``seq``, as the oracle)."""
         inputs = self._check(
-            input_ids=input_ids,
-            bbox=bbox,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            position_ids=position_ids,
-            head_mask=head_mask,
-            inputs_embeds=inputs_embeds,
+            input_ids, bbox, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds
         )
         b = inputs["bbox"].shape[0]
         positions = None
@@ -528,10 +507,7 @@ class LiltForQuestionAnswering(_LiltBase):
             loss=loss,
             start_logits=start_logits,
             end_logits=end_logits,
-            hidden_states=out.hidden_states,
-            attentions=out.attentions,
-            layout_hidden_states=out.layout_hidden_states,
-            layout_attentions=out.layout_attentions,
+            **per_layer(out),
         )
 
     def _backward(self, inputs, outputs, grad_outputs):

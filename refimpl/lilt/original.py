@@ -24,13 +24,12 @@ from typing import Any
 
 from .. import trace
 from ..backend import get_namespace
-from ..checks import require_integers
 from ..config import LiltConfig
 from ..modeling import PreTrainedModel
 from ..ops import cross_entropy, linear
 from ..outputs import ReOutput, TokenClassifierOutput
-from .inputs import check_inputs
-from .modeling import base_shapes, lilt_model
+from .inputs import check_inputs, check_token_labels
+from .modeling import base_shapes, lilt_model, per_layer
 from .original_re import ENTITY_LABELS, check_entities, check_relations, relation_extraction
 
 __all__ = [
@@ -99,9 +98,10 @@ class _OriginalHead(PreTrainedModel):
         """The encoder's keys: ``lilt.*``, without a pooler (the original builds it with ``add_pooling_layer=False``)."""
         return base_shapes(config, prefix="lilt.", add_pooling_layer=False)
 
-    def _encode(self, output_attentions, output_hidden_states, **inputs) -> tuple[dict[str, Any], Any]:
-        """Checked inputs, and the encoder's output (traced under ``lilt``)."""
-        inputs = check_inputs(self.config, self.dtype, **{k: self._array(v) for k, v in inputs.items()})
+    def _encode(self, output_attentions, output_hidden_states, inputs: tuple) -> tuple[dict[str, Any], Any]:
+        """Checked inputs (given in `LiltModel.forward`'s order, ``input_ids`` ... ``inputs_embeds``),
+        and the encoder's output (traced under ``lilt``)."""
+        inputs = check_inputs(self.config, self.dtype, *(self._array(v) for v in inputs))
         output_attentions, output_hidden_states = self._flags(output_attentions, output_hidden_states)
         with trace.scope("lilt"):
             out = lilt_model(
@@ -158,21 +158,12 @@ class LiLTRobertaLikeForTokenClassification(_OriginalHead):
         inputs, out = self._encode(
             output_attentions,
             output_hidden_states,
-            input_ids=input_ids,
-            bbox=bbox,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            position_ids=position_ids,
-            head_mask=head_mask,
-            inputs_embeds=inputs_embeds,
+            (input_ids, bbox, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds),
         )
         b, s = inputs["bbox"].shape[:2]
         mask = None
         if labels is not None:
-            labels = self._array(labels)
-            require_integers(labels, "labels")
-            if labels.size != b * s:
-                raise ValueError(f"labels has shape {tuple(labels.shape)}; expected [batch, seq] = {[b, s]}")
+            labels = check_token_labels(self._array(labels), b, s)
             if attention_mask is not None:
                 mask = inputs["attention_mask"]
                 if mask.ndim != 2:
@@ -193,10 +184,7 @@ class LiLTRobertaLikeForTokenClassification(_OriginalHead):
         return TokenClassifierOutput(
             loss=loss,
             logits=logits,
-            hidden_states=out.hidden_states,
-            attentions=out.attentions,
-            layout_hidden_states=out.layout_hidden_states,
-            layout_attentions=out.layout_attentions,
+            **per_layer(out),
         )
 
 
@@ -267,13 +255,7 @@ class LiLTRobertaLikeForRelationExtraction(_OriginalHead):
         inputs, out = self._encode(
             output_attentions,
             output_hidden_states,
-            input_ids=input_ids,
-            bbox=bbox,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            position_ids=position_ids,
-            head_mask=head_mask,
-            inputs_embeds=inputs_embeds,
+            (input_ids, bbox, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds),
         )
         b, s = inputs["bbox"].shape[:2]
         docs = check_entities(entities, b, s)
