@@ -454,3 +454,43 @@ class TokenizerBase:
             pad_token_type_id=self.pad_token_type_id,
         )
         return rows
+
+    def columns(
+        self,
+        rows: list[Row],
+        *,
+        return_token_type_ids: bool | None,
+        return_attention_mask: bool | None,
+        return_special_tokens_mask: bool,
+        return_offsets_mapping: bool,
+        return_length: bool,
+        return_overflowing_tokens: bool,
+    ) -> dict[str, list]:
+        """The padded rows as transformers' columns, in its key order: ``input_ids``, then each
+        asked-for column (``None`` for the first two: present when ``model_input_names`` has it).
+
+        Args:
+            rows: one `Row` per model input sequence, ``n`` of them, each padded to ``seq``.
+
+        Returns:
+            ``{name: n lists of seq values}`` (``length``: ``n`` ints;
+            ``overflow_to_sample_mapping``: ``n`` sample indices).
+        """
+        if return_token_type_ids is None:
+            return_token_type_ids = "token_type_ids" in self.model_input_names
+        if return_attention_mask is None:
+            return_attention_mask = "attention_mask" in self.model_input_names
+        data = {"input_ids": [r.input_ids for r in rows]}
+        if return_token_type_ids:
+            data["token_type_ids"] = [r.token_type_ids for r in rows]
+        if return_attention_mask:
+            data["attention_mask"] = [r.attention_mask for r in rows]
+        if return_special_tokens_mask:
+            data["special_tokens_mask"] = [r.special_tokens_mask for r in rows]
+        if return_offsets_mapping:
+            data["offset_mapping"] = [r.offsets for r in rows]
+        if return_length:
+            data["length"] = [len(r.input_ids) for r in rows]
+        if return_overflowing_tokens:
+            data["overflow_to_sample_mapping"] = [r.sample_index for r in rows]
+        return data

@@ -325,23 +325,15 @@ class LxmertTokenizer(TokenizerBase):
             return_overflowing_tokens=return_overflowing_tokens,
         )
 
-        if return_token_type_ids is None:
-            return_token_type_ids = "token_type_ids" in self.model_input_names
-        if return_attention_mask is None:
-            return_attention_mask = "attention_mask" in self.model_input_names
-        data = {"input_ids": [r.input_ids for r in rows]}
-        if return_token_type_ids:
-            data["token_type_ids"] = [r.token_type_ids for r in rows]
-        if return_attention_mask:
-            data["attention_mask"] = [r.attention_mask for r in rows]
-        if return_special_tokens_mask:
-            data["special_tokens_mask"] = [r.special_tokens_mask for r in rows]
-        if return_offsets_mapping:
-            data["offset_mapping"] = [r.offsets for r in rows]
-        if return_length:
-            data["length"] = [len(r.input_ids) for r in rows]
-        if return_overflowing_tokens:
-            data["overflow_to_sample_mapping"] = [r.sample_index for r in rows]
+        data = self.columns(
+            rows,
+            return_token_type_ids=return_token_type_ids,
+            return_attention_mask=return_attention_mask,
+            return_special_tokens_mask=return_special_tokens_mask,
+            return_offsets_mapping=return_offsets_mapping,
+            return_length=return_length,
+            return_overflowing_tokens=return_overflowing_tokens,
+        )
 
         data = to_tensors(data, return_tensors)
         if not is_batched and return_tensors is None and not return_overflowing_tokens:
