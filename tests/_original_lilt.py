@@ -133,7 +133,7 @@ class Extractor(nn.Module):
     def __init__(self, config, width: int):
         super().__init__()
         h, p = config.hidden_size, config.hidden_dropout_prob
-        self.entity_emb = nn.Embedding(3, width)
+        self.entity_emb = nn.Embedding(3, width, scale_grad_by_freq=True)  # re.py:59
         self.ffnn_head = projection(2 * width, h, p)
         self.ffnn_tail = projection(2 * width, h, p)
         self.rel_classifier = Biaffine(h // 2, 2)

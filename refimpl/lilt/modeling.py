@@ -50,9 +50,11 @@ __all__ = [
     "LiltForSequenceClassification",
     "LiltForTokenClassification",
     "LiltForQuestionAnswering",
+    "LiltPreTrainedModel",
     "lilt_model",
     "lilt_attention_mask",
     "base_shapes",
+    "per_layer",
 ]
 
 
@@ -243,7 +245,10 @@ def per_layer(out: LiltModelOutput) -> dict[str, tuple | None]:
     }
 
 
-class _LiltBase(PreTrainedModel):
+class LiltPreTrainedModel(PreTrainedModel):
+    """What every LiLT class shares (transformers' ``LiltPreTrainedModel``): the input checks,
+    the encoder call, and the inputs the backward re-checks. Not a model on its own."""
+
     config_class = LiltConfig
     base_model_prefix = "lilt"
 
@@ -272,7 +277,7 @@ class _LiltBase(PreTrainedModel):
         )
 
 
-class LiltModel(_LiltBase):
+class LiltModel(LiltPreTrainedModel):
     """transformers.LiltModel: text + layout encoder with a pooler.
 
     ``model(input_ids=ids, bbox=boxes, attention_mask=mask)`` returns a
@@ -320,7 +325,7 @@ class LiltModel(_LiltBase):
         return lilt_base_model_backward(self.weights, checked, self.config, mask, outputs, grad_outputs)
 
 
-class LiltForSequenceClassification(_LiltBase):
+class LiltForSequenceClassification(LiltPreTrainedModel):
     """transformers.LiltForSequenceClassification: RoBERTa head on the first token (no pooler)."""
 
     @classmethod
@@ -390,7 +395,7 @@ class LiltForSequenceClassification(_LiltBase):
         )
 
 
-class LiltForTokenClassification(_LiltBase):
+class LiltForTokenClassification(LiltPreTrainedModel):
     """transformers.LiltForTokenClassification: a linear classifier on every token (no pooler)."""
 
     @classmethod
@@ -450,7 +455,7 @@ class LiltForTokenClassification(_LiltBase):
         )
 
 
-class LiltForQuestionAnswering(_LiltBase):
+class LiltForQuestionAnswering(LiltPreTrainedModel):
     """transformers.LiltForQuestionAnswering: start/end logits per token (no pooler; needs ``num_labels == 2``)."""
 
     @classmethod

@@ -116,13 +116,13 @@ def lilt_model_backward(
     return {"last_hidden_state": d_last, "inputs_embeds": d_inputs_embeds}, grads
 
 
-def _record_inputs_embeds(d: dict[str, Any]) -> None:
+def record_inputs_embeds_grad(d: dict[str, Any]) -> None:
     """The gradient of the caller's ``inputs_embeds``, under the golden file's input name."""
     if d["inputs_embeds"] is not None:
         trace.record("inputs.inputs_embeds", d["inputs_embeds"])
 
 
-def _grad_loss(loss):
+def grad_of_loss(loss):
     """``dL/dloss = 1`` when ``L`` is the loss, recorded as the trace names the loss (``loss``,
     ``outputs.loss``); a 0-d array in the loss's dtype."""
     xp = get_namespace(loss)
@@ -163,7 +163,7 @@ def lilt_base_model_backward(
         grad_outputs["pooler_output"],
     )
     trace.record("outputs.last_hidden_state", d["last_hidden_state"])
-    _record_inputs_embeds(d)
+    record_inputs_embeds_grad(d)
     return grads
 
 
@@ -191,7 +191,7 @@ def sequence_classification_backward(
     logits = outputs.logits  # [b, labels]
     if grad_outputs is None:
         d_logits = sequence_classification_loss_backward(
-            _grad_loss(outputs.loss),
+            grad_of_loss(outputs.loss),
             logits,
             labels,
             num_labels=config.num_labels,
@@ -207,7 +207,7 @@ def sequence_classification_backward(
         d_last, head_grads = classification_head_backward(d_logits, last, **w["classifier"])
     with trace.scope("lilt"):
         d, lilt_grads = lilt_model_backward(w["lilt"], inputs, config, attention_mask, d_last)
-    _record_inputs_embeds(d)
+    record_inputs_embeds_grad(d)
     return {"lilt": lilt_grads, "classifier": head_grads}
 
 
@@ -234,7 +234,7 @@ def token_classification_backward(
     """
     logits = outputs.logits  # [b, s, labels]
     if grad_outputs is None:
-        d_logits = token_classification_loss_backward(_grad_loss(outputs.loss), logits, labels)
+        d_logits = token_classification_loss_backward(grad_of_loss(outputs.loss), logits, labels)
     else:
         d_logits = grad_outputs["logits"]
     trace.record("outputs.logits", d_logits)
@@ -246,7 +246,7 @@ def token_classification_backward(
         d_last, d_weight, d_bias = linear_backward(d_logits, last, **w["classifier"])
     with trace.scope("lilt"):
         d, lilt_grads = lilt_model_backward(w["lilt"], inputs, config, attention_mask, d_last)
-    _record_inputs_embeds(d)
+    record_inputs_embeds_grad(d)
     return {"lilt": lilt_grads, "classifier": bert.linear_grads(d_weight, d_bias)}
 
 
@@ -274,7 +274,7 @@ def question_answering_backward(
     """
     if grad_outputs is None:
         d_start, d_end = question_answering_loss_backward(
-            _grad_loss(outputs.loss), outputs.start_logits, outputs.end_logits, *positions
+            grad_of_loss(outputs.loss), outputs.start_logits, outputs.end_logits, *positions
         )
     else:
         d_start, d_end = grad_outputs["start_logits"], grad_outputs["end_logits"]
@@ -287,5 +287,5 @@ def question_answering_backward(
         d_last, head_grads = question_answering_logits_backward(d_start, d_end, last, **w["qa_outputs"])
     with trace.scope("lilt"):
         d, lilt_grads = lilt_model_backward(w["lilt"], inputs, config, attention_mask, d_last)
-    _record_inputs_embeds(d)
+    record_inputs_embeds_grad(d)
     return {"lilt": lilt_grads, "qa_outputs": head_grads}

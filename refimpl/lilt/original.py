@@ -24,20 +24,31 @@ from typing import Any
 
 from .. import trace
 from ..backend import get_namespace
+from ..bert import linear_grads
 from ..config import LiltConfig
-from ..modeling import PreTrainedModel
-from ..ops import cross_entropy, linear
+from ..losses import cross_entropy_backward
+from ..ops import cross_entropy, linear, linear_backward
 from ..outputs import ReOutput, TokenClassifierOutput
-from .inputs import check_inputs, check_token_labels
-from .modeling import base_shapes, lilt_model, per_layer
-from .original_re import ENTITY_LABELS, check_entities, check_relations, relation_extraction
+from ..tape import saved
+from .inputs import check_token_labels
+from .modeling import LiltPreTrainedModel, base_shapes, lilt_model, per_layer
+from .modeling_backward import grad_of_loss, lilt_model_backward, record_inputs_embeds_grad
+from .original_re import (
+    ENTITY_LABELS,
+    check_entities,
+    check_relations,
+    relation_extraction,
+    relation_extraction_backward,
+)
 
 __all__ = [
     "LiLTRobertaLikeForTokenClassification",
     "LiLTRobertaLikeForRelationExtraction",
     "two_stream_width",
     "two_streams",
+    "two_streams_backward",
     "active_token_loss",
+    "active_token_loss_backward",
 ]
 
 
@@ -64,6 +75,29 @@ def two_streams(out):
     return x
 
 
+def two_streams_backward(grad_output, w, inputs, config: LiltConfig, attention_mask) -> dict[str, Any]:
+    """Backward of `two_streams` and of the encoder under it: ``dL/dx`` split at ``hidden`` into
+    the text and layout streams' gradients, then `refimpl.lilt.modeling_backward.lilt_model_backward`.
+
+    Args:
+        grad_output: ``dL/dx``, ``[batch, seq, hidden + hidden // r]``.
+        w: the head model's nested weights (``w["lilt"]`` is used).
+        inputs: the checked inputs; attention_mask: the forward's additive mask.
+        config: the model config.
+
+    Returns:
+        the encoder weights' gradients, keyed like ``w["lilt"]``.
+    """
+    trace.record("dropout", grad_output)
+    h = config.hidden_size
+    with trace.scope("lilt"):
+        d, grads = lilt_model_backward(
+            w["lilt"], inputs, config, attention_mask, grad_output[..., :h], grad_output[..., h:]
+        )
+    record_inputs_embeds_grad(d)
+    return grads
+
+
 def active_token_loss(logits, labels, attention_mask=None):
     """The original token-classification loss: mean cross entropy over the tokens whose
     ``attention_mask`` is exactly 1, labels of -100 skipped too.
@@ -87,7 +121,26 @@ def active_token_loss(logits, labels, attention_mask=None):
     return cross_entropy(logits.reshape(-1, n), labels).astype(logits.dtype)
 
 
-class _OriginalHead(PreTrainedModel):
+def active_token_loss_backward(grad_output, logits, labels, attention_mask=None):
+    """Backward of `active_token_loss`: `refimpl.losses.cross_entropy_backward` on the same
+    flattened labels (inactive tokens and -100 get no gradient).
+
+    Args:
+        grad_output: ``dL/dloss``, 0-d.
+        logits, labels, attention_mask: as for `active_token_loss`.
+
+    Returns:
+        ``dL/dlogits``, ``[batch, seq, labels]``.
+    """
+    xp = get_namespace(logits, labels)
+    n = logits.shape[-1]
+    labels = labels.reshape(-1)  # [b*s]
+    if attention_mask is not None:
+        labels = xp.where(attention_mask.reshape(-1) == 1, labels, -100)
+    return cross_entropy_backward(grad_output, logits.reshape(-1, n), labels).reshape(logits.shape)
+
+
+class _OriginalHead(LiltPreTrainedModel):
     """The original's head models: ``lilt`` (no pooler) and a head on the joined streams."""
 
     config_class = LiltConfig
@@ -101,7 +154,7 @@ class _OriginalHead(PreTrainedModel):
     def _encode(self, output_attentions, output_hidden_states, inputs: tuple) -> tuple[dict[str, Any], Any]:
         """Checked inputs (given in `LiltModel.forward`'s order, ``input_ids`` ... ``inputs_embeds``),
         and the encoder's output (traced under ``lilt``)."""
-        inputs = check_inputs(self.config, self.dtype, *(self._array(v) for v in inputs))
+        inputs = self._check(*inputs)
         output_attentions, output_hidden_states = self._flags(output_attentions, output_hidden_states)
         with trace.scope("lilt"):
             out = lilt_model(
@@ -186,6 +239,27 @@ class LiLTRobertaLikeForTokenClassification(_OriginalHead):
             logits=logits,
             **per_layer(out),
         )
+
+    def _backward(self, inputs, outputs, grad_outputs):
+        """The backward of `forward` (see `refimpl.gradients`): the loss (`active_token_loss_backward`)
+        or ``G`` of ``logits``, ``classifier``, then both streams (`two_streams_backward`)."""
+        checked, mask = self._backward_inputs(inputs)
+        if grad_outputs is None:
+            labels = self._array(inputs["labels"])
+            keep = checked["attention_mask"] if inputs.get("attention_mask") is not None else None
+            d_logits = active_token_loss_backward(grad_of_loss(outputs.loss), outputs.logits, labels, keep)
+        else:
+            d_logits = grad_outputs["logits"]
+        trace.record("outputs.logits", d_logits)
+        x = saved("dropout")  # the joined streams, [b, s, D]
+        # [b, s, labels] -> [b, s, D]
+        with trace.scope("classifier"):
+            trace.output(d_logits)
+            d_x, d_weight, d_bias = linear_backward(d_logits, x, **self.weights["classifier"])
+        return {
+            "lilt": two_streams_backward(d_x, self.weights, checked, self.config, mask),
+            "classifier": linear_grads(d_weight, d_bias),
+        }
 
 
 class LiLTRobertaLikeForRelationExtraction(_OriginalHead):
@@ -280,3 +354,31 @@ class LiLTRobertaLikeForRelationExtraction(_OriginalHead):
             layout_hidden_states=out.layout_hidden_states,
             layout_attentions=out.layout_attentions,
         )
+
+    def _backward(self, inputs, outputs, grad_outputs):
+        """The backward of `forward` (see `refimpl.gradients`): the loss (or ``G`` of ``logits``)
+        through the decoder (`refimpl.lilt.original_re.relation_extraction_backward`), then both
+        streams (`two_streams_backward`)."""
+        checked, mask = self._backward_inputs(inputs)
+        b, s = checked["bbox"].shape[:2]
+        docs = check_entities(inputs.get("entities"), b, s)
+        gold = check_relations(inputs.get("relations"), docs)
+        grad_loss = grad_of_loss(outputs.loss) if grad_outputs is None else None
+        grad_logits = None if grad_outputs is None else grad_outputs["logits"]
+        x = saved("dropout")  # the joined streams, [b, s, D]
+        # [P, 2] -> [b, s, D]
+        with trace.scope("extractor"):
+            d_logits, d_x, extractor = relation_extraction_backward(
+                grad_loss,
+                grad_logits,
+                x,
+                outputs.logits,
+                docs,
+                gold,
+                **self.weights["extractor"],
+            )
+        trace.record("outputs.logits", d_logits)
+        return {
+            "lilt": two_streams_backward(d_x, self.weights, checked, self.config, mask),
+            "extractor": extractor,
+        }

@@ -37,8 +37,12 @@ from typing import Any
 import numpy as np
 
 from .. import ops, trace
+from ..activations import relu_backward
 from ..backend import get_namespace
-from ..ops import cross_entropy, embedding, linear, relu
+from ..bert import linear_grads
+from ..losses import cross_entropy_backward
+from ..ops import cross_entropy, embedding, embedding_backward, linear, linear_backward, relu
+from ..tape import saved
 
 __all__ = [
     "ENTITY_LABELS",
@@ -49,10 +53,15 @@ __all__ = [
     "check_relations",
     "stand_in",
     "candidate_pairs",
+    "document_pairs",
     "ffnn",
+    "ffnn_backward",
     "biaffine",
+    "biaffine_backward",
     "predicted_relations",
     "relation_extraction",
+    "relation_extraction_backward",
+    "entity_emb_backward",
 ]
 
 #: Rows of ``entity_emb``: the entity labels of the original's XFUND data (HEADER, QUESTION, ANSWER).
@@ -253,6 +262,24 @@ def candidate_pairs(
     return heads, tails, pair_labels
 
 
+def document_pairs(entities, relations) -> list[tuple[dict[str, list[int]], list[int], list[int], list[int]]]:
+    """Per document: the entities decoded (`stand_in`) and their candidate pairs (`candidate_pairs`).
+
+    Args:
+        entities: checked entities (`check_entities`), one dict per document.
+        relations: checked gold relations (`check_relations`) or ``None`` (no gold).
+
+    Returns:
+        one ``(doc, heads, tails, pair_labels)`` per document (``pairs`` ints in each list).
+    """
+    out = []
+    for b, doc in enumerate(entities):
+        doc = stand_in(doc)
+        gold = relations[b] if relations is not None else {"head": [], "tail": []}
+        out.append((doc, *candidate_pairs(doc["label"], gold["head"], gold["tail"])))
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # the decoder's layers
 # --------------------------------------------------------------------------------------------
@@ -282,6 +309,35 @@ def ffnn(x, layers: dict[str, Any]):
     return y
 
 
+def ffnn_backward(grad_output, x, layers: dict[str, Any]):
+    """Backward of `ffnn`, reading the activations it recorded (``"1"``, and its output).
+
+    ``y = relu(W_3 a + b_3)`` with ``a = relu(W_0 x + b_0)``, so, from the top:
+    ``d(W_3 a + b_3) = dy * [y > 0]``, then `linear_backward` gives ``da``, ``dW_3``, ``db_3``;
+    ``d(W_0 x + b_0) = da * [a > 0]``, then ``dx``, ``dW_0``, ``db_0``.
+
+    Args:
+        grad_output: ``dL/dy``, ``[pairs, hidden // 2]``.
+        x: the forward's input ``[pairs, 2D]``.
+        layers: the weights, as for `ffnn`.
+
+    Returns:
+        ``(dx [pairs, 2D], grads)`` with ``grads`` keyed like ``layers``.
+    """
+    trace.output(grad_output, also=("4", "5"))
+    # the last ReLU, then Linear 3: [p, hidden // 2] -> [p, hidden]
+    d3 = relu_backward(grad_output, saved(""))
+    trace.record("3", d3)
+    a = saved("1")
+    d1, dw3, db3 = linear_backward(d3, a, **layers["3"])
+    trace.record("1", d1, also="2")
+    # the first ReLU, then Linear 0: [p, hidden] -> [p, 2D]
+    d0 = relu_backward(d1, a)
+    trace.record("0", d0)
+    dx, dw0, db0 = linear_backward(d0, x, **layers["0"])
+    return dx, {"0": linear_grads(dw0, db0), "3": linear_grads(dw3, db3)}
+
+
 def biaffine(x1, x2, *, bilinear, linear: dict[str, Any]):
     """``BiaffineAttention``: ``s_k = x1^T W_k x2 + V_k [x1; x2] + b_k`` for each class ``k``.
 
@@ -304,6 +360,42 @@ def biaffine(x1, x2, *, bilinear, linear: dict[str, Any]):
     scores = quadratic + affine
     trace.output(scores)
     return scores
+
+
+def biaffine_backward(grad_output, x1, x2, *, bilinear, linear: dict[str, Any]):
+    """Backward of `biaffine` (``s_k = x1^T W_k x2 + V_k [x1; x2] + b_k``).
+
+    With ``g_k = dL/ds_k`` per pair: ``dW_k = sum_p g_pk x1_p x2_p^T``,
+    ``dx1_p = sum_k g_pk W_k x2_p`` and ``dx2_p = sum_k g_pk W_k^T x1_p``, plus the affine
+    part's `linear_backward` split back into its ``x1`` and ``x2`` halves.
+
+    Args:
+        grad_output: ``dL/ds``, ``[pairs, classes]``.
+        x1, x2: the forward's inputs, ``[pairs, d]`` each.
+        bilinear, linear: the weights, as for `biaffine`.
+
+    Returns:
+        ``(dx1 [pairs, d], dx2 [pairs, d], grads)`` with ``grads`` keyed like the weights.
+    """
+    xp = get_namespace(grad_output, x1, x2)
+    W = bilinear["weight"]  # [k, d, d]
+    trace.output(grad_output)
+    trace.record("bilinear", grad_output)
+    trace.record("linear", grad_output)
+    g = grad_output.T[:, :, None]  # [k, p, 1]
+    # dW_k = (g_k * x1)^T x2: [k, d, p] @ [p, d] -> [k, d, d]
+    dW = xp.matmul((g * x1).transpose(0, 2, 1), x2)
+    # dx1 = sum_k g_k (x2 W_k^T), dx2 = sum_k g_k (x1 W_k): [k, p, d] -> [p, d]
+    dx1 = (g * xp.matmul(x2, W.transpose(0, 2, 1))).sum(axis=0)
+    dx2 = (g * xp.matmul(x1, W)).sum(axis=0)
+    # V [x1; x2] + b: [p, k] -> [p, 2d], split at d
+    d = x1.shape[-1]
+    d_cat, dV, db = linear_backward(grad_output, xp.concatenate([x1, x2], axis=-1), **linear)
+    return (
+        dx1 + d_cat[:, :d],
+        dx2 + d_cat[:, d:],
+        {"bilinear": {"weight": dW}, "linear": linear_grads(dV, db)},
+    )
 
 
 def predicted_relations(
@@ -358,10 +450,7 @@ def relation_extraction(x, entities, relations, *, entity_emb, ffnn_head, ffnn_t
     """
     xp = get_namespace(x)
     all_logits, all_labels, pred_relations, decoded = [], [], [], []
-    for b, doc in enumerate(entities):
-        doc = stand_in(doc)
-        gold = relations[b] if relations is not None else {"head": [], "tail": []}
-        heads, tails, labels = candidate_pairs(doc["label"], gold["head"], gold["tail"])
+    for b, (doc, heads, tails, labels) in enumerate(document_pairs(entities, relations)):
         starts = np.asarray(doc["start"], dtype=np.int64)
         kinds = np.asarray(doc["label"], dtype=np.int64)
         sides = []
@@ -395,3 +484,107 @@ def relation_extraction(x, entities, relations, *, entity_emb, ffnn_head, ffnn_t
         loss = cross_entropy(logits, xp.asarray(np.asarray(all_labels, dtype=np.int64))).astype(logits.dtype)
         trace.record("loss_fct", loss)
     return loss, logits, pred_relations, decoded
+
+
+def _add(total: dict[str, Any] | None, part: dict[str, Any]) -> dict[str, Any]:
+    """Nested gradients summed key by key (a weight every document uses)."""
+    if total is None:
+        return part
+    return {k: _add(total[k], v) if isinstance(v, dict) else total[k] + v for k, v in part.items()}
+
+
+def entity_emb_backward(grad_output, kinds: np.ndarray):
+    """Backward of one ``entity_emb`` lookup, which the original builds with
+    ``scale_grad_by_freq=True`` (``re.py``): each row's summed gradient is divided by how many
+    times this lookup used it, ``dE[i] = sum_{p: k_p = i} dy_p / count_i``, as torch's
+    ``embedding_backward`` does.
+
+    Args:
+        grad_output: ``dL/dy``, ``[pairs, D]``.
+        kinds: the looked-up entity labels, integer ``[pairs]`` (host array).
+
+    Returns:
+        ``dE``, ``[3, D]``.
+    """
+    xp = get_namespace(grad_output)
+    counts = np.maximum(np.bincount(kinds, minlength=ENTITY_LABELS), 1)  # [3]
+    table = embedding_backward(grad_output, xp.asarray(kinds), ENTITY_LABELS)  # [3, D]
+    return table / xp.asarray(counts, dtype=table.dtype)[:, None]
+
+
+def relation_extraction_backward(
+    grad_loss,
+    grad_logits,
+    x,
+    logits,
+    entities,
+    relations,
+    *,
+    entity_emb,
+    ffnn_head,
+    ffnn_tail,
+    rel_classifier,
+):
+    """Backward of `relation_extraction`, document by document in the forward's scopes.
+
+    The loss's gradient is split into the documents' pairs; per document, `biaffine_backward`,
+    each side's `ffnn_backward`, and each side's input ``[x[start]; E[label]]`` split back: the
+    token half scatter-added into ``dx`` at the entities' first tokens, the label half into
+    ``entity_emb`` (`entity_emb_backward`: scaled by each row's frequency, as the original's
+    ``scale_grad_by_freq=True``).
+
+    Args:
+        grad_loss: ``dL/dloss`` (0-d) when ``L`` is the loss, else ``None``.
+        grad_logits: ``dL/dlogits`` ``[pairs of the batch, 2]`` when ``L`` is not the loss, else ``None``.
+        x: the forward's ``[batch, seq, D]``.
+        logits: the forward's ``[pairs of the batch, 2]``.
+        entities, relations: as the forward took them.
+        entity_emb, ffnn_head, ffnn_tail, rel_classifier: the weights, as for `relation_extraction`.
+
+    Returns:
+        ``(d_logits [pairs of the batch, 2], dx [batch, seq, D], grads)`` with ``grads`` keyed like
+        the ``extractor`` weights.
+    """
+    xp = get_namespace(x, logits)
+    plan = document_pairs(entities, relations)
+    if grad_loss is not None:
+        labels = np.asarray([lab for _, _, _, pair_labels in plan for lab in pair_labels], dtype=np.int64)
+        trace.record("loss_fct", grad_loss)
+        d_logits = cross_entropy_backward(grad_loss, logits, xp.asarray(labels))
+    else:
+        d_logits = grad_logits
+    s, width = x.shape[1], x.shape[2]
+    dx = xp.zeros_like(x)
+    d_entity_emb = xp.zeros_like(entity_emb["weight"])
+    grads = None
+    offset = 0
+    for b, (doc, heads, tails, _) in enumerate(plan):
+        g = d_logits[offset : offset + len(heads)]  # [p, 2]
+        offset += len(heads)
+        starts = np.asarray(doc["start"], dtype=np.int64)
+        kinds = np.asarray(doc["label"], dtype=np.int64)
+        with trace.scope("", call=f"doc{b}"):
+            # biaffine scores: [p, 2] -> [p, hidden // 2] x 2
+            with trace.scope("ffnn_head"):
+                u = saved("")
+            with trace.scope("ffnn_tail"):
+                v = saved("")
+            with trace.scope("rel_classifier"):
+                du, dv, g_rel = biaffine_backward(g, u, v, **rel_classifier)
+            doc_grads = {"rel_classifier": g_rel}
+            for side, idx, d_out, layers in (("head", heads, du, ffnn_head), ("tail", tails, dv, ffnn_tail)):
+                idx = np.asarray(idx, dtype=np.int64)
+                with trace.scope("entity_emb", call=f"doc{b}_{side}"):
+                    label_repr = saved("")
+                # the side's input, as the forward joined it: [p, D] + [p, D] -> [p, 2D]
+                side_in = xp.concatenate([x[b][xp.asarray(starts[idx])], label_repr], axis=-1)
+                with trace.scope(f"ffnn_{side}"):
+                    d_side, doc_grads[f"ffnn_{side}"] = ffnn_backward(d_out, side_in, layers)
+                # [p, 2D] -> the token half into x[b] at the first tokens, the label half into E
+                with trace.scope("entity_emb", call=f"doc{b}_{side}"):
+                    trace.output(d_side[:, width:])
+                d_entity_emb += entity_emb_backward(d_side[:, width:], kinds[idx])
+                dx[b] += embedding_backward(d_side[:, :width], xp.asarray(starts[idx]), s)
+        grads = _add(grads, doc_grads)
+    grads["entity_emb"] = {"weight": d_entity_emb}
+    return d_logits, dx, grads
