@@ -48,7 +48,9 @@ def _pair(tmp_path_factory, cls, arch: str, seed: int, dtype: str):
 
 @pytest.fixture(scope="module", params=["float64", "float32"])
 def token(request, tmp_path_factory):
-    return _pair(tmp_path_factory, TokenClassifier, "LiLTRobertaLikeForTokenClassification", 21, request.param)
+    return _pair(
+        tmp_path_factory, TokenClassifier, "LiLTRobertaLikeForTokenClassification", 21, request.param
+    )
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +111,9 @@ def test_token_classification_gradients_equal_autograd(token, labelled):
 
 
 @settings(max_examples=8, deadline=None)
-@given(data=st.data(), b=st.integers(1, 3), s=st.integers(2, 9), seed=st.integers(0, 2**16), gold=st.booleans())
+@given(
+    data=st.data(), b=st.integers(1, 3), s=st.integers(2, 9), seed=st.integers(0, 2**16), gold=st.booleans()
+)
 def test_relation_extraction_gradients_equal_autograd(relation, data, b, s, seed, gold):
     """Documents drawn as the forward's tests draw them: empty, one- and two-entity documents
     (the stand-in), repeated and non-candidate gold relations; with relations ``L`` is the
