@@ -30,6 +30,9 @@
 # stream, $n$ heads of size $d = H/n$ (layout heads $d /\!/ r$), every linear layer
 # $y = xW^\top + b$ with $W$ the stored `[out, in]` matrix, and $\mathrm{d}Z$ means
 # $\partial L / \partial Z$, of $Z$'s shape.
+#
+# Each check prints `max |diff|` first, relative to the size of the expected values
+# (divided by $\max(1, \max|\text{expected}|)$), and fails above $10^{-12}$.
 
 # %%
 import json
@@ -70,7 +73,7 @@ def check(name, ours, theirs, atol=ATOL):
     ours, theirs = np.asarray(ours), np.asarray(theirs)
     assert ours.shape == theirs.shape, f"{name}: shapes {ours.shape} != {theirs.shape}"
     diff = np.abs(ours - theirs).max() / max(1.0, np.abs(theirs).max())
-    print(f"max |diff| / scale = {diff:.1e}  {name}  {ours.shape}")
+    print(f"max |diff| = {diff:.1e}  {name}  {ours.shape}")
     assert diff <= atol, f"{name}: {diff:.3e} > {atol}"
     return diff
 
