@@ -86,8 +86,23 @@ def test_notebook_executes(name, monkeypatch, tmp_path):
     )
     assert FINAL_CHECK[name] in text, "the notebook's final check did not run"
     if name == "lilt_finetune":
-        svg = (tmp_path / "lilt-finetune-loss.svg").read_text(encoding="utf-8")
-        assert svg.lstrip().startswith("<?xml") and "<svg" in svg, "the loss plot was not saved as SVG"
+        svg = (tmp_path / "lilt-finetune-loss.svg").read_bytes()
+        assert svg.lstrip().startswith(b"<?xml") and b"<svg" in svg, "the loss plot was not saved as SVG"
+        import matplotlib
+
+        committed = ROOT / "docs" / "figures" / "notebooks" / "lilt-finetune-loss.svg"
+        if matplotlib.__version__ == _figures_matplotlib():  # SVG bytes depend on matplotlib's version
+            assert svg == committed.read_bytes(), (
+                f"{committed.relative_to(ROOT)} is stale: run .venv/bin/python notebooks/build.py lilt_finetune.py"
+            )
+
+
+def _figures_matplotlib() -> str:
+    """The matplotlib version docs/figures.py's committed figures were drawn with."""
+    import re
+
+    text = (ROOT / "docs" / "figures.py").read_text(encoding="utf-8")
+    return re.search(r'^MATPLOTLIB_VERSION = "([^"]+)"', text, flags=re.M).group(1)
 
 
 def _notebook_cell(name: str, marker: str) -> str:
