@@ -37,11 +37,14 @@
 # %%
 import json
 import sys
+import warnings
 
 import matplotlib
 
 if "ipykernel" not in sys.modules:
     matplotlib.use("Agg")  # headless when run as a plain script
+else:  # tqdm (imported by transformers) warns when the kernel has no ipywidgets
+    warnings.filterwarnings("ignore", message="IProgress not found")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
