@@ -53,7 +53,7 @@ from transformers import LiltForTokenClassification
 import refimpl
 from refimpl import trace
 from refimpl.activations import gelu, gelu_backward
-from refimpl.attention import attention_probs, extended_attention_mask, merge_heads, split_heads
+from refimpl.attention import attention_probs, extended_attention_mask, head_masks, merge_heads, split_heads
 from refimpl.bi_acm import bi_acm_backward, bi_acm_contexts, bi_acm_scores
 from refimpl.data import path as bundled_path
 from refimpl.gradients import TensorGrads, flatten_grads
@@ -374,6 +374,52 @@ worst_torch = max(check(f"d {key}", grads[key], torch_grads[key]) for key in sor
 worst_torch = max(worst_torch, check("dX", d_X, Xt.grad.numpy()), check("dY", d_Y, Yt.grad.numpy()))
 
 # %% [markdown]
+# ### With a head mask
+#
+# A head mask $h$ multiplies the probabilities after the softmax, $P' = P \odot h$, and both
+# contexts read $P'$. Where $h = 0$ the head's contexts are 0, so its values, scores, queries
+# and keys get no gradient; yet $\mathrm{d}P' = \mathrm{d}C\,V^\top$ is not 0 there (it is what a
+# golden file stores as that head's `attention_probs` gradient). The softmax's backward needs
+# $P$ from *before* the mask, which $P'$ cannot give back where $h = 0$: the library's tape
+# therefore keeps the scores when there is a head mask and recomputes $P$ from them. Below,
+# head 1 is switched off; the library and autograd must still agree.
+
+# %%
+hm = np.array([1.0, 0.0, 1.0, 1.0])  # head 1 off
+layer_hm = head_masks(hm, 1, n, np.float64)[0]  # [1, n, 1, 1]
+tape_hm = Tape(skip=())  # keep the scores too
+with trace.tracing(recorder=tape_hm), trace.scope("layer"):
+    X1_hm, Y1_hm, _ = layers.lilt_layer(X, Y, M, layer_hm, **w0, config=cfg)
+grads_hm_rec = TensorGrads()
+with reading(tape_hm), trace.tracing(recorder=grads_hm_rec), trace.scope("layer"):
+    dX_hm, dY_hm, nested_hm = lilt_backward.lilt_layer_backward(G, G_l, X, Y, M, layer_hm, **w0, config=cfg)
+grads_hm = flatten_grads(nested_hm)
+
+for p in hf_layer.parameters():
+    p.grad = None
+Xt_hm, Yt_hm = torch.tensor(X, requires_grad=True), torch.tensor(Y, requires_grad=True)
+(X1t_hm, Y1t_hm), *_ = hf_layer(
+    Xt_hm, Yt_hm, attention_mask=torch.tensor(M), head_mask=torch.tensor(layer_hm)
+)
+((X1t_hm * torch.tensor(G)).sum() + (Y1t_hm * torch.tensor(G_l)).sum()).backward()
+worst_hm = max(
+    check(f"d {k} (head mask)", grads_hm[k], p.grad.numpy()) for k, p in hf_layer.named_parameters()
+)
+worst_hm = max(
+    worst_hm,
+    check("dX (head mask)", dX_hm, Xt_hm.grad.numpy()),
+    check("dY (head mask)", dY_hm, Yt_hm.grad.numpy()),
+)
+worst_torch = max(worst_torch, worst_hm)
+
+dP_hm = grads_hm_rec.tensors["layer.attention.self.attention_probs"]  # dL/dP', [B, n, L, L]
+dS_hm = grads_hm_rec.tensors["layer.attention.self.attention_scores"]  # dL/dS, [B, n, L, L]
+print(
+    f"head 1: max |dP'| = {np.abs(dP_hm[:, 1]).max():.3f} (not 0), max |dS| = {np.abs(dS_hm[:, 1]).max():.1e}"
+)
+assert np.abs(dP_hm[:, 1]).max() > 0 and np.abs(dS_hm[:, 1]).max() == 0
+
+# %% [markdown]
 # ## Check 3: central finite differences
 #
 # An independent check that needs no autograd: nudge one entry $\theta$ by $\pm h$ and
@@ -435,12 +481,12 @@ plt.show()
 # ## Summary
 #
 # The hand-written steps above are the library's `lilt_layer_backward` to float64
-# round-off, equal torch autograd through transformers' `LiltLayer`, and agree with finite
-# differences that need neither.
+# round-off, equal torch autograd through transformers' `LiltLayer` (with and without a head
+# mask), and agree with finite differences that need neither.
 
 # %%
 print(f"weights and inputs: {len(grads)} + 2 gradients")
 print(f"by hand vs lilt_layer_backward: worst {worst_lib:.1e}")
-print(f"by hand vs torch autograd:      worst {worst_torch:.1e}")
+print(f"by hand vs torch autograd:      worst {worst_torch:.1e} (head mask included)")
 print(f"by hand vs finite differences:  worst {rel.max():.1e} (relative, {len(rows)} entries)")
 print("by hand == lilt_layer_backward == autograd == finite differences")
