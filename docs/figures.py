@@ -12,7 +12,9 @@ Two kinds of figure:
   ``lilt-attention.svg`` (the shared attention probabilities of one head, tokens on both axes),
   ``lilt-page.svg`` (the example page's word boxes coloured by label: the example's labels and
   the model's predictions), ``lxmert-cross-attention.svg`` (word-to-region cross-attention,
-  as a heatmap and over the region boxes).
+  as a heatmap and over the region boxes);
+* **a gradient-flow diagram**: ``lilt-layer-backward.svg`` (one LiLT layer in reverse, from the
+  two output gradients to the two input gradients, as ``refimpl.lilt.backward`` computes them).
 
 Every figure is at most ``MAX_WIDTH_IN`` wide, so the docs show it unscaled in their text column,
 and no label is smaller than ``MIN_LABEL_PT``: drawing a figure that breaks either fails.
@@ -458,6 +460,152 @@ def lxmert_cross_attention():
     return fig
 
 
+GRAD_C = "#b22222"  # gradient arrows
+
+
+def lilt_layer_backward_flow():
+    """The gradient flow through one LiLT layer (refimpl.lilt.backward.lilt_layer_backward), top to
+    bottom: from the layer's two output gradients to its two input gradients, both streams'
+    score gradients meeting in the one shared score."""
+    fig, ax = _canvas(MAX_WIDTH_IN, 8.6, 100, 100)
+    tx, lx, mx = 24, 76, 50
+    ti, li = tx + 3, lx - 3  # the inner boxes, clear of the dV arrows at the sides
+    ax.text(tx, 97, "text stream (width H)", ha="center", fontsize=10, weight="bold", color="#1f4e9c")
+    ax.text(lx, 97, "layout stream (width H/r)", ha="center", fontsize=10, weight="bold", color="#b35900")
+    down = dict(color=GRAD_C)
+
+    _box(ax, tx, 91, 40, 4.6, "dX′  [B, L, H]  (from the next layer)", PLAIN_C, fontsize=8)
+    _box(ax, lx, 91, 40, 4.6, "dY′  [B, L, H/r]", PLAIN_C, fontsize=8)
+    _box(
+        ax,
+        tx,
+        81,
+        44,
+        8.4,
+        "feed-forward in reverse:\nLayerNorm′, linear (W₂), GELU′ = Φ + xφ,\nlinear (W₁); + the residual",
+        TEXT_C,
+        fontsize=8,
+    )
+    _box(
+        ax,
+        lx,
+        81,
+        44,
+        8.4,
+        "feed-forward in reverse (I/r):\nLayerNorm′, linear, GELU′, linear;\n+ the residual",
+        LAYOUT_C,
+        fontsize=8,
+    )
+    _arrow(ax, (tx, 88.6), (tx, 85.3), **down)
+    _arrow(ax, (lx, 88.6), (lx, 85.3), **down)
+    _box(
+        ax,
+        tx,
+        69.5,
+        44,
+        6,
+        "add & norm in reverse: LayerNorm′\ndC = dz W_o;  residual dz → dX",
+        TEXT_C,
+        fontsize=8,
+    )
+    _box(
+        ax,
+        lx,
+        69.5,
+        44,
+        6,
+        "add & norm in reverse: LayerNorm′\ndC_ℓ = dz W_ℓo;  residual dz → dY",
+        LAYOUT_C,
+        fontsize=8,
+    )
+    _arrow(ax, (tx, 76.7), (tx, 72.6), text="dA", offset=(3, 0), **down)
+    _arrow(ax, (lx, 76.7), (lx, 72.6), text="dA_ℓ", offset=(3.5, 0), **down)
+    _box(
+        ax, tx, 58.5, 42, 6, "dP = dC Vᵀ    dV = Pᵀ dC\n(the text stream's gradient of P)", TEXT_C, fontsize=8
+    )
+    _box(
+        ax,
+        lx,
+        58.5,
+        42,
+        6,
+        "dP_ℓ = dC_ℓ V_ℓᵀ    dV_ℓ = Pᵀ dC_ℓ\n(the layout stream's, of the same P)",
+        LAYOUT_C,
+        fontsize=8,
+    )
+    _arrow(ax, (tx, 66.4), (tx, 61.6), text="dC", offset=(3, 0), **down)
+    _arrow(ax, (lx, 66.4), (lx, 61.6), text="dC_ℓ", offset=(3.5, 0), **down)
+    _box(ax, ti, 48, 34, 6, "softmax′ (× head mask)\ndS = P ⊙ (dP − Σ dP ⊙ P)", TEXT_C, fontsize=8)
+    _box(ax, li, 48, 34, 6, "softmax′ (× head mask)\ndS_ℓ = P ⊙ (dP_ℓ − Σ dP_ℓ ⊙ P)", LAYOUT_C, fontsize=8)
+    _arrow(ax, (ti, 55.4), (ti, 51.1), **down)
+    _arrow(ax, (li, 55.4), (li, 51.1), **down)
+    _box(
+        ax,
+        mx,
+        37,
+        60,
+        6.4,
+        "ONE shared score S = T + T_ℓ: both summands get\ndT = dT_ℓ = dS + dS_ℓ   [B, n_h, L, L]",
+        SHARED_C,
+        weight="bold",
+        fontsize=8,
+    )
+    _arrow(ax, (ti + 4, 44.9), (mx - 14, 40.3), **down)
+    _arrow(ax, (li - 4, 44.9), (mx + 14, 40.3), **down)
+    _box(
+        ax,
+        ti,
+        24.5,
+        34,
+        9.4,
+        "dQ = (dT/√d) K\ndK = (dT/√d)ᵀ Q\nrelative positions: dR = dT/√d,\nscatter-added into distance rows",
+        TEXT_C,
+        fontsize=8,
+    )
+    _box(
+        ax,
+        li,
+        24.5,
+        34,
+        9.4,
+        "dQ_ℓ = (dT/√(d // r)) K_ℓ\ndK_ℓ = (dT/√(d // r))ᵀ Q_ℓ\neach stream at its own scale",
+        LAYOUT_C,
+        fontsize=8,
+    )
+    _arrow(ax, (mx - 14, 33.7), (ti + 4, 29.3), **down)
+    _arrow(ax, (mx + 14, 33.7), (li - 4, 29.3), **down)
+    _box(
+        ax,
+        tx,
+        12.5,
+        44,
+        6,
+        "linear′ of Q, K, V (heads merged):\ndX += dQ W_q + dK W_k + dV W_v",
+        TEXT_C,
+        fontsize=8,
+    )
+    _box(
+        ax,
+        lx,
+        12.5,
+        44,
+        6,
+        "linear′ of Q_ℓ, K_ℓ, V_ℓ:\ndY += dQ_ℓ W_ℓq + dK_ℓ W_ℓk + dV_ℓ W_ℓv",
+        LAYOUT_C,
+        fontsize=8,
+    )
+    _arrow(ax, (ti, 19.7), (ti, 15.6), **down)
+    _arrow(ax, (li, 19.7), (li, 15.6), **down)
+    # dV and dV_l skip the scores: from the context step straight to the projections
+    _arrow(ax, (6, 55.4), (6, 15.6), text="dV", text_at=0.62, offset=(3, 0), **down)
+    _arrow(ax, (94, 55.4), (94, 15.6), text="dV_ℓ", text_at=0.62, offset=(-3.5, 0), **down)
+    _box(ax, tx, 3.5, 40, 4.6, "dX  [B, L, H]  (to the layer below)", PLAIN_C, fontsize=8)
+    _box(ax, lx, 3.5, 40, 4.6, "dY  [B, L, H/r]", PLAIN_C, fontsize=8)
+    _arrow(ax, (tx, 9.4), (tx, 5.9), **down)
+    _arrow(ax, (lx, 9.4), (lx, 5.9), **down)
+    return fig
+
+
 # --- writing and checking -------------------------------------------------------------------
 
 
@@ -491,6 +639,7 @@ def figures() -> dict[str, bytes]:
         "lilt-attention.svg": lambda: lilt_attention(run),
         "lilt-page.svg": lambda: lilt_page(run),
         "lxmert-cross-attention.svg": lxmert_cross_attention,
+        "lilt-layer-backward.svg": lilt_layer_backward_flow,
     }
     return {name: _svg(draw(), name) for name, draw in drawn.items()}
 

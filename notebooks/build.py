@@ -8,6 +8,10 @@ each to a notebook, executes it with nbclient in a fresh kernel (working directo
 repository root, so ``import refimpl`` works from a checkout) and writes the ``.ipynb`` beside
 it. ``tests/test_notebooks.py`` re-executes the committed ``.ipynb`` files and checks that
 their code cells still equal the sources.
+
+``lilt_finetune`` also saves its loss plot for the site, ``docs/figures/notebooks/lilt-finetune-loss.svg``
+(``REFIMPL_NOTEBOOK_FIGURES`` names another folder; the tests point it at a scratch folder and
+compare the result with the committed file).
 """
 
 from __future__ import annotations

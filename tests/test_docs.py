@@ -129,6 +129,7 @@ def test_site_loads_nothing_from_the_network(site):
         ("lilt", ["lilt-architecture.svg", "lilt-attention.svg", "lilt-page.svg"]),
         ("lxmert", ["lxmert-architecture.svg", "lxmert-cross-attention.svg"]),
         ("golden-format", []),
+        ("backward", ["lilt-layer-backward.svg"]),
     ],
 )
 def test_model_pages_have_rendered_math_and_figures(site, page, figures):
@@ -151,7 +152,7 @@ def test_model_pages_have_rendered_math_and_figures(site, page, figures):
 
 
 def test_notebooks_are_pages_of_the_site(site):
-    for name in ("lilt_forward", "lxmert_forward"):
+    for name in ("lilt_forward", "lxmert_forward", "lilt_backward", "lilt_finetune"):
         html = (site / "notebooks" / name / "index.html").read_text(encoding="utf-8")
         assert 'src="data:image/png;base64,' in html, f"{name}: the stored plots are not on the page"
         assert html.count('class="language-python') >= 5 or html.count("highlight") >= 5, (
@@ -160,6 +161,13 @@ def test_notebooks_are_pages_of_the_site(site):
     for page in ("lilt", "lxmert"):
         html = (site / page / "index.html").read_text(encoding="utf-8")
         assert "../notebooks/" in html, f"the {page} page does not link its notebook"
+    backward = (site / "backward" / "index.html").read_text(encoding="utf-8")
+    for name in ("lilt_backward", "lilt_finetune"):
+        assert f"../notebooks/{name}/" in backward, f"the backward page does not link notebooks/{name}"
+    notebooks = (site / "notebooks" / "index.html").read_text(encoding="utf-8")
+    assert re.search(r'<img[^>]*src="\.\./figures/notebooks/lilt-finetune-loss\.svg"', notebooks), (
+        "the Notebooks page does not show the fine-tuning loss plot"
+    )
 
 
 def test_figures_are_up_to_date():
@@ -224,7 +232,7 @@ def _notebook_outputs(name: str) -> list[dict]:
     return [o for c in nb["cells"] for o in c.get("outputs", [])]
 
 
-@pytest.mark.parametrize("name", ["lilt_forward", "lxmert_forward"])
+@pytest.mark.parametrize("name", ["lilt_forward", "lxmert_forward", "lilt_backward", "lilt_finetune"])
 def test_notebook_figures_are_100_dpi_and_fit_the_text_column(name):
     """The stored plots are >= 100 dpi (PNG pHYs) and at most 688 px wide, so the page shows them unscaled
     (the notebooks draw their labels at 8 pt or more: 11 px and up at 100 dpi)."""
@@ -246,7 +254,7 @@ def test_notebook_figures_are_100_dpi_and_fit_the_text_column(name):
         assert width <= 688, f"{name} figure {i}: {width} px wide, more than the docs' 688-px column"
 
 
-@pytest.mark.parametrize("name", ["lilt_forward", "lxmert_forward"])
+@pytest.mark.parametrize("name", ["lilt_forward", "lxmert_forward", "lilt_backward"])
 def test_notebook_check_lines_start_with_the_result(name):
     """A check line opens with its max |diff| (a narrow screen cuts the end, never the result), and no mask
     prints as -0.0000e+000 / -1.7977e+308."""
