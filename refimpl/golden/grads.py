@@ -165,6 +165,7 @@ def record_gradients(
         add(f"{UPSTREAM_PREFIX}outputs.{field}", G, gradient=False)
     for key, gp in g.params.items():
         add(GRAD_PREFIX + key, gp)
+    n_params = len(atols)
     tensors = [n for n in g.tensors if n.startswith("inputs.")]  # the float inputs first, as the forward
     tensors += names
     missing = [n for n in names if n not in g.tensors]
@@ -185,7 +186,7 @@ def record_gradients(
         "L": "loss" if g.loss is not None else "sum over X in upstream of sum(X * G_X)",
         "seed": g.seed,
         "upstream": [f"outputs.{f}" for f in g.upstream],
-        "parameters": len(g.params),
+        "parameters": [n[len(GRAD_PREFIX) :] for n in list(atols)[:n_params]],
         "tolerance": {
             "rule": "|candidate - reference| <= tol * max(1, max|reference|) per gradient tensor "
             "(the entry's atol; rtol 0)",
@@ -197,7 +198,8 @@ def record_gradients(
 
 def mark_gradient_entries(entries: list[dict[str, Any]], atols: Mapping[str, float]) -> list[dict[str, Any]]:
     """Give the manifest entries of ``grad.*`` the role ``"gradient"`` and their ``atol``
-    (``rtol`` 0), and those of ``upstream.*`` the role ``"upstream"``; in place, returned."""
+    (``rtol`` 0), and those of ``upstream.*`` the role ``"upstream"``; in place, returned.
+    (The manifest's ``gradients.parameters`` lists which gradients are of parameters.)"""
     for e in entries:
         if e["name"] in atols:
             e["role"], e["atol"], e["rtol"] = "gradient", atols[e["name"]], 0.0
