@@ -33,7 +33,7 @@ NPZ_INPUTS = {
         "head_mask",
         "inputs_embeds",
     ),
-    "lxmert": (
+    "lxmert": (  # no head_mask: transformers' LxmertModel takes none
         "input_ids",
         "visual_feats",
         "visual_pos",
@@ -149,10 +149,6 @@ def _lilt_labels(arrays, config, architecture, path, b, s) -> None:
 
 
 def _lxmert_labels(arrays, config, architecture, path, b, s, n_box) -> None:
-    if "head_mask" in arrays:
-        raise CliError(
-            f"{_where(path, 'head_mask')}: LXMERT takes no head mask (transformers' LxmertModel has none); leave it out"
-        )
     if architecture == "LxmertForQuestionAnswering" and "labels" in arrays:
         _need_shape(arrays["labels"], [b], path, "labels", "[batch] (answer ids)")
         _class_ids(arrays["labels"], int(config.num_qa_labels), path, "labels", "config num_qa_labels")
@@ -222,6 +218,10 @@ def check_npz_case(arrays: dict[str, np.ndarray], config: Any, architecture: str
     model_type = getattr(config, "model_type", None)
     if config is None or architecture not in NPZ_LABELS or model_type not in NPZ_INPUTS:
         return
+    if model_type == "lxmert" and "head_mask" in arrays:
+        raise CliError(
+            f"{_where(path, 'head_mask')}: LXMERT takes no head mask (transformers' LxmertModel has none); leave it out"
+        )
     known = (*NPZ_INPUTS[model_type], *NPZ_LABELS[architecture])
     unknown = [k for k in arrays if k not in known]
     if unknown:
