@@ -19,6 +19,8 @@ one forward and one ``backward`` of the same ``L``), never from refimpl:
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import transformers
@@ -338,3 +340,57 @@ def test_compare_judges_gradients(tmp_path, lilt_ckpts):
     nudged[key] = port[key] + 1e-6 * max(1.0, float(np.abs(port[key]).max()))
     rows = {r.name: r for r in compare(g, nudged).rows}
     assert rows[key].status == "FAIL"
+
+
+def porting_recipe():
+    """The ``grad_dump`` recipe of docs/porting.md, as the page shows it."""
+    text = open(
+        os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "porting.md"), encoding="utf-8"
+    ).read()
+    block = text[text.index("<!-- tests/test_golden_grads.py runs this block") :]
+    block = block[block.index("```python\n") + 10 :]
+    namespace: dict = {}
+    exec(block[: block.index("```")], namespace)
+    return namespace["grad_dump"]
+
+
+def test_the_porting_recipe_dumps_gradients_compare_accepts(tmp_path, lilt_ckpts, lxmert_ckpt):
+    grad_dump = porting_recipe()
+    oracle_model, ckpt = lilt_ckpts["LiltForTokenClassification"]
+    case = lilt_inputs(9)
+    case["labels"] = np.random.default_rng(9).integers(0, 3, case["input_ids"].shape)
+    g = write(tmp_path, ckpt, case, name="lilt")
+    grad_dump(oracle_model, g.path, tmp_path / "dump.npz")
+    result = compare(g, str(tmp_path / "dump.npz"))
+    compared = [r for r in result.rows if r.status != "missing"]
+    assert result.ok and len(compared) > 100, result.table()
+    assert all(f"grad.{k}" in {r.name for r in compared} for k in g.manifest["gradients"]["parameters"])
+
+    oracle_model, ckpt = lxmert_ckpt  # L = sum X * G_X from the file's G_X, and visual_feats' gradient
+    case = {
+        k: v
+        for k, v in lxmert_inputs(oracle_model.config, 2).items()
+        if k in ("input_ids", "visual_feats", "visual_pos")
+    }
+    g = write(tmp_path, ckpt, case, name="lx")
+    assert g.upstream
+    grad_dump(oracle_model, g.path, tmp_path / "lx.npz")
+    result = compare(g, str(tmp_path / "lx.npz"))
+    names = {r.name for r in result.rows if r.status != "missing"}
+    assert (
+        result.ok and "grad.inputs.visual_feats" in names and "grad.cls.predictions.decoder.weight" in names
+    )
+    nudged = dict(np.load(tmp_path / "lx.npz"))
+    nudged["grad.inputs.visual_pos"] = nudged["grad.inputs.visual_pos"] * (1 + 1e-8)
+    assert not compare(g, nudged).ok
+
+
+def test_the_format_page_shows_the_npz_schema_golden_help_prints():
+    from refimpl.cli.cases import CASE_SCHEMA
+
+    text = open(
+        os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "golden-format.md"), encoding="utf-8"
+    ).read()
+    block = text[text.index("```text\n.npz    one case") + 8 :]
+    block = block[: block.index("```")]
+    assert " ".join(block.split()) in " ".join(CASE_SCHEMA.split())
