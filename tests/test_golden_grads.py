@@ -47,8 +47,7 @@ def lilt_config(**changes):
         max_2d_position_embeddings=MAX_2D,
         pad_token_id=1,
         channel_shrink_ratio=4,
-        num_labels=3,
-        **changes,
+        **{"num_labels": 3, **changes},
     )
 
 
@@ -394,3 +393,39 @@ def test_the_format_page_shows_the_npz_schema_golden_help_prints():
     block = text[text.index("```text\n.npz    one case") + 8 :]
     block = block[: block.index("```")]
     assert " ".join(block.split()) in " ".join(CASE_SCHEMA.split())
+
+
+@pytest.mark.parametrize(
+    "arch, labels",
+    [
+        (
+            "LiltForSequenceClassification",
+            {"labels": np.array([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])},
+        ),  # multi-label
+        (
+            "LiltForQuestionAnswering",
+            {"start_positions": np.array([2, 40]), "end_positions": np.array([-3, 5])},
+        ),
+    ],
+)
+def test_other_lilt_heads_with_labels_equal_autograd(tmp_path, arch, labels):
+    cfg = lilt_config(position_embedding_type="relative_key", num_labels=2 if "Question" in arch else 3)
+    model = build(getattr(transformers, arch), cfg, seed=20, std=0.2)
+    ckpt = save(model, tmp_path / "ckpt")
+    case = {**lilt_inputs(11), **labels}
+    g = write(tmp_path, ckpt, case)
+    assert g.manifest["gradients"]["L"] == "loss"
+    oracle = lilt_oracle_gradients(model, case)
+    assert abs(float(g.tensors["outputs.loss"]) - oracle.loss) <= 1e-10 * max(1.0, abs(oracle.loss))
+    assert check_against(g, oracle, TOL["float64"]) > 50
+
+
+def test_seed_needs_grads_and_is_non_negative(tmp_path, capsys, lilt_ckpts):
+    _, ckpt = lilt_ckpts["LiltModel"]
+    npz = tmp_path / "c.npz"
+    np.savez(npz, **lilt_inputs(12))
+    out = tmp_path / "o.safetensors"
+    assert main(["golden", ckpt, "--inputs", str(npz), "--out", str(out), "--seed", "1"]) == 2
+    assert "--seed" in capsys.readouterr().err and not out.exists()
+    assert main(["golden", ckpt, "--inputs", str(npz), "--out", str(out), "--grads", "--seed", "-1"]) == 2
+    assert "non-negative" in capsys.readouterr().err and not out.exists()
