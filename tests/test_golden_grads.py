@@ -429,3 +429,24 @@ def test_seed_needs_grads_and_is_non_negative(tmp_path, capsys, lilt_ckpts):
     assert "--seed" in capsys.readouterr().err and not out.exists()
     assert main(["golden", ckpt, "--inputs", str(npz), "--out", str(out), "--grads", "--seed", "-1"]) == 2
     assert "non-negative" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_batch_resumes_only_files_with_the_same_gradients(tmp_path, capsys):
+    from refimpl import data
+
+    ckpt = data.path("lilt-tiny")
+    page = open(data.path("example", "form.json"), encoding="utf-8").read().replace("\n", " ")
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text(page + "\n" + page + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+
+    def run(*extra):
+        assert main(["golden", ckpt, "--inputs", str(cases), "--out", str(out), *extra]) == 0
+        return capsys.readouterr().out
+
+    assert "wrote 2, skipped 0" in run("--grads")
+    assert "wrote 0, skipped 2" in run("--grads")
+    assert "wrote 0, skipped 2" in run("--grads", "--seed", "5")  # L is the loss: the seed is unused
+    assert "wrote 2, skipped 0" in run()  # a forward-only run rewrites the gradient files
+    assert "wrote 2, skipped 0" in run("--grads")
+    assert golden.read(out / "case-0000.safetensors").manifest["gradients"]["L"] == "loss"
