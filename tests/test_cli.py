@@ -259,6 +259,7 @@ def test_demo_runs_in_seconds(tmp_path, capsys):
     assert rc == 0, err
     assert elapsed < 10
     assert sorted(os.listdir(tmp_path / "demo")) == [
+        "lilt-form-grads.safetensors",
         "lilt-form.safetensors",
         "lilt-forms-padded.safetensors",
         "lxmert-question.safetensors",
@@ -266,6 +267,10 @@ def test_demo_runs_in_seconds(tmp_path, capsys):
     assert "top attention" in out and "layer 1" in out and "cross layer 0" in out
     g = golden.read(tmp_path / "demo" / "lxmert-question.safetensors")
     assert g.manifest["architecture"] == "LxmertForPreTraining" and g.manifest["dtype"] == "float64"
+    g = golden.read(tmp_path / "demo" / "lilt-form-grads.safetensors")  # the gradient golden file
+    assert g.manifest["gradients"]["L"] == "loss" and "lilt.embeddings.word_embeddings.weight" in g.gradients
+    rc, out, err = run(capsys, "inspect", tmp_path / "demo" / "lilt-form-grads.safetensors")
+    assert rc == 0 and "gradients   163: 80 parameters" in out and "\ngradients:\n" in out
 
 
 # ------------------------------------------------------------------------------- error paths

@@ -1,7 +1,7 @@
 """The ``refimpl`` command line:
 
     refimpl golden CHECKPOINT --inputs FILE --out FILE [--dtype float64] [--device cpu]
-                   [--select all|modules|blocks|GLOB ...] [--shard I/N] [--force] [-q]
+                   [--select all|modules|blocks|GLOB ...] [--grads [--seed N]] [--shard I/N] [--force] [-q]
     refimpl compare GOLDEN CANDIDATE [--atol A --rtol R] [--rule R] [--strict] [--checkpoint DIR]
     refimpl inspect PATH [--verify]
     refimpl convert pytorch_model.bin model.safetensors [--force]
@@ -19,7 +19,8 @@ file that is not a golden file refimpl wrote only with ``--force``.
 
 Modules: `parser` (the parser and `main`), one module per command (`golden`, `compare`,
 `inspect`, `convert`, `fuse_lilt`, `models`, `demo`), `cases` (the ``--inputs`` formats) and
-`common` (what every command shares).
+`npz_case` (the members of an ``.npz`` case, labels included) and `common` (what every
+command shares).
 """
 
 from .cases import encode_case, read_cases

@@ -19,6 +19,7 @@ from ..files import open_regular, read_json, read_npy, read_npz, sha256_file, sh
 from ..lilt.tokenization import LiltTokenizer
 from ..lxmert.tokenization import LxmertTokenizer
 from .common import CliError, _need_file, _one_line
+from .npz_case import check_npz_case
 
 __all__ = [
     "CASE_SCHEMA",
@@ -35,7 +36,15 @@ __all__ = [
 #: the ``refimpl golden --inputs`` case schema (also in docs/golden-format.md, "Porting guide").
 CASE_SCHEMA = """\
 --inputs formats (chosen by extension):
-  .npz    one case: arrays named as the forward keywords (input_ids, bbox, attention_mask, ...)
+  .npz    one case: arrays named as the forward keywords (input_ids, bbox, attention_mask, ...), and
+          any label the architecture takes (checked before any work: shape, dtype, range):
+            LiLT:   head_mask ([heads] or [layers, heads]); labels (token classification: [batch, seq]
+                    ids, -100 ignored; sequence classification: [batch] ids, or float [batch, num_labels]
+                    multi-label / [batch] regression targets); start_positions, end_positions ([batch])
+            LXMERT: LxmertForPreTraining: labels or masked_lm_labels ([batch, seq]), matched_label
+                    ([batch], 0/1), ans ([batch]), obj_labels.<kind> and obj_labels.<kind>.weights for
+                    kind in obj, attr ([batch, boxes] ids), feat ([batch, boxes, visual_feat_dim]),
+                    weights [batch, boxes]; LxmertForQuestionAnswering: labels ([batch] answer ids)
   .json   one case, tokenized with the checkpoint's tokenizer ("description": optional str, ignored):
             LiLT:   {"words": ["Name:", "Ada"], "boxes": [[x0, y0, x1, y1], ...] (0-1000, one per word),
                      "question": "optional str (QA: question first)", "labels": [optional int per word],
@@ -493,6 +502,7 @@ def read_cases(
     if ext == ".npz":
         arrays = _load_npz(path)
         check_sequence_lengths(arrays, config, f"inputs file {path}")
+        check_npz_case(arrays, config, architecture, path)
         return [(arrays, {"kind": "npz", **src, "description": "arrays named as the forward keywords"})]
     base = os.path.dirname(os.path.abspath(path))
     if ext == ".json":

@@ -52,7 +52,12 @@ def _stat_row(label: str, x: np.ndarray, keep: np.ndarray) -> str:
 
 
 #: the golden files ``refimpl demo`` writes into ``--out``.
-DEMO_FILES = ("lilt-form.safetensors", "lilt-forms-padded.safetensors", "lxmert-question.safetensors")
+DEMO_FILES = (
+    "lilt-form.safetensors",
+    "lilt-forms-padded.safetensors",
+    "lxmert-question.safetensors",
+    "lilt-form-grads.safetensors",
+)
 
 
 def _demo_case(
@@ -166,6 +171,45 @@ def _demo_padded(
     return path
 
 
+def _demo_grads(
+    out_dir: str, dtype: str, say: Callable[[str], None], force: bool = False, strict: bool = False
+) -> str:
+    """LiLT's token classifier on ``example/form.json`` with its labels, with gradients
+    (``refimpl golden --grads``): ``L`` is the loss, and the file holds ``grad.<checkpoint
+    key>`` for every weight and ``grad.<name>`` for every floating tensor."""
+    ckpt, case_file = data.path("lilt-tiny"), data.path("example", "form.json")
+    model = from_pretrained(ckpt, dtype=dtype, strict=strict)
+    with open(case_file, encoding="utf-8") as f:
+        case = json.load(f)
+    inputs, _ = encode_case(case, ckpt, "lilt", os.path.dirname(case_file))
+    path = os.path.join(out_dir, "lilt-form-grads.safetensors")
+    g = golden.write_case(
+        path,
+        model,
+        inputs,
+        checkpoint=ckpt,
+        inputs_source={
+            "kind": "json",
+            "path": "example/form.json",
+            "description": "bundled example form page with its labels, lilt-tiny tokenizer",
+        },
+        force=force,
+        grads=True,
+    )
+    n_par = len(g.manifest["gradients"]["parameters"])
+    key = "lilt.encoder.layer.0.attention.self.query.weight"
+    gq = g.tensors[f"grad.{key}"]
+    say(
+        f"== LiLT gradients (example/form.json with labels): L = the loss {float(g.tensors['outputs.loss']):.6f}"
+    )
+    say(
+        f"   {n_par} parameter gradients under checkpoint keys (grad.{key}: {'x'.join(map(str, gq.shape))}, "
+        f"norm {np.linalg.norm(gq):.4f}) and {len(g.gradients) - n_par} tensor gradients (grad.<name>)"
+    )
+    say(f"   wrote {path}")
+    return path
+
+
 def _stream_rows(t, stream: str, n_own: int, names, other, keep, other_keep, say) -> None:
     """One line per hidden state of an LXMERT stream (``"language"`` or ``"vision"``): its own
     ``n_own`` layers, then the cross layers, each with its strongest (cross-)attention."""
@@ -233,7 +277,9 @@ def run_demo(
 ) -> int:
     """Run both bundled models on the bundled example, print a step-through summary and write
     the golden files ``lilt-form.safetensors``, ``lilt-forms-padded.safetensors`` (a padded
-    batch of two pages) and ``lxmert-question.safetensors`` to ``out_dir``.
+    batch of two pages), ``lxmert-question.safetensors`` and ``lilt-form-grads.safetensors``
+    (the form with its labels and the gradients of the loss: ``refimpl golden --grads``) to
+    ``out_dir``.
 
     The bundled weights are random, and the summary says so; LXMERT's answers are named where
     the answer head's width is a known vocabulary's (`refimpl.cli.answers.answer_lines`: the
@@ -258,6 +304,7 @@ def run_demo(
         _demo_lilt(out_dir, dtype, say, force, strict),
         _demo_padded(out_dir, dtype, say, force, strict),
         _demo_lxmert(out_dir, dtype, say, force, strict),
+        _demo_grads(out_dir, dtype, say, force, strict),
     ]
     for p in paths:  # the files read back and compare equal to themselves' reference layout
         if not compare(p, p).ok:

@@ -127,10 +127,13 @@ def _parse_shard(text: str | None) -> tuple[int, int]:
     return i, n
 
 
-def _up_to_date(path: str, inputs_sha: str, weights: list[dict], dtype: str, selection: dict) -> bool:
-    """Whether ``path`` is a golden file of the same case (inputs and weights hashes, dtype
-    and selection) whose data verifies against its ``tensor_sha256``: a batch run skips it
-    (resume). A file that fails, or records no digests, is rewritten."""
+def _up_to_date(
+    path: str, inputs_sha: str, weights: list[dict], dtype: str, selection: dict, grads: dict | None = None
+) -> bool:
+    """Whether ``path`` is a golden file of the same case (inputs and weights hashes, dtype,
+    selection, and with ``grads`` = ``{"seed": n}`` gradients of that seed) whose data
+    verifies against its ``tensor_sha256``: a batch run skips it (resume). A file that fails,
+    or records no digests, is rewritten."""
     if not os.path.isfile(path):
         return False
     try:
@@ -141,6 +144,8 @@ def _up_to_date(path: str, inputs_sha: str, weights: list[dict], dtype: str, sel
             and [w.get("sha256") for w in m.get("weights", [])] == [w["sha256"] for w in weights]
             and m.get("dtype") == dtype
             and m.get("selection") == selection
+            and ("gradients" in m) == (grads is not None)
+            and (grads is None or m["gradients"].get("seed") in (None, grads["seed"]))
         )
         return same and not g.verify()
     except (ValueError, OSError):
@@ -162,6 +167,13 @@ def cmd_golden(args: argparse.Namespace) -> int:
     if not os.path.isdir(ckpt):
         raise CliError(f"checkpoint must be a directory with config.json and weights: {ckpt}")
     shard_i, shard_n = _parse_shard(args.shard)
+    grads = getattr(args, "grads", False)
+    seed = getattr(args, "seed", None)
+    if seed is not None and not grads:
+        raise CliError("--seed is the seed of the gradients' upstream G_X: give it with --grads")
+    seed = golden.DEFAULT_SEED if seed is None else seed
+    if seed < 0:
+        raise CliError(f"--seed must be a non-negative integer (numpy.random.default_rng), got {seed}")
     try:
         selection = golden.selection_spec(args.select)
     except ValueError as e:
@@ -184,6 +196,8 @@ def cmd_golden(args: argparse.Namespace) -> int:
             kind="a golden file refimpl wrote",
         )  # fmt: skip
     model = _load_model(ckpt, args.dtype, args.device, strict=getattr(args, "strict", False))
+    if grads and not hasattr(model, "_backward"):
+        raise CliError(f"--grads: {type(model).__name__} has no backward written (see docs/backward.md)")
     weights = golden.weight_entries(ckpt)  # hashed once for the whole batch
     bar = _Progress(len(mine), quiet=args.quiet) if many else None
     written = skipped = 0
@@ -191,7 +205,8 @@ def cmd_golden(args: argparse.Namespace) -> int:
         (inputs_i, source), path = cases[i], paths[i]
         arrays, flags = golden.prepare_inputs(model, inputs_i)
         fwd = {"output_attentions": golden.wants_attentions(selection), "output_hidden_states": True, **flags}
-        if many and _up_to_date(path, golden.inputs_hash(arrays, fwd), weights, args.dtype, selection):
+        same = {"seed": seed} if grads else None
+        if many and _up_to_date(path, golden.inputs_hash(arrays, fwd), weights, args.dtype, selection, same):
             skipped += 1
         else:
             try:
@@ -205,15 +220,24 @@ def cmd_golden(args: argparse.Namespace) -> int:
                     weights=weights,
                     force=force,
                     inputs_files=files,
+                    grads=grads,
+                    seed=seed,
                 )
             except golden.SelectionError as e:
                 raise CliError(f"--{e}") from None
+            except ValueError as e:  # a case the model refuses (a label out of range...)
+                raise CliError(f"{args.inputs}: {e}") from None
             written += 1
             if not many and not args.quiet:
                 n_stored = len(g.tensors) - len(g.aliases)
+                grad_note = ""
+                if grads:
+                    sec = g.manifest["gradients"]
+                    L = "L = loss" if sec["L"] == "loss" else f"L = sum X*G_X, seed {sec['seed']}"
+                    grad_note = f"; {len(g.gradients)} gradients, {L}"
                 print(
                     f"wrote {path}: {len(g.tensors)} tensors ({len(g.intermediates)} intermediates; "
-                    f"{n_stored} stored, {len(g.aliases)} aliases), {args.dtype}"
+                    f"{n_stored} stored, {len(g.aliases)} aliases{grad_note}), {args.dtype}"
                 )
         if bar:
             bar.update(done, os.path.basename(path), skipped)

@@ -147,14 +147,42 @@ def _inspect_golden(path: str, verify: bool = False) -> None:
         for line in answer_lines(g.tensors["outputs.question_answering_score"]):
             print(f"answers     {line}")
     n_in, n_mid, n_out = len(g.inputs), len(g.intermediates), len(g.outputs)
-    print(f"tensors     {len(g.tensors)}: {n_in} inputs, {n_mid} intermediates, {n_out} outputs")
+    n_grad, n_up = len(g.gradients), len(g.upstream)
+    n_fwd = n_in + n_mid + n_out
+    print(f"tensors     {n_fwd} forward: {n_in} inputs, {n_mid} intermediates, {n_out} outputs")
+    sec = m.get("gradients")
+    if isinstance(sec, dict):
+        params = sec.get("parameters")
+        n_par = len(params) if isinstance(params, list) else 0
+        how = (
+            "L = the loss"
+            if sec.get("L") == "loss"
+            else f"L = sum_X sum(X * G_X), G_X seeded {sec.get('seed')}"
+        )
+        print(
+            f"gradients   {n_grad}: {n_par} parameters (grad.<checkpoint key>), {n_grad - n_par} tensors "
+            f"(grad.<name>); {n_up} upstream G_X; {how}"
+        )
     if m.get("aliases"):
         print(f"stored      {len(g.tensors) - len(g.aliases)} (the other {len(g.aliases)} names are aliases)")
     if m.get("selection"):
         print(f"selection   {' '.join(g.selection.get('select', []))}")
     w = max(len(k) for k in g.tensors) if g.tensors else 10
     entries = {x["name"]: x for x in m.get("tensors", [])}
-    for k in g.tensors:
+    forward = [k for k in g.tensors if not k.startswith(("grad.", "upstream."))]
+    upstream = [k for k in g.tensors if k.startswith("upstream.")]
+    grads = [k for k in g.tensors if k.startswith("grad.")]
+    for title, names in (("forward tensors:", forward), ("upstream G_X:", upstream), ("gradients:", grads)):
+        if names and (upstream or grads):
+            print(title)
+        _list(g, names, entries, w)
+    if verify:
+        _verify_golden(g)
+
+
+def _list(g: golden.Golden, names: list[str], entries: dict, w: int) -> None:
+    """One line per tensor: name, dtype, shape, atol, mask specs, alias target."""
+    for k in names:
         dt, shape = g.info(k)
         e = entries.get(k, {})
         masks = ",".join(f"{s['input'].split('.', 1)[1]}@{s['axes'][1]}" for s in e.get("masks", []))
@@ -163,8 +191,6 @@ def _inspect_golden(path: str, verify: bool = False) -> None:
         print(
             f"  {k:<{w}}  {str(dt):<8} {'x'.join(map(str, shape)) or 'scalar':<16} {tol:<11} {masks} {alias}".rstrip()
         )
-    if verify:
-        _verify_golden(g)
 
 
 def _is_golden_file(path: str) -> bool:

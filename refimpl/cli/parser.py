@@ -83,6 +83,21 @@ def build_parser() -> argparse.ArgumentParser:
         "heads, outputs), or a glob over names such as '*.attention.self.query'",
     )
     g.add_argument(
+        "--grads",
+        action="store_true",
+        help="also write the gradients of one scalar L (the loss when the case has labels, else "
+        "sum over the array outputs X of sum(X * G_X) with seeded standard-normal G_X stored as "
+        "upstream.outputs.<field>): grad.<checkpoint key> for every parameter and grad.<name> for "
+        "every floating forward tensor the file holds (see docs/golden-format.md)",
+    )
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --grads: the seed of the G_X, numpy.random.default_rng(N) (default 0)",
+    )
+    g.add_argument(
         "--shard", metavar="I/N", help="process every N-th case of a .jsonl, starting at case I (0-based)"
     )
     g.add_argument(

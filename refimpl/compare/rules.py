@@ -11,9 +11,18 @@ from typing import Any
 import numpy as np
 
 from ..golden.format import FLOAT32_ATOL, FLOAT64_ATOL, FLOAT64_RTOL
+from ..golden.grads import GRADIENT_TOLERANCE
 from .errors import CompareError
 
-__all__ = ["RULES", "UNIT_ROUNDOFF", "TOLERANCE_ULPS", "TOLERANCE_FLOOR", "dtype_tolerance", "CompareRow"]
+__all__ = [
+    "RULES",
+    "UNIT_ROUNDOFF",
+    "TOLERANCE_ULPS",
+    "TOLERANCE_FLOOR",
+    "dtype_tolerance",
+    "gradient_dtype_tol",
+    "CompareRow",
+]
 
 #: the pass rules a comparison can use (see `_compare_one`).
 RULES = ("max_abs", "rel", "nmse", "cosine")
@@ -213,6 +222,19 @@ def _tolerance_for(
         a, t = float(default.get("atol", FLOAT64_ATOL)), float(default.get("rtol", FLOAT64_RTOL))
     u_c = UNIT_ROUNDOFF.get(c_dtype)
     if u_c is not None and u_c > UNIT_ROUNDOFF.get(str(r.dtype), 0.0):
+        if e.get("role") == "gradient":  # tol * max(1, max|g|): the scale kept, tol the candidate's
+            scale = a / GRADIENT_TOLERANCE.get(str(r.dtype), GRADIENT_TOLERANCE["float32"])
+            return max(a, gradient_dtype_tol(c_dtype) * scale), t
         ca, ct = dtype_tolerance(c_dtype, int(e.get("depth", 0)) if depth is None else depth)
         a, t = max(a, ca), max(t, ct)
     return a, t
+
+
+def gradient_dtype_tol(dtype: str) -> float:
+    """The ``tol`` of a gradient computed in ``dtype`` (its ``atol`` is ``tol * max(1,
+    max|g|)``, ``rtol`` 0): float64 ``1e-10``, float32 ``1e-4`` (the project's gradient
+    parity targets), coarser floats 16 unit roundoffs when that is wider (bfloat16 ``6.25e-2``)."""
+    if dtype in GRADIENT_TOLERANCE:
+        return GRADIENT_TOLERANCE[dtype]
+    u = UNIT_ROUNDOFF.get(dtype, UNIT_ROUNDOFF["float32"])
+    return max(GRADIENT_TOLERANCE["float32"], TOLERANCE_ULPS * u)

@@ -18,7 +18,8 @@ mask positions a comparison should skip. A port is checked against it with
 Modules, bottom-up: `format` (names, dtype codes, tolerances), `selection` (``--select``),
 `masks` (which positions a comparison skips), `manifest` (building and validating it),
 `reader` (`read`, `Golden`, `is_golden_file`), `capture` (a traced forward pass as named tensors), `writer`
-(`GoldenWriter`, `write`, `write_case`: the one place that writes a golden file).
+(`GoldenWriter`, `write`, `write_case`: the one place that writes a golden file), `grads`
+(``write_case(grads=True)``: the gradients of one scalar ``L``, ``grad.*`` and ``upstream.*``).
 
 Typical use:
 
@@ -31,6 +32,7 @@ Typical use:
 from ..files import sha256_file
 from .capture import flatten_outputs, prepare_inputs, trace_forward
 from .format import DIGEST_KEY, FORMAT, FORMAT_VERSION, MANIFEST_KEY, recommended_tolerance
+from .grads import DEFAULT_SEED, GRAD_PREFIX, GRADIENT_TOLERANCE, UPSTREAM_PREFIX, gradient_tolerance
 from .manifest import build_manifest, inputs_hash, validate_manifest, weight_entries
 from .masks import keep_mask, mask_specs_for
 from .reader import Golden, is_golden_file, read
@@ -38,6 +40,11 @@ from .selection import PRESETS, SelectionError, check_selection, is_selected, se
 from .writer import GoldenWriter, write, write_case
 
 __all__ = [
+    "DEFAULT_SEED",
+    "GRAD_PREFIX",
+    "GRADIENT_TOLERANCE",
+    "UPSTREAM_PREFIX",
+    "gradient_tolerance",
     "FORMAT",
     "FORMAT_VERSION",
     "MANIFEST_KEY",

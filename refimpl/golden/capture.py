@@ -18,7 +18,14 @@ __all__ = [
     "document_outputs",
     "flatten_outputs",
     "trace_forward",
+    "OBJ_LABEL_KINDS",
+    "forward_keywords",
 ]
+
+#: LXMERT's visual pre-training targets: ``obj_labels.<kind>`` (ids or regression targets)
+#: and ``obj_labels.<kind>.weights`` in a case and a golden file, the oracle's
+#: ``obj_labels={kind: (targets, weights)}`` in the forward call.
+OBJ_LABEL_KINDS = ("obj", "attr", "feat")
 
 
 def _holds_mapping(v: Any) -> bool:
@@ -93,6 +100,39 @@ def prepare_inputs(model: Any, inputs: Mapping[str, Any]) -> tuple[dict[str, Any
     return arrays, flags
 
 
+def forward_keywords(arrays: Mapping[str, Any]) -> dict[str, Any]:
+    """The forward call's keywords of a case's flat arrays: ``obj_labels.<kind>`` and
+    ``obj_labels.<kind>.weights`` (kind in `OBJ_LABEL_KINDS`) become the oracle's
+    ``obj_labels={kind: (targets, weights)}``; every other keyword is passed as it is.
+
+    Args:
+        arrays: keyword -> array, e.g. ``obj_labels.obj [batch, boxes]`` (ids),
+            ``obj_labels.obj.weights [batch, boxes]``, ``obj_labels.feat [batch, boxes, feat_dim]``.
+
+    Raises:
+        ValueError: naming the member, when a kind has targets without weights (or the reverse).
+    """
+    out: dict[str, Any] = {}
+    obj: dict[str, list] = {}
+    for k, v in arrays.items():
+        parts = k.split(".")
+        if parts[0] == "obj_labels" and len(parts) in (2, 3) and parts[1] in OBJ_LABEL_KINDS:
+            if len(parts) == 3 and parts[2] != "weights":
+                out[k] = v
+                continue
+            obj.setdefault(parts[1], [None, None])[len(parts) - 2] = v
+        else:
+            out[k] = v
+    for kind, (targets, weights) in obj.items():
+        if targets is None or weights is None:
+            name = f"obj_labels.{kind}"
+            have, lacks = (name, name + ".weights") if weights is None else (name + ".weights", name)
+            raise ValueError(f"{have} is given without {lacks}: give both (targets and their weights)")
+    if obj:
+        out["obj_labels"] = {k: (t, w) for k, (t, w) in obj.items()}
+    return out
+
+
 def _iter_outputs(out: Any, prefix: str = "outputs"):
     """``(name, value)`` of an output record's non-``None`` fields, as `flatten_outputs`
     names them, without converting anything yet."""
@@ -142,7 +182,7 @@ def trace_forward(
         ``inputs.<kw>``, then the traced intermediates, then ``outputs.<field>[.<i>]``.
     """
     arrays, flags = prepare_inputs(model, inputs)
-    kwargs = {**arrays, **flags}
+    kwargs = {**forward_keywords(arrays), **flags}
     kwargs.setdefault("output_attentions", output_attentions)
     kwargs.setdefault("output_hidden_states", output_hidden_states)
     with trace.tracing() as rec:

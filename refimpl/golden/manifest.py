@@ -315,6 +315,7 @@ def validate_manifest(
         ("mode", str, "a string"),
         ("inputs_json", dict, "an object"),
         ("outputs_json", dict, "an object"),
+        ("gradients", dict, "an object"),
     ):
         if key in manifest and not isinstance(manifest[key], kind):
             raise _bad(path, key, want, manifest[key])

@@ -183,8 +183,21 @@ class Golden:
 
     @property
     def intermediates(self) -> Mapping[str, np.ndarray]:
-        """Traced tensors (neither inputs nor outputs), forward order."""
-        return _View(self.tensors, {k: k for k in self.tensors if not k.startswith(("inputs.", "outputs."))})
+        """Traced tensors (neither inputs nor outputs nor gradients), forward order."""
+        skip = ("inputs.", "outputs.", "grad.", "upstream.")
+        return _View(self.tensors, {k: k for k in self.tensors if not k.startswith(skip)})
+
+    @property
+    def gradients(self) -> Mapping[str, np.ndarray]:
+        """``grad.<checkpoint key>`` and ``grad.<tensor name>`` with the ``grad.`` prefix removed
+        (empty unless written with ``--grads``)."""
+        return _View(self.tensors, {k[5:]: k for k in self.tensors if k.startswith("grad.")})
+
+    @property
+    def upstream(self) -> Mapping[str, np.ndarray]:
+        """The upstream ``G_X`` (``upstream.outputs.<field>``) with the ``upstream.`` prefix
+        removed (empty when ``L`` is the loss, or without ``--grads``)."""
+        return _View(self.tensors, {k[9:]: k for k in self.tensors if k.startswith("upstream.")})
 
     @property
     def aliases(self) -> dict[str, str]:

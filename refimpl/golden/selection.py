@@ -188,13 +188,20 @@ def _compiled(terms_json: str) -> list[tuple[re.Pattern, re.Pattern | None]]:
     return out
 
 
+def _as_selected(name: str) -> tuple[str, ...]:
+    """The names a selection is tried on for ``name``: a gradient ``grad.<x>`` is kept where
+    ``grad.<x>`` or ``<x>`` is (so a preset keeps the gradients of the tensors it keeps, and a
+    glob such as ``grad.*`` keeps gradients alone)."""
+    return (name, name[5:]) if name.startswith("grad.") else (name,)
+
+
 def matching_terms(selection: Mapping[str, Any], name: str) -> list[int]:
     """Indices of the selection's terms that keep ``name`` (`selection_spec` order), so a
     writer can tell a ``--select`` value that matched nothing."""
     return [
         i
         for i, (inc, exc) in enumerate(_compiled(_key(selection)))
-        if inc.fullmatch(name) and not (exc is not None and exc.fullmatch(name))
+        if any(inc.fullmatch(n) and not (exc is not None and exc.fullmatch(n)) for n in _as_selected(name))
     ]
 
 
@@ -207,7 +214,9 @@ def wants_attentions(selection: Mapping[str, Any]) -> bool:
 def is_selected(manifest: Mapping[str, Any], name: str) -> bool:
     """Whether ``name`` is inside a golden file's selection (so its absence would be a bug,
     not a choice). A manifest without ``selection`` (format version 1, or a plain file)
-    selects everything; inputs are always selected.
+    selects everything; inputs and the upstream gradients ``upstream.*`` (needed to rebuild
+    ``L``) are always selected; a gradient ``grad.<x>`` is selected where ``grad.<x>`` or
+    ``<x>`` is.
 
     Args:
         manifest: a golden file's manifest (``Golden.manifest``) or a selection object
@@ -215,9 +224,10 @@ def is_selected(manifest: Mapping[str, Any], name: str) -> bool:
         name: a tensor name.
     """
     spec = manifest.get("selection", manifest if "terms" in manifest else None)
-    if not spec or name.startswith("inputs."):
+    if not spec or name.startswith(("inputs.", "upstream.")):
         return True
     for inc, exc in _compiled(_key(spec)):
-        if inc.fullmatch(name) and not (exc is not None and exc.fullmatch(name)):
-            return True
+        for n in _as_selected(name):
+            if inc.fullmatch(n) and not (exc is not None and exc.fullmatch(n)):
+                return True
     return False

@@ -19,8 +19,9 @@ import numpy as np
 
 from .. import switch, trace
 from ..files import atomic_write, check_destination, full_disk_error, input_identities
-from .capture import _iter_outputs, document_inputs, document_outputs, prepare_inputs
+from .capture import _iter_outputs, document_inputs, document_outputs, forward_keywords, prepare_inputs
 from .format import _CODE, DIGEST_KEY, FORMAT, FORMAT_VERSION, MANIFEST_KEY, MASK_INPUTS, _jsonable, _to_numpy
+from .grads import DEFAULT_SEED, GRAD_PREFIX, UPSTREAM_PREFIX, mark_gradient_entries, record_gradients
 from .manifest import _entries, _manifest, inputs_hash
 from .reader import Golden, is_golden_file, read
 from .selection import SelectionError, is_selected, matching_terms, selection_spec, wants_attentions
@@ -122,7 +123,7 @@ class GoldenWriter(trace.Recorder):
         """
         if self.in_forward:
             for n in (name, *aliases):
-                if n.startswith(("inputs.", "outputs.")):
+                if n.startswith(("inputs.", "outputs.", GRAD_PREFIX, UPSTREAM_PREFIX)):
                     raise ValueError(f"trace name {n!r} clashes with the golden naming scheme")
         self._recorded += 1
         if self._example is None and not name.startswith("inputs."):
@@ -285,8 +286,11 @@ def write_case(
     weights: list[dict[str, Any]] | None = None,
     force: bool = False,
     inputs_files: Iterable[str | os.PathLike | None] = (),
+    grads: bool = False,
+    seed: int = DEFAULT_SEED,
 ) -> Golden:
-    """Trace one forward pass of ``model`` on ``inputs`` and stream it to a golden file.
+    """Trace one forward pass of ``model`` on ``inputs`` and stream it to a golden file
+    (with ``grads``, also the gradients of one scalar ``L``: `refimpl.golden.grads`).
 
     Tensors go to disk as they are recorded (`GoldenWriter`), so memory stays at the
     model's weights plus one forward pass's working set.
@@ -306,6 +310,10 @@ def write_case(
         force: replace an existing ``path`` that is not a golden file refimpl wrote.
         inputs_files: the files the inputs were read from; with every file of ``checkpoint``
             they are never written over (see `GoldenWriter`).
+        grads: also write ``upstream.outputs.<field>`` (without labels), ``grad.<checkpoint
+            key>`` and ``grad.<tensor name>`` (`refimpl.golden.grads.record_gradients`), and
+            the manifest's ``gradients`` object (``L``, the seed, the tolerance rule).
+        seed: the seed of the upstream ``G_X`` (``grads`` without labels).
 
     Returns:
         the written case as a `Golden` (read back lazily from ``path``).
@@ -318,7 +326,12 @@ def write_case(
     # the forward returns (12 x [1, 12, 512, 512] float64 for LiLT base: 300 MB per stream)
     fwd.setdefault("output_attentions", wants_attentions(w.selection))
     fwd.setdefault("output_hidden_states", True)
-    kwargs = {**arrays, **fwd, **{k: flags[k] for k in docs}}
+    try:
+        model_kw = {**forward_keywords(arrays), **{k: flags[k] for k in docs}}
+    except ValueError as e:
+        w.abort()
+        raise ValueError(f"inputs: {e}") from None
+    kwargs = {**model_kw, **fwd}
     digest = inputs_hash(arrays, {**fwd, **docs})
     mode = switch.mode()
     try:
@@ -332,8 +345,13 @@ def write_case(
             w.add(name, v)
         out_docs = document_outputs(out)
         del out
+        section, atols = None, {}
+        if grads:
+            flags_ = {k: fwd[k] for k in ("output_attentions", "output_hidden_states")}
+            plain = {k: v for k, v in fwd.items() if k not in flags_}
+            section, atols = record_gradients(w, model, {**model_kw, **plain}, flags_, seed)
         manifest = _manifest(
-            w.manifest_entries(),
+            mark_gradient_entries(w.manifest_entries(), atols),
             w.aliases,
             w.selection,
             model=model,
@@ -346,6 +364,8 @@ def write_case(
             outputs_json=out_docs,
             mode=mode,
         )
+        if section is not None:
+            manifest["gradients"] = section
         path = w.finish(manifest)
     except BaseException:
         w.abort()
