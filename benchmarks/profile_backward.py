@@ -38,7 +38,7 @@ CATEGORIES = {
         ("refimpl/attention.py", "merge_heads"),
         ("refimpl/attention.py", "split_heads"),
     ],
-    "GELU backward": [("refimpl/activations.py", "gelu_backward")],
+    "GELU backward": [("refimpl/activations.py", "gelu_backward"), ("refimpl/fast/erf.py", "gelu_backward")],
     "LayerNorm backward": [("refimpl/ops.py", "layer_norm_backward")],
     "embedding backward (scatter-add)": [("refimpl/ops.py", "embedding_backward")],
 }
