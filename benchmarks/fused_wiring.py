@@ -4,8 +4,8 @@ The layers always call the plain ops; `refimpl.switch` runs each op's fast kerne
 unless told otherwise. ``plain_ops()`` turns the chosen kernels off for the ``with`` block, so
 those ops run their formulas:
 
-* ``gelu``: ``bert.intermediate`` (the GEMM with the bias and the GELU fused) and the chunked
-  ``activations.gelu`` / ``activations.erf``;
+* ``gelu``: ``bert.intermediate`` (the GEMM with the bias and the GELU fused), the chunked
+  ``activations.gelu`` / ``activations.erf`` and the blocked ``activations.gelu_backward``;
 * ``add_norm``: ``bert.add_and_norm`` (bias, residual and LayerNorm in the GEMM's output) and
   the row-blocked ``ops.layer_norm``;
 * ``softmax``: the fused attention (``attention.scaled_dot_product_attention``,
@@ -28,7 +28,7 @@ from __future__ import annotations
 from refimpl import activations, attention, bert, bi_acm, ops, switch
 
 GROUPS = {
-    "gelu": (bert.intermediate, activations.gelu, activations.erf),
+    "gelu": (bert.intermediate, activations.gelu, activations.erf, activations.gelu_backward),
     "add_norm": (bert.add_and_norm, ops.layer_norm),
     "softmax": (
         attention.scaled_dot_product_attention,

@@ -272,6 +272,14 @@ def _one_line(r: dict) -> str:
         )
     if r["kind"] == "load":
         return f"   load {r['case']}: first {r['first_ms']:.1f} ms, warm {r['warm_ms']:.2f} ms"
+    if r["kind"] == "bwd_memory":
+        return f" memory {r['case']} {r['impl']} forward+backward: peak +{r['peak_extra_mib']:.0f} MiB"
+    if r["kind"] == "bwd_timing":
+        return (
+            f" timing {r['case']} forward+backward {r['threads']} thread(s) {r['setting']}: "
+            + ", ".join(f"{t['impl']} {t['median_s']:.3f} s" for t in r["timings"])
+            + f", grad diff {r['grad_rel_diff']:.1e}"
+        )
     if r["kind"] == "memory":
         return f" memory {r['case']} {r['impl']} {r['dtype']}: peak +{r['peak_extra_mib']:.0f} MiB"
     return f" timing {r['case']} {r['threads']} thread(s): " + ", ".join(

@@ -15,6 +15,11 @@ saved with ``save_pretrained`` (float32 safetensors) into a temporary directory:
 * Loading LiLT's ``model.safetensors`` (zero-copy memory map), first and warm.
 * GPU rows (LiLT 8 x 512, LXMERT 32; CuPy vs torch CUDA, float32) when both see a GPU;
   otherwise the table says "not run".
+* Forward + backward (``backward.py``, issue 23): LiLT base 1 x 512 and LXMERT base batch 8,
+  float32, refimpl's ``model.backward`` vs torch autograd of the same scalar ``L``, time
+  (paired, one process) and peak memory (one process per side), into ``backward.json`` and
+  ``backward.md``. Only these rows: ``run.py --only backward`` (``--cases lilt:1x128,lxmert:b1``
+  for other shapes, ``--quick`` for 3 repeats).
 
 How it measures:
 
@@ -237,9 +242,13 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--out", default=HERE, help="directory for results.json / results.md")
     parser.add_argument("--checkpoints", help="keep (and reuse) the built checkpoints in this directory")
-    parser.add_argument("--only", help="comma-separated subset of: lilt, lxmert, load")
+    parser.add_argument("--only", help="comma-separated subset of: lilt, lxmert, load, backward")
     parser.add_argument("--sweep", action="store_true", help="run the issue-16 sweep (see sweep.py)")
-    parser.add_argument("--cases", help="sweep subset, e.g. lilt:1x512,lxmert:b32 (or lilt, lxmert)")
+    parser.add_argument(
+        "--cases",
+        help="sweep subset, e.g. lilt:1x512,lxmert:b32 (or lilt, lxmert); with --only backward, "
+        "the forward + backward shapes (default lilt:1x512,lxmert:b8)",
+    )
     parser.add_argument("--configs", help="sweep subset of f32,f64,f32x1 (default: all)")
     parser.add_argument("--settings", help="sweep subset of defaults,tuned (default: both)")
     parser.add_argument("--repeats", type=int, help="sweep: paired repeats per shape (default 7, --quick 3)")
@@ -259,7 +268,15 @@ def main(argv=None) -> int:
 
             print(json.dumps(sweep_worker(spec)))
             return 0
-        run = {"load": load_worker, "memory": memory_worker, "timing": timing_worker}[spec["kind"]]
+        import backward
+
+        run = {
+            "load": load_worker,
+            "memory": memory_worker,
+            "timing": timing_worker,
+            "bwd_memory": backward.memory_worker,
+            "bwd_timing": backward.timing_worker,
+        }[spec["kind"]]
         print(json.dumps(run(spec)))
         return 0
 
@@ -272,7 +289,61 @@ def main(argv=None) -> int:
 
     repeats = 3 if args.quick else 10
     thread_counts = [int(t) for t in args.threads.split(",")]
-    only = set(args.only.split(",")) if args.only else {"lilt", "lxmert", "load"}
+    only = set(args.only.split(",")) if args.only else {"lilt", "lxmert", "load", "backward"}
+    unknown = only - {"lilt", "lxmert", "load", "backward"}
+    if unknown:
+        parser.error(f"--only: unknown {sorted(unknown)}; choose from lilt, lxmert, load, backward")
+    if "backward" in only:
+        return run_backward(args, repeats, thread_counts, forward_too=bool(only - {"backward"}))
+    return run_forward(args, repeats, thread_counts, only)
+
+
+def run_backward(args, repeats: int, thread_counts: list[int], forward_too: bool) -> int:
+    """The forward + backward rows (``backward.py``) into ``backward.json`` / ``backward.md``; then
+    the forward rows too when ``forward_too``."""
+    sys.path.insert(0, ROOT)
+    sys.path.insert(0, HERE)
+    import backward
+    from sweep import parse_cases
+
+    if args.cases:
+        shapes = [(m, *sh) for m, v in parse_cases(args.cases).items() for sh in v]
+    else:
+        shapes = list(backward.CASES.values())
+    results = {
+        "machine": machine_info(thread_counts),
+        "command": " ".join(sys.argv[1:]) or "--only backward",
+        "repeats": repeats,
+        "threads": thread_counts,
+        "workers": [],
+    }
+    with tempfile.TemporaryDirectory(prefix="refimpl-bench-") as tmp:
+        paths = build_checkpoints(args.checkpoints or tmp)
+        for spec, threads, setting in backward.specs(shapes, paths, thread_counts, SETTINGS, repeats):
+            results["workers"].append(run_worker(spec, _env(threads, setting)))
+    for w in results["workers"]:
+        w.pop("path", None)
+    results["rows"] = backward.summarize(results["workers"])
+    text = backward.to_markdown(results)
+    _write(os.path.join(args.out, "backward.json"), json.dumps(results, indent=1))
+    _write(os.path.join(args.out, "backward.md"), text)
+    print(text)
+    if forward_too:
+        only = set(args.only.split(",")) - {"backward"} if args.only else {"lilt", "lxmert", "load"}
+        return run_forward(args, repeats, thread_counts, only)
+    return 0
+
+
+def _write(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def run_forward(args, repeats: int, thread_counts: list[int], only: set) -> int:
+    """The forward rows, the load row and the GPU rows into ``results.json`` / ``results.md``."""
 
     sys.path.insert(0, ROOT)
     from refimpl import backend
@@ -330,10 +401,8 @@ def main(argv=None) -> int:
     for r in results["memory"] + results["timing"] + [results["load"] or {}]:
         r.pop("path", None)
         r.pop("out", None)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(to_markdown(results))
+    _write(os.path.join(args.out, "results.json"), json.dumps(results, indent=1))
+    _write(os.path.join(args.out, "results.md"), to_markdown(results))
     print(to_markdown(results))
     return 0
 

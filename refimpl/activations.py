@@ -226,6 +226,7 @@ def gelu(x):
     return (x * 0.5) * phi
 
 
+@replaceable
 def gelu_backward(grad_output, x):
     """Backward of the exact `gelu`: ``dx = dy * (Phi(x) + x * phi(x))``.
 

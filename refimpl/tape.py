@@ -26,7 +26,7 @@ from typing import Any
 
 from . import trace
 
-__all__ = ["Tape", "TAPE_SKIPS", "reading", "saved", "has"]
+__all__ = ["Tape", "TAPE_SKIPS", "reading", "saved", "has", "release"]
 
 #: Recorded names the backward never reads (the last component of the name): the scaled
 #: scores before the mask and BiACM's two summands. A tape skips them so it holds no more
@@ -104,3 +104,29 @@ def has(name: str = "") -> bool:
     """Whether the tape holds ``name`` in the current scope."""
     tape = _tape.get()
     return tape is not None and _full(name) in tape.tensors
+
+
+def release(name: str) -> int:
+    """Drop the tape's references to ``name`` in the current scope and to every tensor recorded
+    beneath it (``name.*``, ``name@*``), so that memory no later backward reads is freed as the
+    backward goes, as autograd frees a node's saved tensors once it has run.
+
+    The encoders call it for each layer once that layer's backward has returned: a layer's
+    backward is the last reader of what its forward recorded (its inputs, the previous
+    layer's outputs, are that layer's and are read before it). It changes no number; a
+    later [saved][refimpl.tape.saved] of a released name raises its ``KeyError``.
+
+    Args:
+        name: a name relative to the current scope (``"layer.3"`` inside ``encoder``).
+
+    Returns:
+        how many names were dropped (0 outside [reading][refimpl.tape.reading]).
+    """
+    tape = _tape.get()
+    if tape is None:
+        return 0
+    full = _full(name)
+    gone = [k for k in tape.tensors if k == full or k.startswith((full + ".", full + "@"))]
+    for k in gone:
+        del tape.tensors[k]
+    return len(gone)

@@ -129,3 +129,54 @@ def test_sweep_flags_every_cell_above_the_issue_targets():
     assert "| lxmert:b1 | 1.00 (1.00-1.00); 1000 / 1000 ms | **1.01**" in text
     assert "| lilt:1x512 | 0.90 (0.90-0.90); 1000 / 1000 ms | n/a | n/a | n/a |" in text  # tuned: 1.0
     assert "- lilt f32x1 tuned: boom" in text
+
+
+def test_backward_rows_plan_and_table():
+    import backward
+
+    paths = {"lilt": "/ckpt/lilt", "lxmert": "/ckpt/lxmert"}
+    plan = backward.specs(list(backward.CASES.values()), paths, [2, 1], list(harness.SETTINGS), repeats=3)
+    kinds = [(s["kind"], s["case"], s.get("impl"), threads, setting) for s, threads, setting in plan]
+    # the issue's two shapes, f32; each side's memory in its own process, paired timings per setting
+    assert ("bwd_memory", "lilt:1x512", "ours", 2, "tuned") in kinds
+    assert ("bwd_memory", "lxmert:b8", "torch", 2, "tuned") in kinds
+    assert ("bwd_timing", "lxmert:b8", None, 1, "defaults") in kinds
+    assert len(kinds) == 2 * (2 + 2 * 2) and {s["dtype"] for s, _, _ in plan} == {"float32"}
+
+    def timing(case, shape, ours, torch, setting="defaults"):
+        return {
+            "kind": "bwd_timing",
+            "case": case,
+            "shape": shape,
+            "threads": 2,
+            "setting": setting,
+            "load_average": [0.5],
+            "grad_rel_diff": 2e-6,
+            "timings": [{"impl": "ours", "median_s": ours}, {"impl": "torch", "median_s": torch}],
+        }
+
+    workers = [
+        {"kind": "bwd_memory", "case": "lilt:1x512", "impl": "ours", "peak_extra_mib": 900.0},
+        {"kind": "bwd_memory", "case": "lilt:1x512", "impl": "torch", "peak_extra_mib": 1000.0},
+        timing("lilt:1x512", ["lilt", 1, 512, 0], 6.0, 4.0),
+        timing("lxmert:b8", ["lxmert", 8, 20, 36], 3.0, 2.0),
+        {"kind": "bwd_timing", "case": "lxmert:b8", "error": "boom"},
+    ]
+    rows = backward.summarize(workers)
+    assert [(r["case"], r["time_ratio"]) for r in rows] == [("lilt:1x512", 1.5), ("lxmert:b8", 1.5)]
+    assert rows[0]["peak_ratio"] == 0.9 and "peak_ratio" not in rows[1]
+    results = {
+        "machine": _synthetic_results()["machine"] | {"date": "today"},
+        "command": "--only backward",
+        "repeats": 3,
+        "threads": [2],
+        "workers": workers,
+        "rows": rows,
+    }
+    text = backward.to_markdown(results)
+    assert (
+        "| lilt base | 1 x 512 | 2 | defaults | 6.000 | 4.000 | 1.50 | 0.5 | 900 | 1000 | 0.90 | 2.0e-06 |"
+        in text
+    )
+    assert "| CPU | test CPU (2 cores available) |" in text
+    assert "- bwd_timing lxmert:b8 : boom" in text

@@ -31,6 +31,7 @@ COVERED = {
     ops.softmax: "test_softmax_in_blocks",
     activations.erf: "test_erf",
     activations.gelu: "test_gelu",
+    activations.gelu_backward: "test_gelu_backward",
     attention.attention_probs: "test_attention_probs",
     attention.attention_context: "test_attention_context",
     bi_acm.bi_acm_scores: "test_bi_acm_scores",
@@ -170,6 +171,40 @@ def test_gelu(threads, dtype):
     else:  # the erf's difference, times |x| / 2, and two roundings of the product
         bound = (erf.ERF_FLOAT32_BOUND / 2 + 2.0**-22) * np.abs(x.astype(np.float64))
         assert np.all(np.abs(got.astype(np.float64) - want) <= bound)
+
+
+def exact_gelu_grad(dy, x):
+    x64 = x.astype(np.float64)
+    cdf = 0.5 * (1.0 + np.vectorize(math.erf, otypes=[np.float64])(x64 / math.sqrt(2.0)))
+    return dy.astype(np.float64) * (cdf + x64 * np.exp(-0.5 * x64 * x64) / math.sqrt(2.0 * math.pi))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gelu_backward(threads, dtype):
+    x = rand(6, (64, 3072), dtype, 3.0)  # several blocks
+    dy = rand(7, (64, 3072), dtype)
+    got = erf.gelu_backward(dy, x)
+    assert got.dtype == dtype and got.shape == x.shape
+    if dtype == np.float64:
+        np.testing.assert_array_equal(got, activations.gelu_backward.formula(dy, x))  # per block, bit for bit
+    else:  # float32 arithmetic: within its bound of the exact gradient, on random values and a grid
+        grid = np.linspace(-14, 14, 200_001, dtype=np.float32)
+        ones = np.ones_like(grid)
+        assert np.all(np.abs(got - exact_gelu_grad(dy, x)) <= erf.GELU_BACKWARD_FLOAT32_BOUND * np.abs(dy))
+        assert (
+            np.abs(erf.gelu_backward(ones, grid) - exact_gelu_grad(ones, grid)).max()
+            <= erf.GELU_BACKWARD_FLOAT32_BOUND
+        )
+    view = x[:, :5].T  # not contiguous: the same values
+    np.testing.assert_array_equal(erf.gelu_backward(dy[:, :5].T, view), got[:, :5].T)
+    # broadcast shapes and the reference mode run the formula
+    np.testing.assert_array_equal(
+        erf.gelu_backward(dy[:1], x[:2]), activations.gelu_backward.formula(dy[:1], x[:2])
+    )
+    with switch.reference():
+        np.testing.assert_array_equal(
+            activations.gelu_backward(dy, x), activations.gelu_backward.formula(dy, x)
+        )
 
 
 def test_gelu_float32_within_its_bound_of_the_exact_gelu(threads):
@@ -339,6 +374,7 @@ def test_kernels_dispatch(dtype):
         (lambda q, v, m: fast_attention.bi_acm_attention(q, q, v, q, q, v, 2, m), (v, v, m)),
         (lambda x: erf.gelu(x), (x,)),
         (lambda x: erf.erf(x), (x,)),
+        (lambda g, x: erf.gelu_backward(g, x), (x * 0.5, x)),
     ]
     if dtype == np.float32:
         calls.append((lambda x: erf.gelu_float32(x), (x,)))

@@ -18,7 +18,8 @@ from _oracle import build, save, tiny_lilt_config
 from transformers import LiltForSequenceClassification
 
 import refimpl
-from refimpl import backend, data, switch, trace
+from refimpl import backend, data, gradients, switch, trace
+from refimpl import tape as tape_mod
 
 #: the names some kernel may skip (each replaceable op's declared records)
 SKIPPABLE = {name for op in switch.kernels() for name in op.records}
@@ -151,3 +152,40 @@ def test_the_plain_path_records_every_weight_owning_modules_output(relative_lilt
             assert found, f"{name}: nothing recorded for {module}"
         for leaf in ("attention_probs", "attention_scores", "context"):
             assert any(_leaf(n) == leaf for n in names), f"{name}: no {leaf}"
+
+
+def test_release_drops_a_scope_and_what_lies_beneath_it_only():
+    tape = tape_mod.Tape(skip=())
+    names = ["encoder.layer.1", "encoder.layer.1.layout", "encoder.layer.1.attention.self.query",
+             "encoder.layer.1.attention@lang", "encoder.layer.10", "encoder.layer.10.layout", "encoder.layer.0"]  # fmt: skip
+    for n in names:
+        tape.store(n, np.zeros(1))
+    assert tape_mod.release("layer.1") == 0  # not reading a tape: nothing to drop
+    with tape_mod.reading(tape), trace.tracing(recorder=trace.Recorder()), trace.scope("encoder"):
+        assert tape_mod.release("layer.1") == 4
+        assert sorted(tape.tensors) == ["encoder.layer.0", "encoder.layer.10", "encoder.layer.10.layout"]
+        with pytest.raises(KeyError, match="encoder.layer.1.layout"):
+            tape_mod.saved("layer.1.layout")
+
+
+def test_the_backward_releases_each_layer_as_it_goes(monkeypatch):
+    """Each encoder layer's saved activations are dropped once its backward has run (the peak
+    memory of a backward is then far below "the whole tape plus every gradient"); the gradients
+    stay those of the tests in test_backward_lilt.py / test_backward_lxmert.py."""
+    seen = []
+    real = tape_mod.release
+
+    def spy(name):
+        seen.append(trace.current_name(name))
+        return real(name)
+
+    for mod in ("refimpl.lilt.backward", "refimpl.lxmert.backward"):
+        monkeypatch.setattr(f"{mod}.release", spy)
+    lilt = refimpl.from_pretrained(data.path("lilt-tiny"), dtype="float64")
+    rng = np.random.default_rng(0)
+    ids = rng.integers(3, lilt.config.vocab_size, (1, 7))
+    x0, y0 = rng.integers(0, 500, (1, 7)), rng.integers(0, 500, (1, 7))
+    bbox = np.stack([x0, y0, x0 + 10, y0 + 10], axis=-1)
+    gradients.backward(lilt, input_ids=ids, bbox=bbox, labels=np.zeros((1, 7), np.int64))
+    n = lilt.config.num_hidden_layers
+    assert seen == [f"lilt.encoder.layer.{i}" for i in reversed(range(n))]

@@ -43,7 +43,7 @@ from ..attention import (
 from ..bi_acm import bi_acm_backward
 from ..config import LiltConfig
 from ..ops import linear_backward
-from ..tape import saved
+from ..tape import release, saved
 
 __all__ = [
     "lilt_self_attention_backward",
@@ -375,4 +375,5 @@ def lilt_encoder_backward(
             d_hidden, d_layout, layer_grads[str(i)] = lilt_layer_backward(
                 d_hidden, d_layout, x, x_layout, attention_mask, head_masks[i], **layer[str(i)], config=config
             )
+        release(f"layer.{i}")  # layer i's saved activations: no later backward reads them
     return d_hidden, d_layout, {"layer": layer_grads}

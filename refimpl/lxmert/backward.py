@@ -30,7 +30,7 @@ from .. import bert, trace
 from ..backend import get_namespace
 from ..config import LxmertConfig
 from ..ops import embedding_backward, layer_norm_backward, linear_backward
-from ..tape import saved
+from ..tape import release, saved
 from .layers import LN_EPS
 
 __all__ = [
@@ -438,6 +438,7 @@ def lxmert_encoder_backward(
                 d_lang, d_visn, lang_in, lang_attention_mask, visn_in, visual_attention_mask,
                 **x_layers[str(i)], config=config,
             )  # fmt: skip
+        release(f"x_layers.{i}")  # its saved activations: no later backward reads them
     # relationship (region) layers, last first: [b, n, h]
     if r_layers:
         grads["r_layers"] = {}
@@ -446,6 +447,7 @@ def lxmert_encoder_backward(
             d_visn, grads["r_layers"][str(i)] = lxmert_layer_backward(
                 d_visn, visn[i], visual_attention_mask, **r_layers[str(i)], config=config
             )
+        release(f"r_layers.{i}")
     # language layers, last first: [b, s, h]
     if layer:
         grads["layer"] = {}
@@ -454,6 +456,7 @@ def lxmert_encoder_backward(
             d_lang, grads["layer"][str(i)] = lxmert_layer_backward(
                 d_lang, lang[i], lang_attention_mask, **layer[str(i)], config=config
             )
+        release(f"layer.{i}")
     # the visual feature encoder: [b, n, h] -> [b, n, f] and [b, n, 4]
     with trace.scope("visn_fc"):
         trace.output(d_visn)
