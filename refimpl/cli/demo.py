@@ -68,10 +68,12 @@ def _demo_case(
     description: str,
     force: bool = False,
     strict: bool = False,
+    grads: bool = False,
 ):
     """Load the bundled ``<kind>-tiny`` model (``strict``: `refimpl.from_pretrained`'s), encode
     ``example/<example>`` with its tokenizer and write the golden file
-    ``<kind>-<example stem>.safetensors``.
+    ``<kind>-<example stem>.safetensors`` (with ``grads``, ``<kind>-<example stem>-grads.safetensors``,
+    holding the gradients too, as ``refimpl golden --grads`` writes them).
 
     Returns:
         ``(model, case, inputs, tokenizer, path, golden case)``.
@@ -81,7 +83,8 @@ def _demo_case(
     with open(case_file, encoding="utf-8") as f:
         case = json.load(f)
     inputs, tok = encode_case(case, ckpt, kind, os.path.dirname(case_file))
-    path = os.path.join(out_dir, f"{kind}-{os.path.splitext(example)[0]}.safetensors")
+    stem = os.path.splitext(example)[0] + ("-grads" if grads else "")
+    path = os.path.join(out_dir, f"{kind}-{stem}.safetensors")
     g = golden.write_case(
         path,
         model,
@@ -89,6 +92,7 @@ def _demo_case(
         checkpoint=ckpt,
         inputs_source={"kind": "json", "path": f"example/{example}", "description": description},
         force=force,
+        grads=grads,
     )
     return model, case, inputs, tok, path, g
 
@@ -177,23 +181,14 @@ def _demo_grads(
     """LiLT's token classifier on ``example/form.json`` with its labels, with gradients
     (``refimpl golden --grads``): ``L`` is the loss, and the file holds ``grad.<checkpoint
     key>`` for every weight and ``grad.<name>`` for every floating tensor."""
-    ckpt, case_file = data.path("lilt-tiny"), data.path("example", "form.json")
-    model = from_pretrained(ckpt, dtype=dtype, strict=strict)
-    with open(case_file, encoding="utf-8") as f:
-        case = json.load(f)
-    inputs, _ = encode_case(case, ckpt, "lilt", os.path.dirname(case_file))
-    path = os.path.join(out_dir, "lilt-form-grads.safetensors")
-    g = golden.write_case(
-        path,
-        model,
-        inputs,
-        checkpoint=ckpt,
-        inputs_source={
-            "kind": "json",
-            "path": "example/form.json",
-            "description": "bundled example form page with its labels, lilt-tiny tokenizer",
-        },
-        force=force,
+    *_, path, g = _demo_case(
+        "lilt",
+        "form.json",
+        out_dir,
+        dtype,
+        "bundled example form page with its labels, lilt-tiny tokenizer",
+        force,
+        strict,
         grads=True,
     )
     n_par = len(g.manifest["gradients"]["parameters"])
