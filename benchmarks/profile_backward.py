@@ -37,9 +37,14 @@ CATEGORIES = {
         ("refimpl/attention.py", "scaled_dot_product_attention_backward"),
         ("refimpl/attention.py", "merge_heads"),
         ("refimpl/attention.py", "split_heads"),
+        ("refimpl/fast/attention.py", "bi_acm_backward"),
+        ("refimpl/fast/attention.py", "softmax_backward"),
     ],
     "GELU backward": [("refimpl/activations.py", "gelu_backward"), ("refimpl/fast/erf.py", "gelu_backward")],
-    "LayerNorm backward": [("refimpl/ops.py", "layer_norm_backward")],
+    "LayerNorm backward": [
+        ("refimpl/ops.py", "layer_norm_backward"),
+        ("refimpl/fast/dense.py", "layer_norm_backward"),
+    ],
     "embedding backward (scatter-add)": [("refimpl/ops.py", "embedding_backward")],
 }
 

@@ -111,6 +111,7 @@ def layer_norm(x, weight, bias, eps: float):
     return y
 
 
+@replaceable
 def layer_norm_backward(grad_output, x, weight, bias, eps: float):
     """Backward of `layer_norm`: the gradients with respect to ``x``, ``weight`` and ``bias``.
 
@@ -183,6 +184,7 @@ def softmax(x, axis: int = -1):
     return e
 
 
+@replaceable
 def softmax_backward(grad_output, probs, axis: int = -1):
     """Backward of `softmax`, from its output ``P``: ``dS = P * (dP - sum(dP * P))``.
 

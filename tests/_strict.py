@@ -240,6 +240,8 @@ def unwrap_tree(x: Any) -> Any:
         return x._a
     if isinstance(x, dict):
         return {k: unwrap_tree(v) for k, v in x.items()}
+    if isinstance(x, tuple) and hasattr(x, "_fields"):  # a NamedTuple (the gradients)
+        return type(x)(*(unwrap_tree(v) for v in x))
     if isinstance(x, (tuple, list)):
         return type(x)(unwrap_tree(v) for v in x)
     if hasattr(x, "__dataclass_fields__"):

@@ -40,6 +40,9 @@ COVERED = {
     bi_acm.bi_acm_attention: "test_bi_acm_attention",
     bert.add_and_norm: "test_add_and_norm",
     bert.intermediate: "test_intermediate",
+    ops.layer_norm_backward: "test_layer_norm_backward_in_blocks",
+    ops.softmax_backward: "test_softmax_backward_in_blocks",
+    bi_acm.bi_acm_backward: "test_bi_acm_backward",
 }
 
 
@@ -104,6 +107,40 @@ def test_layer_norm_in_blocks(threads, dtype):
     np.testing.assert_array_equal(
         dense.layer_norm(small, g, b, 1e-5), ops.layer_norm.formula(small, g, b, 1e-5)
     )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layer_norm_backward_in_blocks(threads, dtype):
+    x, dy = rand(40, (2, 400, 768), dtype, 3.0), rand(41, (2, 400, 768), dtype)  # several blocks
+    g, b = 1 + 0.1 * rand(42, 768, dtype), rand(43, 768, dtype)
+    assert x.nbytes > 2 * blocks.BLOCK_BYTES
+    got = dense.layer_norm_backward(dy, x, g, b, 1e-5)
+    want = ops.layer_norm_backward.formula(dy, x, g, b, 1e-5)
+    assert [a.dtype for a in got] == [dtype] * 3 and [a.shape for a in got] == [a.shape for a in want]
+    np.testing.assert_array_equal(got[0], want[0])  # dx: row by row, bit for bit
+    # dweight, dbias: the same column sums grouped by block, each within n u sum|term| of the
+    # formula's (both are sums of the same n = 800 terms, each within that of the exact sum)
+    x64 = x.astype(np.float64).reshape(-1, 768)
+    x_hat = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-5)
+    terms = {1: np.abs(dy.reshape(-1, 768) * x_hat), 2: np.abs(dy.reshape(-1, 768)).astype(np.float64)}
+    for i, t in terms.items():
+        bound = 2 * (800 + 4) * U[dtype] * t.sum(axis=0)
+        assert np.all(np.abs(got[i].astype(np.float64) - want[i]) <= bound)
+        assert not np.array_equal(got[i], np.zeros_like(got[i]))
+    # the result does not depend on the thread count
+    backend.set_num_threads(3 - threads)
+    try:
+        for a, c in zip(dense.layer_norm_backward(dy, x, g, b, 1e-5), got, strict=True):
+            np.testing.assert_array_equal(a, c)
+    finally:
+        backend.set_num_threads(threads)
+    small = (dy[:, :3], x[:, :3])  # one block: the formula
+    for a, c in zip(
+        dense.layer_norm_backward(*small, g, b, 1e-5),
+        ops.layer_norm_backward.formula(*small, g, b, 1e-5),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, c)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -250,6 +287,44 @@ def test_softmax_in_blocks(threads, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_backward_in_blocks(threads, dtype):
+    p = ops.softmax.formula(rand(44, (2, 3, 300, 257), dtype, 4.0))
+    p[0, 1, 5] = 0.0  # masked keys: no gradient
+    dp = rand(45, p.shape, dtype)
+    assert p.nbytes > 2 * blocks.BLOCK_BYTES
+    got = fast_attention.softmax_backward(dp, p)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, ops.softmax_backward.formula(dp, p))
+    np.testing.assert_array_equal(got[0, 1, 5], 0.0)
+    for other in ((dp, p, 1), (dp[..., :7], p[..., :7])):  # another axis; not contiguous
+        np.testing.assert_array_equal(
+            fast_attention.softmax_backward(*other), ops.softmax_backward.formula(*other)
+        )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("upstream_probs", [False, True])
+@pytest.mark.parametrize("head_mask", [False, True])
+def test_bi_acm_backward(threads, dtype, upstream_probs, head_mask):
+    rng = np.random.default_rng(46)
+    b, n, s, d, r = 2, 12, 100, 16, 4
+    q, k, v, lq, lk, lv = _qkv(rng, b, n, s, d, r, dtype)
+    probs = ops.softmax.formula(rng.standard_normal((b, n, s, s)).astype(dtype) * 3)
+    dc = rng.standard_normal((b, s, n * d)).astype(dtype)
+    dlc = rng.standard_normal((b, s, n * d // r)).astype(dtype)
+    hm = rng.random((1, n, 1, 1)).astype(dtype) if head_mask else None
+    gp = rng.standard_normal((b, n, s, s)).astype(dtype) if upstream_probs else None
+    assert probs.nbytes > 2 * blocks.BLOCK_BYTES  # several blocks of rows
+    args = (dc, dlc, q, k, v, lq, lk, lv, probs, r, hm, gp)
+    got = fast_attention.bi_acm_backward(*args)
+    want = bi_acm.bi_acm_backward.formula(*args)
+    assert got._fields == want._fields
+    for name, g, w in zip(got._fields, got, want, strict=True):
+        assert g.dtype == w.dtype and g.shape == w.shape, name
+        np.testing.assert_array_equal(g, w, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     "shape, mask_shape",
     [
@@ -375,6 +450,12 @@ def test_kernels_dispatch(dtype):
         (lambda x: erf.gelu(x), (x,)),
         (lambda x: erf.erf(x), (x,)),
         (lambda g, x: erf.gelu_backward(g, x), (x * 0.5, x)),
+        (lambda g, x, w, b: dense.layer_norm_backward(g, x, w, b, 1e-12), (res * 0.5, res, g, b)),
+        (lambda g, p: fast_attention.softmax_backward(g, p), (s * 0.5, s)),
+        (
+            lambda c, lc, q, k, v, p: fast_attention.bi_acm_backward(c, lc, q, k, v, q, k, v, p, 1),
+            (x.reshape(2, 5, 8).repeat(3, axis=2), x.reshape(2, 5, 8).repeat(3, axis=2), v, v * 0.5, v, s),
+        ),
     ]
     if dtype == np.float32:
         calls.append((lambda x: erf.gelu_float32(x), (x,)))

@@ -7,6 +7,10 @@
 * [layer_norm][refimpl.fast.dense.layer_norm] replaces `refimpl.ops.layer_norm`: the formula
   per block of rows on the host threads. Bit-identical (every statistic is a reduction over
   one row).
+* [layer_norm_backward][refimpl.fast.dense.layer_norm_backward] replaces
+  `refimpl.ops.layer_norm_backward`: ``dx`` and ``dy * x_hat`` per block of rows on the host
+  threads (the formula's row steps), then the formula's two column sums over all rows.
+  Bit-identical.
 * [add_and_norm][refimpl.fast.dense.add_and_norm] replaces `refimpl.bert.add_and_norm`: the
   GEMM, then ``+ residual`` and the LayerNorm formula per block of rows, in the GEMM's own
   output. Bit-identical to the formula (with this module's ``linear``).
@@ -28,7 +32,15 @@ from ..switch import kernel_for
 from .blocks import BLOCK_BYTES, for_blocks
 from .erf import gelu_float32_block
 
-__all__ = ["FEW_ROWS", "matmul_wt", "linear", "layer_norm", "add_and_norm", "intermediate"]
+__all__ = [
+    "FEW_ROWS",
+    "matmul_wt",
+    "linear",
+    "layer_norm",
+    "layer_norm_backward",
+    "add_and_norm",
+    "intermediate",
+]
 
 #: A float32 ``x @ weight.T`` with at most this many rows runs as ``(weight @ x.T).T``.
 FEW_ROWS = 64
@@ -114,6 +126,44 @@ def layer_norm(x, weight, bias, eps: float):
     out = xp.empty(x.shape, dtype=xp.result_type(x, weight, bias))
     _normalize_rows(x.reshape(-1, d), out.reshape(-1, d), weight, bias, eps)
     return out
+
+
+@kernel_for(ops.layer_norm_backward)
+def layer_norm_backward(grad_output, x, weight, bias, eps: float):
+    """`refimpl.ops.layer_norm_backward` per block of rows on the host threads: the formula on
+    each block gives its rows' ``dx`` and its share of ``dweight`` and ``dbias``; the shares are
+    added in row order (a small array runs the formula whole).
+
+    ``dx`` is bit-identical (every step is a reduction over one row). ``dweight`` and
+    ``dbias`` are the same column sums grouped by block, so only their rounding differs:
+    within ``n u sum_rows |term|`` of the formula's (``n`` rows, ``u`` the unit roundoff). The
+    blocks do not depend on the thread count, so neither does the result.
+
+    Args:
+        grad_output: ``dL/dy``, ``[..., d]``.
+        x: the forward's input, ``[..., d]``.
+        weight, bias: ``[d]`` (``bias`` unused, as in the formula).
+        eps: the forward's ``eps``.
+
+    Returns:
+        ``(dx [..., d], dweight [d], dbias [d])``.
+    """
+    formula = ops.layer_norm_backward.formula
+    if is_device_array(x) or x.nbytes <= 2 * BLOCK_BYTES or grad_output.shape != x.shape:
+        return formula(grad_output, x, weight, bias, eps)
+    xp = get_namespace(grad_output, x, weight)
+    d = x.shape[-1]
+    dy, rows = grad_output.reshape(-1, d), x.reshape(-1, d)  # [n, d] views
+    dx = xp.empty(rows.shape, dtype=xp.result_type(grad_output, x, weight))
+    shares = {}  # block start -> (dweight, dbias) of its rows
+
+    def block(start, stop):
+        dx[start:stop], *shares[start] = formula(dy[start:stop], rows[start:stop], weight, bias, eps)
+
+    for_blocks(block, rows.shape[0], d * dx.itemsize)
+    ordered = [shares[start] for start in sorted(shares)]
+    dweight, dbias = (sum(parts[1:], parts[0].copy()) for parts in zip(*ordered, strict=True))
+    return dx.reshape(x.shape), dweight, dbias
 
 
 @kernel_for(bert.add_and_norm)
