@@ -40,7 +40,7 @@ from __future__ import annotations
 import os
 import time
 
-from harness import SETTLE_S, apply_setting, load_impl, make_inputs
+from harness import SETTLE_S, apply_setting, load_impl, make_inputs, reset_peak, status_kib, touch_weights
 
 #: name: (model, batch, seq, boxes)
 CASES = {"lilt": ("lilt", 1, 512, 0), "lxmert": ("lxmert", 8, 20, 36)}
@@ -143,21 +143,19 @@ def _load(impl: str, spec: dict):
 
 def memory_worker(spec: dict) -> dict:
     """Peak extra memory of ONE forward + backward of one side (its own process)."""
-    from run import _reset_peak, _status_kib, _touch_weights
-
     from refimpl import backend
 
     backend.tune_allocator()
     result = dict(spec)
     model, step, _ = _load(spec["impl"], spec)
-    _touch_weights(model, spec["impl"])
-    rss_base = _status_kib("VmRSS")
-    result["hwm_reset"] = _reset_peak()
+    touch_weights(model, spec["impl"])
+    rss_base = status_kib("VmRSS")
+    result["hwm_reset"] = reset_peak()
     t = time.perf_counter()
     grads = step()
     result["first_step_s"] = time.perf_counter() - t
-    result["peak_extra_mib"] = (_status_kib("VmHWM") - rss_base) / 1024
-    result["peak_total_mib"] = _status_kib("VmHWM") / 1024
+    result["peak_extra_mib"] = (status_kib("VmHWM") - rss_base) / 1024
+    result["peak_total_mib"] = status_kib("VmHWM") / 1024
     result["grad_count"] = len(grads)
     del grads
     return result

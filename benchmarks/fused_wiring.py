@@ -29,12 +29,14 @@ from refimpl import activations, attention, bert, bi_acm, ops, switch
 
 GROUPS = {
     "gelu": (bert.intermediate, activations.gelu, activations.erf, activations.gelu_backward),
-    "add_norm": (bert.add_and_norm, ops.layer_norm),
+    "add_norm": (bert.add_and_norm, ops.layer_norm, ops.layer_norm_backward),
     "softmax": (
         attention.scaled_dot_product_attention,
         bi_acm.bi_acm_attention,
         attention.attention_probs,
         ops.softmax,
+        ops.softmax_backward,
+        bi_acm.bi_acm_backward,
     ),
     "context": (attention.attention_context, bi_acm.bi_acm_contexts),
     "gemm": (ops.linear, bi_acm.bi_acm_scores),

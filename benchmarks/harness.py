@@ -285,3 +285,38 @@ def _one_line(r: dict) -> str:
     return f" timing {r['case']} {r['threads']} thread(s): " + ", ".join(
         f"{t['impl']} {t['dtype']} {t['median_s']:.3f} s" for t in r["timings"]
     )
+
+
+def status_kib(field: str) -> int:
+    """A ``/proc/self/status`` value in KiB (``VmRSS``, ``VmHWM``)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def reset_peak() -> bool:
+    """Reset ``VmHWM`` to the current RSS (Linux >= 4.0); False when not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def touch_weights(model, impl: str) -> float:
+    """Read one value per 4 KiB page of every weight, so memory-mapped weights are resident
+    before the memory baseline is taken (torch's are already in anonymous memory)."""
+    if impl == "torch":
+        tensors = [p.detach().reshape(-1) for p in model.parameters()]
+        total = sum(float(t[:: 4096 // t.element_size()].sum()) for t in tensors if t.device.type == "cpu")
+    else:
+        from refimpl import backend
+
+        total = 0.0
+        for v in model.params.values():
+            if v.dtype.kind == "f" and not backend.is_device_array(v):
+                total += float(v.reshape(-1)[:: 4096 // v.itemsize].sum())
+    return total  # the value itself does not matter

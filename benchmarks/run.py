@@ -71,7 +71,10 @@ from harness import (
     machine_info,
     make_forward,
     make_inputs,
+    reset_peak,
     run_worker,
+    status_kib,
+    touch_weights,
 )
 
 CASES = {
@@ -86,41 +89,6 @@ CASES = {
 # --------------------------------------------------------------------------------------------
 # worker side: one case per process
 # --------------------------------------------------------------------------------------------
-
-
-def _status_kib(field: str) -> int:
-    """A ``/proc/self/status`` value in KiB (``VmRSS``, ``VmHWM``)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-def _reset_peak() -> bool:
-    """Reset ``VmHWM`` to the current RSS (Linux >= 4.0); False when not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _touch_weights(model, impl: str) -> float:
-    """Read one value per 4 KiB page of every weight, so memory-mapped weights are resident
-    before the memory baseline is taken (torch's are already in anonymous memory)."""
-    if impl == "torch":
-        tensors = [p.detach().reshape(-1) for p in model.parameters()]
-        total = sum(float(t[:: 4096 // t.element_size()].sum()) for t in tensors if t.device.type == "cpu")
-    else:
-        from refimpl import backend
-
-        total = 0.0
-        for v in model.params.values():
-            if v.dtype.kind == "f" and not backend.is_device_array(v):
-                total += float(v.reshape(-1)[:: 4096 // v.itemsize].sum())
-    return total  # the value itself does not matter
 
 
 def load_model(impl: str, case: str, dtype: str, device: str, path: str, threads: int):
@@ -142,20 +110,20 @@ def memory_worker(spec: dict) -> dict:
 
     backend.tune_allocator()
     result = dict(spec)
-    rss0 = _status_kib("VmRSS")
+    rss0 = status_kib("VmRSS")
     t0 = time.perf_counter()
     model, forward = load_model(
         spec["impl"], spec["case"], spec["dtype"], spec["device"], spec["path"], spec["threads"]
     )
     result["load_s"] = time.perf_counter() - t0
-    result["rss_after_load_mib"] = (_status_kib("VmRSS") - rss0) / 1024
+    result["rss_after_load_mib"] = (status_kib("VmRSS") - rss0) / 1024
     # peak memory of the first forward over the loaded model, its weights resident
-    _touch_weights(model, spec["impl"])
-    rss_base = _status_kib("VmRSS")
-    result["hwm_reset"] = _reset_peak()
+    touch_weights(model, spec["impl"])
+    rss_base = status_kib("VmRSS")
+    result["hwm_reset"] = reset_peak()
     out = forward()
-    result["peak_extra_mib"] = (_status_kib("VmHWM") - rss_base) / 1024
-    result["peak_total_mib"] = _status_kib("VmHWM") / 1024
+    result["peak_extra_mib"] = (status_kib("VmHWM") - rss_base) / 1024
+    result["peak_total_mib"] = status_kib("VmHWM") / 1024
     np.save(spec["out"], out.astype(np.float64))
     return result
 
@@ -205,14 +173,14 @@ def load_worker(spec: dict) -> dict:
 
     path = os.path.join(spec["path"], "model.safetensors")
     result = dict(spec, file_mib=os.path.getsize(path) / 2**20)
-    rss0 = _status_kib("VmRSS")
+    rss0 = status_kib("VmRSS")
     times = []
     for _ in range(spec["repeats"]):
         t = time.perf_counter()
         state = checkpoints.load_state_dict(spec["path"], dtype=np.float32)
         times.append(time.perf_counter() - t)
         if len(times) == 1:
-            result["rss_after_first_load_mib"] = (_status_kib("VmRSS") - rss0) / 1024
+            result["rss_after_first_load_mib"] = (status_kib("VmRSS") - rss0) / 1024
             big = max(state.values(), key=lambda a: a.size)
             result["zero_copy"] = bool(not big.flags.owndata)
         del state
