@@ -266,6 +266,20 @@ def main(argv=None) -> int:
     return run_forward(args, repeats, thread_counts, only)
 
 
+def _shown_command(argv: list[str]) -> str:
+    """The command line a results file shows, less the options that name this machine's
+    directories (``--out``, ``--checkpoints``), which do not change a number."""
+    shown, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--out", "--checkpoints"):
+            skip = True
+        elif not a.startswith(("--out=", "--checkpoints=")):
+            shown.append(a)
+    return " ".join(shown)
+
+
 def run_backward(args, repeats: int, thread_counts: list[int], forward_too: bool) -> int:
     """The forward + backward rows (``backward.py``) into ``backward.json`` / ``backward.md``; then
     the forward rows too when ``forward_too``."""
@@ -280,7 +294,7 @@ def run_backward(args, repeats: int, thread_counts: list[int], forward_too: bool
         shapes = list(backward.CASES.values())
     results = {
         "machine": machine_info(thread_counts),
-        "command": " ".join(sys.argv[1:]) or "--only backward",
+        "command": _shown_command(sys.argv[1:]) or "--only backward",
         "repeats": repeats,
         "threads": thread_counts,
         "workers": [],
