@@ -8,9 +8,10 @@
   per block of rows on the host threads. Bit-identical (every statistic is a reduction over
   one row).
 * [layer_norm_backward][refimpl.fast.dense.layer_norm_backward] replaces
-  `refimpl.ops.layer_norm_backward`: ``dx`` and ``dy * x_hat`` per block of rows on the host
-  threads (the formula's row steps), then the formula's two column sums over all rows.
-  Bit-identical.
+  `refimpl.ops.layer_norm_backward`: the formula per block of rows on the host threads, the
+  blocks' shares of ``dweight`` and ``dbias`` added in row order. ``dx`` bit-identical;
+  ``dweight``, ``dbias`` within ``n u sum_rows |term|`` of the formula's (the same column sums
+  grouped by block), independent of the thread count.
 * [add_and_norm][refimpl.fast.dense.add_and_norm] replaces `refimpl.bert.add_and_norm`: the
   GEMM, then ``+ residual`` and the LayerNorm formula per block of rows, in the GEMM's own
   output. Bit-identical to the formula (with this module's ``linear``).
