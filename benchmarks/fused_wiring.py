@@ -36,7 +36,6 @@ GROUPS = {
         attention.attention_probs,
         ops.softmax,
         ops.softmax_backward,
-        bi_acm.bi_acm_backward,
     ),
     "context": (attention.attention_context, bi_acm.bi_acm_contexts),
     "gemm": (ops.linear, bi_acm.bi_acm_scores),

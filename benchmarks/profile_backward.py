@@ -37,7 +37,6 @@ CATEGORIES = {
         ("refimpl/attention.py", "scaled_dot_product_attention_backward"),
         ("refimpl/attention.py", "merge_heads"),
         ("refimpl/attention.py", "split_heads"),
-        ("refimpl/fast/attention.py", "bi_acm_backward"),
     ],
     "GELU backward": [("refimpl/activations.py", "gelu_backward"), ("refimpl/fast/erf.py", "gelu_backward")],
     "LayerNorm backward": [

@@ -210,7 +210,6 @@ class BiAcmGrads(NamedTuple):
     layout_attention_probs: object
 
 
-@replaceable
 def bi_acm_backward(
     grad_context,
     grad_layout_context,

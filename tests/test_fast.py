@@ -42,7 +42,6 @@ COVERED = {
     bert.intermediate: "test_intermediate",
     ops.layer_norm_backward: "test_layer_norm_backward_in_blocks",
     ops.softmax_backward: "test_softmax_backward_in_blocks",
-    bi_acm.bi_acm_backward: "test_bi_acm_backward",
 }
 
 
@@ -303,28 +302,6 @@ def test_softmax_backward_in_blocks(threads, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("upstream_probs", [False, True])
-@pytest.mark.parametrize("head_mask", [False, True])
-def test_bi_acm_backward(threads, dtype, upstream_probs, head_mask):
-    rng = np.random.default_rng(46)
-    b, n, s, d, r = 2, 12, 100, 16, 4
-    q, k, v, lq, lk, lv = _qkv(rng, b, n, s, d, r, dtype)
-    probs = ops.softmax.formula(rng.standard_normal((b, n, s, s)).astype(dtype) * 3)
-    dc = rng.standard_normal((b, s, n * d)).astype(dtype)
-    dlc = rng.standard_normal((b, s, n * d // r)).astype(dtype)
-    hm = rng.random((1, n, 1, 1)).astype(dtype) if head_mask else None
-    gp = rng.standard_normal((b, n, s, s)).astype(dtype) if upstream_probs else None
-    assert probs.nbytes > 2 * blocks.BLOCK_BYTES  # several blocks of rows
-    args = (dc, dlc, q, k, v, lq, lk, lv, probs, r, hm, gp)
-    got = fast_attention.bi_acm_backward(*args)
-    want = bi_acm.bi_acm_backward.formula(*args)
-    assert got._fields == want._fields
-    for name, g, w in zip(got._fields, got, want, strict=True):
-        assert g.dtype == w.dtype and g.shape == w.shape, name
-        np.testing.assert_array_equal(g, w, err_msg=name)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     "shape, mask_shape",
     [
@@ -452,10 +429,6 @@ def test_kernels_dispatch(dtype):
         (lambda g, x: erf.gelu_backward(g, x), (x * 0.5, x)),
         (lambda g, x, w, b: dense.layer_norm_backward(g, x, w, b, 1e-12), (res * 0.5, res, g, b)),
         (lambda g, p: fast_attention.softmax_backward(g, p), (s * 0.5, s)),
-        (
-            lambda c, lc, q, k, v, p: fast_attention.bi_acm_backward(c, lc, q, k, v, q, k, v, p, 1),
-            (x.reshape(2, 5, 8).repeat(3, axis=2), x.reshape(2, 5, 8).repeat(3, axis=2), v, v * 0.5, v, s),
-        ),
     ]
     if dtype == np.float32:
         calls.append((lambda x: erf.gelu_float32(x), (x,)))

@@ -23,11 +23,6 @@
 * [softmax_backward][refimpl.fast.attention.softmax_backward] replaces
   `refimpl.ops.softmax_backward` (last axis): the formula per block of rows on the host
   threads. Bit-identical (the inner sum is over one row).
-* [bi_acm_backward][refimpl.fast.attention.bi_acm_backward] replaces
-  `refimpl.bi_acm.bi_acm_backward` without a head mask: the formula's batched products, and
-  its ``[batch, heads, s, s]`` elementwise steps (both softmax gradients, their sum and its
-  two scalings) per block of rows on the host threads, each block carried through every step
-  while it is in cache. Bit-identical.
 * [scaled_dot_product_attention][refimpl.fast.attention.scaled_dot_product_attention] and
   [bi_acm_attention][refimpl.fast.attention.bi_acm_attention] replace their namesakes in
   `refimpl.attention` and `refimpl.bi_acm`: the scores are computed into a fresh array, and the masked softmax
@@ -56,7 +51,6 @@ __all__ = [
     "scaled_dot_product_attention",
     "bi_acm_attention",
     "softmax_backward",
-    "bi_acm_backward",
 ]
 
 
@@ -364,98 +358,3 @@ def softmax_backward(grad_output, probs, axis: int = -1):
 
     for_blocks(block, p.shape[0], k * out.itemsize)
     return out.reshape(probs.shape)
-
-
-@kernel_for(bi_acm.bi_acm_backward)
-def bi_acm_backward(
-    grad_context,
-    grad_layout_context,
-    query,
-    key,
-    value,
-    layout_query,
-    layout_key,
-    layout_value,
-    probs,
-    channel_shrink_ratio: int,
-    layer_head_mask=None,
-    grad_probs=None,
-):
-    """`refimpl.bi_acm.bi_acm_backward` with its elementwise ``[batch, heads, s, s]`` steps per
-    block of rows on the host threads: each block goes through both softmax gradients, their
-    sum and the two scalings while it is in cache. The batched products are the formula's.
-    With a head mask, on device arrays, non-contiguous ``probs`` or mixed dtypes, the formula
-    runs.
-
-    Args:
-        grad_context: ``dL/dC``, ``[batch, s, heads * d]``.
-        grad_layout_context: ``dL/dC_l``, ``[batch, s, heads * d / r]``.
-        query, key, value: text ``[batch, heads, s, d]``.
-        layout_query, layout_key, layout_value: layout ``[batch, heads, s, d / r]``.
-        probs: the shared ``P`` before the head mask, ``[batch, heads, s, s]``.
-        channel_shrink_ratio: ``r``.
-        layer_head_mask: ``None`` here (a head mask runs the formula).
-        grad_probs: ``None`` or ``[batch, heads, s, s]``.
-
-    Returns:
-        a `refimpl.bi_acm.BiAcmGrads`.
-    """
-    args = (
-        grad_context,
-        grad_layout_context,
-        query,
-        key,
-        value,
-        layout_query,
-        layout_key,
-        layout_value,
-        probs,
-    )
-    dtypes = {a.dtype for a in (*args, *(() if grad_probs is None else (grad_probs,)))}
-    if layer_head_mask is not None or is_device_array(probs) or not _blocked(probs) or len(dtypes) > 1:
-        return bi_acm.bi_acm_backward.formula(*args, channel_shrink_ratio, layer_head_mask, grad_probs)
-    xp = get_namespace(*args)
-    num_heads, head_size = query.shape[1], query.shape[-1]
-    text_scale, layout_scale = math.sqrt(head_size), math.sqrt(head_size // channel_shrink_ratio)
-    # the formula's products: each stream's dP' and dV
-    d_context = attention.split_heads(grad_context, num_heads)
-    d_layout_context = attention.split_heads(grad_layout_context, num_heads)
-    d_masked_probs = xp.matmul(d_context, value.swapaxes(-1, -2))  # [b, n, s, s], fresh
-    d_layout_masked_probs = xp.matmul(d_layout_context, layout_value.swapaxes(-1, -2))
-    d_value = xp.matmul(probs.swapaxes(-1, -2), d_context)
-    d_layout_value = xp.matmul(probs.swapaxes(-1, -2), d_layout_context)
-    # the elementwise steps, block by block: [r, s] views of [b, n, s, s] arrays
-    shape, k = probs.shape, probs.shape[-1]
-    dtype = xp.result_type(d_masked_probs, d_layout_masked_probs, probs)
-    d_scores, d_layout_scores, d_summands, d_text, d_layout = (xp.empty(shape, dtype=dtype) for _ in range(5))
-    rows = [a.reshape(-1, k) for a in (d_masked_probs, d_layout_masked_probs, probs)]
-    outs = [a.reshape(-1, k) for a in (d_scores, d_layout_scores, d_summands, d_text, d_layout)]
-    extra = None if grad_probs is None else xp.broadcast_to(grad_probs, shape).reshape(-1, k)
-    formula = ops.softmax_backward.formula
-
-    def block(start, stop):
-        dmp, dlmp, p = (a[start:stop] for a in rows)
-        ds, dls, dsum, dt, dl = (a[start:stop] for a in outs)
-        if extra is not None:
-            dmp += extra[start:stop]  # dP' = dC V^T + grad_probs, in the fresh product's memory
-        ds[...] = formula(dmp, p, -1)
-        dls[...] = formula(dlmp, p, -1)
-        xp.add(ds, dls, out=dsum)  # S = T + T_l: both summands get dS + dS_l
-        xp.divide(dsum, text_scale, out=dt)
-        xp.divide(dsum, layout_scale, out=dl)
-
-    for_blocks(block, rows[2].shape[0], k * dtype.itemsize)
-    return bi_acm.BiAcmGrads(
-        xp.matmul(d_text, key),
-        xp.matmul(d_text.swapaxes(-1, -2), query),
-        d_value,
-        xp.matmul(d_layout, layout_key),
-        xp.matmul(d_layout.swapaxes(-1, -2), layout_query),
-        d_layout_value,
-        d_text,
-        d_scores,
-        d_layout_scores,
-        d_summands,
-        d_masked_probs,
-        d_layout_masked_probs,
-    )
