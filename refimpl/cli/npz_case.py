@@ -17,32 +17,16 @@ from typing import Any
 import numpy as np
 
 from ..checks import check_head_mask, first_bad
+from ..lilt.modeling import MODEL_INPUTS as LILT_INPUTS
 from ..lxmert.heads import visual_losses
+from ..lxmert.modeling_backward import MODEL_INPUTS as LXMERT_INPUTS
 from .common import CliError
 
 __all__ = ["NPZ_INPUTS", "NPZ_LABELS", "check_npz_case"]
 
-#: model inputs an ``.npz`` case may hold, per model type.
-NPZ_INPUTS = {
-    "lilt": (
-        "input_ids",
-        "bbox",
-        "attention_mask",
-        "token_type_ids",
-        "position_ids",
-        "head_mask",
-        "inputs_embeds",
-    ),
-    "lxmert": (  # no head_mask: transformers' LxmertModel takes none
-        "input_ids",
-        "visual_feats",
-        "visual_pos",
-        "attention_mask",
-        "visual_attention_mask",
-        "token_type_ids",
-        "inputs_embeds",
-    ),
-}
+#: model inputs an ``.npz`` case may hold, per model type: each family's model keywords (LXMERT
+#: has no ``head_mask``: transformers' LxmertModel takes none).
+NPZ_INPUTS = {"lilt": LILT_INPUTS, "lxmert": LXMERT_INPUTS}
 _OBJ = tuple(f"obj_labels.{k}{w}" for k in ("obj", "attr", "feat") for w in ("", ".weights"))
 #: labels an ``.npz`` case may hold, per architecture (the oracle's keyword names).
 NPZ_LABELS = {

@@ -51,6 +51,7 @@ __all__ = [
     "LiltForTokenClassification",
     "LiltForQuestionAnswering",
     "LiltPreTrainedModel",
+    "MODEL_INPUTS",
     "lilt_model",
     "lilt_attention_mask",
     "base_shapes",
@@ -223,7 +224,7 @@ def lilt_attention_mask(attention_mask, config: LiltConfig, dtype):
 
 
 #: LiltModel's keyword inputs, which every class checks with `check_inputs`.
-_MODEL_INPUTS = (
+MODEL_INPUTS = (
     "input_ids",
     "bbox",
     "attention_mask",
@@ -260,7 +261,7 @@ class LiltPreTrainedModel(PreTrainedModel):
     def _backward_inputs(self, inputs: dict[str, Any]) -> tuple[dict[str, Any], Any]:
         """For ``_backward``: the forward's inputs checked again (`check_inputs`, cheap; no second
         forward) and the additive mask every layer added, ``[batch, 1, 1|seq, seq]``."""
-        checked = self._check(*(inputs.get(k) for k in _MODEL_INPUTS))
+        checked = self._check(*(inputs.get(k) for k in MODEL_INPUTS))
         return checked, lilt_attention_mask(checked["attention_mask"], self.config, self.dtype)
 
     def _lilt(self, w, inputs, add_pooling_layer: bool, output_attentions, output_hidden_states):
