@@ -32,21 +32,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from harness import ROOT, build_checkpoints, make_inputs  # noqa: E402
-
-
-def cpu_name() -> str:
-    """The ``model name`` line of ``/proc/cpuinfo`` (or the platform's processor)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
+from harness import ROOT, build_checkpoints, machine_info, make_inputs  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -95,7 +81,9 @@ def main(argv=None) -> int:
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["golden"] / (med["plain"] + med["write"])
     threads = refimpl.backend.num_threads()
-    print(f"CPU: {cpu_name()}; {threads} thread(s); {len(tensors)} tensors, {n_bytes / 2**20:.0f} MiB kept")
+    print(
+        f"CPU: {machine_info([threads])['cpu']}; {threads} thread(s); {len(tensors)} tensors, {n_bytes / 2**20:.0f} MiB kept"
+    )
     print(
         "| case | plain forward (s) | write (s) | golden --select blocks (s) | golden / (plain + write) | target |"
     )

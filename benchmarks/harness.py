@@ -320,3 +320,12 @@ def touch_weights(model, impl: str) -> float:
             if v.dtype.kind == "f" and not backend.is_device_array(v):
                 total += float(v.reshape(-1)[:: 4096 // v.itemsize].sum())
     return total  # the value itself does not matter
+
+
+def write_text(path: str, text: str) -> None:
+    """Write a results file through refimpl's one atomic writer (a unique temp file in the same
+    directory, fsynced and renamed into place; on failure ``path`` keeps its old bytes)."""
+    from refimpl.files import atomic_write  # the tree on sys.path: the one the caller measures
+
+    with atomic_write(path) as f:
+        f.write(text.encode("utf-8"))

@@ -75,6 +75,7 @@ from harness import (
     run_worker,
     status_kib,
     touch_weights,
+    write_text,
 )
 
 CASES = {
@@ -307,21 +308,13 @@ def run_backward(args, repeats: int, thread_counts: list[int], forward_too: bool
         w.pop("path", None)
     results["rows"] = backward.summarize(results["workers"])
     text = backward.to_markdown(results)
-    _write(os.path.join(args.out, "backward.json"), json.dumps(results, indent=1))
-    _write(os.path.join(args.out, "backward.md"), text)
+    write_text(os.path.join(args.out, "backward.json"), json.dumps(results, indent=1))
+    write_text(os.path.join(args.out, "backward.md"), text)
     print(text)
     if forward_too:
         only = set(args.only.split(",")) - {"backward"} if args.only else {"lilt", "lxmert", "load"}
         return run_forward(args, repeats, thread_counts, only)
     return 0
-
-
-def _write(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def run_forward(args, repeats: int, thread_counts: list[int], only: set) -> int:
@@ -383,8 +376,8 @@ def run_forward(args, repeats: int, thread_counts: list[int], only: set) -> int:
     for r in results["memory"] + results["timing"] + [results["load"] or {}]:
         r.pop("path", None)
         r.pop("out", None)
-    _write(os.path.join(args.out, "results.json"), json.dumps(results, indent=1))
-    _write(os.path.join(args.out, "results.md"), to_markdown(results))
+    write_text(os.path.join(args.out, "results.json"), json.dumps(results, indent=1))
+    write_text(os.path.join(args.out, "results.md"), to_markdown(results))
     print(to_markdown(results))
     return 0
 

@@ -179,11 +179,9 @@ def run_sweep(args, cores: int, out_dir: str) -> int:
     results["wall_s"] = time.perf_counter() - t0
     results["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "sweep.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    harness.write_text(os.path.join(out_dir, "sweep.json"), json.dumps(results, indent=1))
     text = to_markdown(results, reps)
-    with open(os.path.join(out_dir, "sweep.md"), "w") as f:
-        f.write(text)
+    harness.write_text(os.path.join(out_dir, "sweep.md"), text)
     print(text)
     return 0
 
